@@ -1,0 +1,1 @@
+"""Fake Gmail and Microsoft servers that speak the real wire protocols, for tests and the demo."""

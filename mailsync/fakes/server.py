@@ -1,0 +1,52 @@
+"""Serves fake provider apps over HTTPS with uvicorn, in a background thread or as a process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from mailsync.fakes.tls import FakeTLS
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server(app: FastAPI, tls: FakeTLS, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ssl_certfile=str(tls.cert_path),
+        ssl_keyfile=str(tls.key_path),
+        log_level="warning",
+        access_log=False,
+    )
+    return uvicorn.Server(config)
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, tls: FakeTLS, port: int | None = None) -> Iterator[str]:
+    """Run `app` on https://127.0.0.1:<port> until the block exits; yields the base URL."""
+    port = port or free_port()
+    server = _server(app, tls, port)
+    thread = threading.Thread(target=server.run, name=f"fake-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"fake server on port {port} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,1 @@
+"""Mail providers behind one protocol; nothing outside this package sees Gmail or Graph JSON."""

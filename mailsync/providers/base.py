@@ -1,0 +1,92 @@
+"""The one small protocol every mail provider implements, and the errors it may raise.
+
+Exception hierarchy::
+
+    ProviderError                 anything that went wrong talking to a provider
+    ├── TransientProviderError    worth retrying: 429, 5xx, timeouts, connection resets
+    ├── AuthError                 credentials refused or revoked; retrying cannot help
+    └── CursorExpiredError        the stored cursor is no longer valid; a full sync is needed
+
+Messages never carry provider JSON: a provider turns its wire format into `MessageRecord`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    """A provider call failed; `code` is a short machine-readable reason."""
+
+    code = "provider_error"
+
+
+class TransientProviderError(ProviderError):
+    code = "provider_unavailable"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(ProviderError):
+    code = "provider_auth_failed"
+
+
+class CursorExpiredError(ProviderError):
+    code = "cursor_expired"
+
+
+@dataclass(frozen=True)
+class ProviderEndpoints:
+    """Where the providers live; production defaults, pointed at the fakes in tests and demos."""
+
+    google_token_uri: str = "https://oauth2.googleapis.com/token"
+    gmail_api_url: str = "https://gmail.googleapis.com/"
+    microsoft_authority_host: str = "https://login.microsoftonline.com"
+    graph_api_url: str = "https://graph.microsoft.com/v1.0"
+    ca_bundle: str | None = None  # extra CA file to trust (the fakes' CA); None = system trust
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message's index entry, provider-neutral."""
+
+    provider_message_id: str
+    thread_id: str | None
+    sender: str | None
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    subject: str | None = None
+    snippet: str | None = None
+    date: datetime | None = None  # timezone-aware UTC
+    labels: list[str] = field(default_factory=list)  # Gmail label ids, or the Graph folder
+    size: int | None = None
+
+
+@dataclass
+class Page:
+    """A slice of a sync: messages to upsert, ids to delete; `cursor` is set on the last page."""
+
+    upserts: list[MessageRecord] = field(default_factory=list)
+    deletions: list[str] = field(default_factory=list)
+    cursor: str | None = None
+
+
+class MailProvider(Protocol):
+    """One connected mailbox at one provider."""
+
+    name: str
+
+    def full_sync(self) -> Iterator[Page]:
+        """Every message in the mailbox; the last page carries the cursor for later increments."""
+        ...
+
+    def incremental_sync(self, cursor: str) -> Iterator[Page]:
+        """Changes since `cursor`; raises CursorExpiredError when the cursor is stale."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,78 @@
+"""All configuration in one place, read from MAILSYNC_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mailsync.providers.base import ProviderEndpoints
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILSYNC_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".data"))
+    database_url: str | None = None
+    prefect_api_url: str | None = None
+    prefect_port: int = 4200
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    work_pool: str = "mailsync"
+    encryption_key: SecretStr | None = None
+
+    google_token_uri: str = "https://oauth2.googleapis.com/token"
+    gmail_api_url: str = "https://gmail.googleapis.com/"
+    microsoft_authority_host: str = "https://login.microsoftonline.com"
+    graph_api_url: str = "https://graph.microsoft.com/v1.0"
+    # Extra CA certificates to trust for provider endpoints (the fakes' generated CA).
+    provider_ca_bundle: Path | None = None
+
+    max_body_bytes: int = 64 * 1024
+
+    @property
+    def resolved_database_url(self) -> str:
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'mailsync.db').resolve()}"
+        # A bare postgresql:// URL would select psycopg2, which we do not ship.
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def resolved_prefect_api_url(self) -> str:
+        return (
+            self.prefect_api_url
+            or os.environ.get("PREFECT_API_URL")
+            or f"http://127.0.0.1:{self.prefect_port}/api"
+        )
+
+    @property
+    def provider_endpoints(self) -> ProviderEndpoints:
+        return ProviderEndpoints(
+            google_token_uri=self.google_token_uri,
+            gmail_api_url=self.gmail_api_url,
+            microsoft_authority_host=self.microsoft_authority_host,
+            graph_api_url=self.graph_api_url,
+            ca_bundle=str(self.provider_ca_bundle) if self.provider_ca_bundle else None,
+        )
+
+    def fernet_key(self) -> bytes:
+        """The credential-encryption key; generated into the data directory on first use."""
+        if self.encryption_key is not None:
+            return self.encryption_key.get_secret_value().encode()
+        path = self.data_dir / "encryption.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(Fernet.generate_key())
+        return path.read_bytes().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
