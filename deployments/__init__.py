@@ -1,0 +1,1 @@
+"""Registers the deployments declared in prefect.yaml."""

@@ -1,0 +1,85 @@
+"""Registers prefect.yaml's work pool and deployments against a Prefect API, offline, from local code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.flows import load_flow_from_entrypoint
+from prefect.utilities.callables import parameter_schema
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
+
+
+def load_declaration(path: Path = PREFECT_YAML) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    return data
+
+
+def _pull_steps(project_dir: Path) -> list[dict[str, Any]]:
+    return [
+        {
+            "prefect.deployments.steps.set_working_directory": {
+                "directory": str(project_dir),
+            }
+        }
+    ]
+
+
+def ensure_work_pool(client: SyncPrefectClient, name: str) -> None:
+    try:
+        client.read_work_pool(name)
+    except ObjectNotFound:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+def register(
+    api_url: str, project_dir: Path = PROJECT_DIR, work_pool: str | None = None
+) -> dict[str, str]:
+    """Create or update every deployment of prefect.yaml; returns {"flow/name": id}."""
+    declaration = load_declaration(project_dir / "prefect.yaml")
+    registered: dict[str, str] = {}
+    with SyncPrefectClient(api_url) as client:
+        for spec in declaration["deployments"]:
+            pool = work_pool or spec["work_pool"]["name"]
+            ensure_work_pool(client, pool)
+            flow = load_flow_from_entrypoint(str(project_dir / spec["entrypoint"]))
+            flow_id = client.create_flow_from_name(flow.name)
+            deployment_id = client.create_deployment(
+                flow_id=flow_id,
+                name=spec["name"],
+                entrypoint=spec["entrypoint"],
+                description=spec.get("description"),
+                tags=spec.get("tags") or [],
+                parameters=spec.get("parameters") or {},
+                parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
+                work_pool_name=pool,
+                work_queue_name=spec["work_pool"].get("work_queue_name") or "default",
+                job_variables=spec["work_pool"].get("job_variables") or {},
+                path=str(project_dir),
+                pull_steps=_pull_steps(project_dir),
+                enforce_parameter_schema=True,
+            )
+            registered[f"{flow.name}/{spec['name']}"] = str(deployment_id)
+    return registered
+
+
+def main() -> None:
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise SystemExit("set PREFECT_API_URL to the Prefect API to register against")
+    for name, deployment_id in register(api_url).items():
+        print(f"registered {name} ({deployment_id})")
+
+
+if __name__ == "__main__":
+    main()

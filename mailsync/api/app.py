@@ -1,0 +1,43 @@
+"""Builds the FastAPI application; `uvicorn mailsync.api.app:create_app --factory` serves it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from mailsync import __version__
+from mailsync.api import errors
+from mailsync.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from mailsync.api.routes import health, sync
+from mailsync.jobs import Orchestrator
+from mailsync.settings import Settings, get_settings
+
+
+def create_app(
+    settings: Settings | None = None, orchestrator: Orchestrator | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    orchestrator = orchestrator or Orchestrator(settings.resolved_prefect_api_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        orchestrator.close()
+
+    app = FastAPI(
+        title="mailsync",
+        version=__version__,
+        description="Trigger and follow syncs of a workspace's Gmail and Microsoft 365 mailboxes.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.orchestrator = orchestrator
+    errors.install(app)
+    app.include_router(sync.router)
+    app.include_router(health.router)
+    # Added last = outermost: the request id exists before anything can fail.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

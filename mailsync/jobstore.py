@@ -1,0 +1,112 @@
+"""Sync-job records: creation, the transitions a run makes, and their public view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, select
+
+from mailsync.models import JobStatus, Mailbox, SyncJob, Workspace, iso, utcnow
+
+
+class NoMailboxError(Exception):
+    """The workspace has no connected mailbox for what was asked."""
+
+
+class UnknownWorkspaceError(Exception):
+    pass
+
+
+def connected_mailboxes(
+    session: Session, workspace_id: str, providers: list[str] | None
+) -> list[Mailbox]:
+    query = select(Mailbox).where(Mailbox.workspace_id == workspace_id)
+    mailboxes = list(session.exec(query.order_by(Mailbox.provider, Mailbox.address)))
+    if providers:
+        mailboxes = [m for m in mailboxes if m.provider in providers]
+    return mailboxes
+
+
+def new_job(
+    session: Session,
+    workspace_id: str,
+    mode: str,
+    provider: str | None,
+    *,
+    trigger: str = "api",
+    job_id: str | None = None,
+) -> SyncJob:
+    """Validate the request against the connected mailboxes and record a queued job."""
+    if session.get(Workspace, workspace_id) is None:
+        raise UnknownWorkspaceError(f"workspace {workspace_id!r} does not exist")
+    mailboxes = connected_mailboxes(session, workspace_id, [provider] if provider else None)
+    if not mailboxes:
+        what = f"no {provider} mailbox" if provider else "no mailbox"
+        raise NoMailboxError(f"{what} is connected to this workspace")
+    providers = sorted({m.provider for m in mailboxes})
+    job = SyncJob(workspace_id=workspace_id, mode=mode, providers=providers, trigger=trigger)
+    if job_id:
+        job.id = job_id
+    session.add(job)
+    session.flush()
+    return job
+
+
+def mark_running(session: Session, job: SyncJob, flow_run_id: str | None) -> None:
+    if job.status == JobStatus.queued:
+        job.status = JobStatus.running.value
+        job.started_at = job.started_at or utcnow()
+    if flow_run_id and not job.flow_run_id:
+        job.flow_run_id = flow_run_id
+    session.add(job)
+
+
+def mark_finished(
+    session: Session,
+    job: SyncJob,
+    *,
+    counts: dict[str, int],
+    mailboxes: list[dict[str, Any]],
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> None:
+    job.status = (JobStatus.failed if error_code else JobStatus.completed).value
+    job.started_at = job.started_at or utcnow()
+    job.finished_at = utcnow()
+    job.counts = counts
+    job.mailboxes = mailboxes
+    job.error_code = error_code
+    job.error_message = error_message
+    session.add(job)
+
+
+def mark_failed(session: Session, job: SyncJob, code: str, message: str) -> None:
+    """A failure seen from outside the run (crash, cancellation, submission error)."""
+    mark_finished(
+        session, job, counts=job.counts, mailboxes=job.mailboxes, error_code=code,
+        error_message=message,
+    )
+
+
+def public_view(job: SyncJob, *, brief: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "job_id": job.id,
+        "status": job.status,
+        "mode": job.mode,
+        "queued_at": iso(job.queued_at),
+    }
+    if brief:
+        return data
+    data.update(
+        providers=list(job.providers),
+        started_at=iso(job.started_at),
+        finished_at=iso(job.finished_at),
+        counts=job.counts or None,
+        mailboxes=[
+            {k: v for k, v in m.items() if k != "mailbox_id"} for m in (job.mailboxes or [])
+        ],
+        error=(
+            {"code": job.error_code, "message": job.error_message} if job.error_code else None
+        ),
+    )
+    return data

@@ -1,0 +1,137 @@
+"""Database tables and the API's public shapes (SQLModel Base/table/Public split)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Column, Field, SQLModel
+from ulid import ULID
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{ULID()}"
+
+
+class Provider(StrEnum):
+    gmail = "gmail"
+    microsoft = "microsoft"
+
+
+class SyncMode(StrEnum):
+    incremental = "incremental"
+    full = "full"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.completed, JobStatus.failed)
+
+
+# Timestamps are stored as timezone-aware on PostgreSQL; SQLite drops the zone, which
+# `as_utc` restores on the way out.
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(sa.DateTime(timezone=True), nullable=nullable, index=index),
+    )
+
+
+class Workspace(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+
+
+class ApiKey(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: new_id("key"), primary_key=True, max_length=40)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=64)
+    name: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=16)  # first characters, to recognise a key in listings
+    key_hash: str = Field(unique=True, max_length=64)
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    expires_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()
+
+
+class Mailbox(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "provider", "address"),)
+
+    id: str = Field(default_factory=lambda: new_id("mbx"), primary_key=True, max_length=40)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=64)
+    provider: str = Field(max_length=16)
+    address: str = Field(max_length=320)
+    credentials_encrypted: str = Field(sa_column=Column(sa.Text, nullable=False))
+    cursor: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    last_synced_at: datetime | None = _ts()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+
+
+class Message(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("mailbox_id", "provider_message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox_id: str = Field(foreign_key="mailbox.id", index=True, max_length=40)
+    provider_message_id: str = Field(max_length=512)
+    thread_id: str | None = Field(default=None, max_length=512)
+    sender: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    cc: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    subject: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    snippet: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    date: datetime | None = _ts(index=True)
+    labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    size: int | None = None
+
+
+class SyncJob(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: new_id("sync"), primary_key=True, max_length=40)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=64)
+    mode: str = Field(max_length=16)
+    providers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=JobStatus.queued.value, max_length=16, index=True)
+    trigger: str = Field(default="api", max_length=16)  # api | ui | schedule | cli
+    queued_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    counts: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Per-mailbox outcome: provider, address, mode actually performed and why.
+    mailboxes: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    flow_run_id: str | None = Field(default=None, max_length=64, index=True)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, to the second, as the spec's example shows."""
+    value = as_utc(value)
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None

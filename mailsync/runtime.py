@@ -1,0 +1,88 @@
+"""What a flow run needs from the environment: settings, the credential box, job transitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailsync import jobstore
+from mailsync.crypto import CredentialBox
+from mailsync.db import session_scope
+from mailsync.models import SyncJob
+from mailsync.settings import Settings, get_settings
+from mailsync.sync import MailboxResult, sync_mailbox
+
+
+class JobNotFoundError(Exception):
+    pass
+
+
+def open_job(
+    job_id: str | None,
+    workspace: str | None,
+    providers: list[str] | None,
+    mode: str,
+    flow_run_id: str | None,
+    *,
+    trigger: str = "ui",
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Mark the job running (creating it first for runs started outside the API)."""
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        job: SyncJob | None = None
+        if job_id:
+            job = session.get(SyncJob, job_id)
+            if job is None:
+                raise JobNotFoundError(f"sync job {job_id} does not exist")
+        else:
+            if not workspace:
+                raise ValueError("a run started without job_id needs the workspace parameter")
+            provider = providers[0] if providers and len(providers) == 1 else None
+            job = jobstore.new_job(session, workspace, mode, provider, trigger=trigger)
+        jobstore.mark_running(session, job, flow_run_id)
+        mailboxes = jobstore.connected_mailboxes(session, job.workspace_id, job.providers)
+        return {
+            "job_id": job.id,
+            "mode": job.mode,
+            "mailboxes": [
+                {"mailbox_id": m.id, "provider": m.provider, "address": m.address}
+                for m in mailboxes
+            ],
+        }
+
+
+def run_mailbox(mailbox_id: str, mode: str, settings: Settings | None = None) -> MailboxResult:
+    settings = settings or get_settings()
+    return sync_mailbox(
+        settings.resolved_database_url,
+        mailbox_id,
+        mode,
+        box=CredentialBox(settings.fernet_key()),
+        endpoints=settings.provider_endpoints,
+    )
+
+
+def close_job(
+    job_id: str,
+    results: list[dict[str, Any]],
+    error_code: str | None,
+    error_message: str | None,
+    settings: Settings | None = None,
+) -> None:
+    settings = settings or get_settings()
+    totals: dict[str, int] = {}
+    for result in results:
+        for key, value in result.get("counts", {}).items():
+            totals[key] = totals.get(key, 0) + value
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.get(SyncJob, job_id)
+        if job is None:
+            raise JobNotFoundError(f"sync job {job_id} does not exist")
+        jobstore.mark_finished(
+            session,
+            job,
+            counts=totals,
+            mailboxes=results,
+            error_code=error_code,
+            error_message=error_message,
+        )

@@ -1,0 +1,134 @@
+"""Starts and stops the local stack's processes: Prefect server, workers, the API, the fakes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class StackError(Exception):
+    pass
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class Stack:
+    """The child processes of one `mailsync up`, stopped in reverse order."""
+
+    log_dir: Path
+    env: dict[str, str]
+    children: list[Child] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log = log_path.open("ab")
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**self.env, **(extra_env or {})},
+            cwd=str(PROJECT_DIR),
+            start_new_session=True,  # Ctrl-C reaches us once; we stop children in order
+        )
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def check(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise StackError(f"{child.name} exited with status {code}; see {child.log_path}")
+
+    def stop(self, timeout: float = 15) -> None:
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                try:
+                    os.killpg(child.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + timeout
+        for child in reversed(self.children):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+        self.children.clear()
+
+
+def wait_until(probe: Callable[[], bool], what: str, timeout: float, stack: Stack | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack is not None:
+            stack.check()
+        try:
+            if probe():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.25)
+    raise StackError(f"{what} did not become healthy within {timeout:.0f} s")
+
+
+def http_ok(url: str, verify: str | bool = True) -> Callable[[], bool]:
+    def probe() -> bool:
+        return httpx.get(url, timeout=2, verify=verify, trust_env=False).status_code == 200
+
+    return probe
+
+
+def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:
+    """Prefect settings shared by the server, the workers and flow runs."""
+    return {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+            "prefect.server.concurrency.lease_storage.filesystem"
+        ),
+        "MAILSYNC_PROJECT_DIR": str(PROJECT_DIR),
+    }
+
+
+def start_prefect_server(stack: Stack, port: int, timeout: float = 90) -> str:
+    api_url = f"http://127.0.0.1:{port}/api"
+    stack.spawn(
+        "prefect-server",
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],
+    )
+    wait_until(http_ok(f"{api_url}/health"), "the Prefect server", timeout, stack)
+    return api_url
+
+
+def start_worker(stack: Stack, pool: str, index: int = 0) -> Child:
+    return stack.spawn(
+        f"worker-{index}",
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
+         "--name", f"mailsync-worker-{index}-{os.getpid()}"],
+    )

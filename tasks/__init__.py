@@ -1,0 +1,1 @@
+"""Prefect tasks: small retryable units over the mailsync library."""

@@ -1,0 +1,53 @@
+"""The retryable unit of a sync: one mailbox at one provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+
+from mailsync import runtime
+from mailsync.providers.base import TransientProviderError
+
+
+def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
+    """Retry throttling, outages and timeouts; never bad credentials or bugs."""
+    try:
+        state.result()
+    except TransientProviderError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="sync-mailbox-provider",
+    task_run_name="{provider}:{address}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,
+)
+def sync_one_mailbox(mailbox_id: str, provider: str, address: str, mode: str) -> dict[str, Any]:
+    return runtime.run_mailbox(mailbox_id, mode).as_dict()
+
+
+@task(name="open-job", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def open_job(
+    job_id: str | None,
+    workspace: str | None,
+    providers: list[str] | None,
+    mode: str,
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    return runtime.open_job(job_id, workspace, providers, mode, flow_run_id)
+
+
+@task(name="close-job", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def close_job(
+    job_id: str, results: list[dict[str, Any]], error_code: str | None, error_message: str | None
+) -> None:
+    runtime.close_job(job_id, results, error_code, error_message)
