@@ -1,12 +1,14 @@
-"""Registers prefect.yaml's work pool and deployments against a Prefect API, offline, from local code."""
+"""Registers prefect.yaml's work pool and deployments from local code, offline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -36,10 +38,8 @@ def ensure_work_pool(client: SyncPrefectClient, name: str) -> None:
     try:
         client.read_work_pool(name)
     except ObjectNotFound:
-        try:
+        with contextlib.suppress(ObjectAlreadyExists):  # another process won the race
             client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-        except ObjectAlreadyExists:
-            pass
 
 
 def register(
@@ -52,7 +52,7 @@ def register(
         for spec in declaration["deployments"]:
             pool = work_pool or spec["work_pool"]["name"]
             ensure_work_pool(client, pool)
-            flow = load_flow_from_entrypoint(str(project_dir / spec["entrypoint"]))
+            flow: Flow[..., Any] = load_flow_from_entrypoint(str(project_dir / spec["entrypoint"]))
             flow_id = client.create_flow_from_name(flow.name)
             deployment_id = client.create_deployment(
                 flow_id=flow_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect import flow, get_client
 from prefect.runtime import flow_run
@@ -16,7 +17,7 @@ def _rename_run(job_id: str) -> None:
     run_id = flow_run.get_id()
     if run_id and flow_run.get_name() != job_id:
         with get_client(sync_client=True) as client:
-            client.update_flow_run(run_id, name=job_id)
+            client.update_flow_run(UUID(run_id), name=job_id)
 
 
 @flow(name="sync-mailbox", log_prints=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlmodel import Session, col, delete, select
 
-from mailsync.providers.base import MessageRecord
 from mailsync.models import Message, as_utc
+from mailsync.providers.base import MessageRecord
 
 _CHUNK = 500  # keeps IN (...) lists well under every database's parameter limit
 
@@ -33,7 +34,7 @@ class Counts:
         return self
 
 
-def _fields(record: MessageRecord) -> dict[str, object]:
+def _fields(record: MessageRecord) -> dict[str, Any]:
     return {
         "thread_id": record.thread_id,
         "sender": record.sender,
@@ -47,11 +48,11 @@ def _fields(record: MessageRecord) -> dict[str, object]:
     }
 
 
-def _changed(row: Message, fields: dict[str, object]) -> bool:
+def _changed(row: Message, fields: dict[str, Any]) -> bool:
     for key, value in fields.items():
         current = getattr(row, key)
         if key == "date":  # SQLite returns naive datetimes; compare both in UTC
-            current, value = as_utc(current), as_utc(value)  # type: ignore[arg-type]
+            current, value = as_utc(current), as_utc(value)
         if current != value:
             return True
     return False

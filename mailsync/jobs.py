@@ -14,7 +14,7 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from sqlmodel import Session
+from sqlmodel import Session, col, update
 
 from mailsync import jobstore
 from mailsync.models import JobStatus, SyncJob
@@ -93,6 +93,36 @@ class Orchestrator:
             raise OrchestratorUnavailableError("the Prefect API could not be reached") from exc
         return str(run.id)
 
+    def trigger(
+        self,
+        session: Session,
+        workspace_id: str,
+        mode: str,
+        provider: str | None,
+        *,
+        trigger: str = "api",
+    ) -> SyncJob:
+        """Record a job and start its flow run.
+
+        Raises jobstore.NoMailboxError when nothing matches, OrchestratorUnavailableError
+        (with the job recorded as failed) when Prefect cannot take the run.
+        """
+        job = jobstore.new_job(session, workspace_id, mode, provider, trigger=trigger)
+        session.commit()  # the flow run reads the job, so it must exist before the run does
+        try:
+            flow_run_id = self.submit(job)
+        except OrchestratorUnavailableError as exc:
+            jobstore.mark_failed(session, job, "orchestrator_unavailable", str(exc))
+            session.commit()
+            raise
+        # A targeted update: the flow may already have marked the job running.
+        session.exec(  # type: ignore[call-overload]
+            update(SyncJob).where(col(SyncJob.id) == job.id).values(flow_run_id=flow_run_id)
+        )
+        session.commit()
+        job.flow_run_id = flow_run_id
+        return job
+
     def refresh(self, session: Session, job: SyncJob) -> SyncJob:
         """Bring a non-terminal job up to date with its flow run's state."""
         if JobStatus(job.status).terminal or not job.flow_run_id:
@@ -118,7 +148,9 @@ class Orchestrator:
             StateType.CRASHED: "job_crashed",
             StateType.FAILED: "job_failed",
         }.get(state.type, "job_failed")
-        message = f"flow run {state.name.lower()}" + (f": {state.message}" if state.message else "")
+        message = f"flow run {(state.name or state.type.value).lower()}" + (
+            f": {state.message}" if state.message else ""
+        )
         jobstore.mark_failed(session, job, reason, message)
         return job
 

@@ -83,7 +83,11 @@ def mark_finished(
 def mark_failed(session: Session, job: SyncJob, code: str, message: str) -> None:
     """A failure seen from outside the run (crash, cancellation, submission error)."""
     mark_finished(
-        session, job, counts=job.counts, mailboxes=job.mailboxes, error_code=code,
+        session,
+        job,
+        counts=job.counts,
+        mailboxes=job.mailboxes,
+        error_code=code,
         error_message=message,
     )
 
@@ -105,8 +109,6 @@ def public_view(job: SyncJob, *, brief: bool = False) -> dict[str, Any]:
         mailboxes=[
             {k: v for k, v in m.items() if k != "mailbox_id"} for m in (job.mailboxes or [])
         ],
-        error=(
-            {"code": job.error_code, "message": job.error_message} if job.error_code else None
-        ),
+        error=({"code": job.error_code, "message": job.error_message} if job.error_code else None),
     )
     return data

@@ -76,7 +76,9 @@ class Stack:
         self.children.clear()
 
 
-def wait_until(probe: Callable[[], bool], what: str, timeout: float, stack: Stack | None = None) -> None:
+def wait_until(
+    probe: Callable[[], bool], what: str, timeout: float, stack: Stack | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack is not None:
@@ -119,8 +121,17 @@ def start_prefect_server(stack: Stack, port: int, timeout: float = 90) -> str:
     api_url = f"http://127.0.0.1:{port}/api"
     stack.spawn(
         "prefect-server",
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
     )
     wait_until(http_ok(f"{api_url}/health"), "the Prefect server", timeout, stack)
     return api_url
@@ -129,6 +140,17 @@ def start_prefect_server(stack: Stack, port: int, timeout: float = 90) -> str:
 def start_worker(stack: Stack, pool: str, index: int = 0) -> Child:
     return stack.spawn(
         f"worker-{index}",
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
-         "--name", f"mailsync-worker-{index}-{os.getpid()}"],
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--name",
+            f"mailsync-worker-{index}-{os.getpid()}",
+        ],
     )

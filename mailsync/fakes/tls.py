@@ -1,4 +1,4 @@
-"""A generated CA and server certificate, so the real client libraries can talk HTTPS to the fakes."""
+"""A generated CA and server certificate, so real client libraries talk HTTPS to the fakes."""
 
 from __future__ import annotations
 

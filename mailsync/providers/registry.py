@@ -1,4 +1,4 @@
-"""Maps a provider name to its implementation; imports lazily because the client libraries are slow to load."""
+"""Maps a provider name to its implementation, imported lazily (client libraries load slowly)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from sqlmodel import update
 
 from mailsync import jobstore
 from mailsync.api.deps import EmailReader, EmailWriter, OrchestratorDep, SessionDep
@@ -30,7 +29,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
+_GET_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _ERRORS[401],
+    403: _ERRORS[403],
+    404: {"model": ErrorEnvelope, "description": "not_found: unknown job, or another workspace's"},
+}
+
+
+def _describe(error: Any) -> tuple[str, str]:
     field = ".".join(str(p) for p in error.get("loc", ())) or "body"
     kind = error.get("type", "")
     if kind == "extra_forbidden":
@@ -49,7 +55,9 @@ async def _parse(request: Request) -> SyncRequest:
         return SyncRequest()
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
-        raise ApiError(400, "invalid_request", "the body must be JSON (Content-Type: application/json)")
+        raise ApiError(
+            400, "invalid_request", "the body must be JSON (Content-Type: application/json)"
+        )
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -85,30 +93,23 @@ async def trigger_sync(
     """Enqueue an immediate sync of the workspace's connected mailboxes."""
     body = await _parse(request)
     try:
-        job = jobstore.new_job(session, principal.workspace_id, body.mode, body.provider)
+        job = orchestrator.trigger(session, principal.workspace_id, body.mode, body.provider)
     except jobstore.NoMailboxError as exc:
         raise ApiError(403, "insufficient_permissions", str(exc)) from exc
-    session.commit()  # the flow run reads the job, so it must exist before the run does
-    try:
-        flow_run_id = orchestrator.submit(job)
     except OrchestratorUnavailableError as exc:
-        jobstore.mark_failed(session, job, "orchestrator_unavailable", str(exc))
-        session.commit()
         raise ApiError(
-            503, "service_unavailable", "the sync could not be scheduled; retry shortly",
+            503,
+            "service_unavailable",
+            "the sync could not be scheduled; retry shortly",
             headers={"Retry-After": "5"},
         ) from exc
-    # A targeted update: the flow may already have marked the job running.
-    session.exec(update(SyncJob).where(SyncJob.id == job.id).values(flow_run_id=flow_run_id))  # type: ignore[call-overload]
-    session.commit()
     return {"data": jobstore.public_view(job, brief=True)}
 
 
 @router.get(
     "/{job_id}",
     response_model=JobEnvelope,
-    responses={k: v for k, v in _ERRORS.items() if k in (401, 403)}
-    | {404: {"model": ErrorEnvelope, "description": "not_found"}},
+    responses=_GET_ERRORS,
     summary="Get a sync job",
 )
 def get_sync_job(
