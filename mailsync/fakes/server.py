@@ -50,3 +50,16 @@ def serve_in_thread(app: FastAPI, tls: FakeTLS, port: int | None = None) -> Iter
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    import asyncio
+
+    await asyncio.gather(*(server.serve() for server in servers))
+
+
+def serve_forever(apps: list[tuple[FastAPI, int]], tls: FakeTLS) -> None:
+    """Serve several fake apps in one process until interrupted."""
+    import asyncio
+
+    asyncio.run(_serve_all([_server(app, tls, port) for app, port in apps]))

@@ -1,0 +1,133 @@
+"""`mailsync up`: the Prefect server, workers, the API and (with --demo) the fakes, supervised."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from rich.console import Console
+from rich.panel import Panel
+
+from mailsync import db
+from mailsync import demo as demo_mod
+from mailsync.jobs import Orchestrator
+from mailsync.settings import Settings
+from mailsync.stack import (
+    Stack,
+    StackError,
+    http_ok,
+    prefect_env,
+    start_prefect_server,
+    start_worker,
+    wait_until,
+)
+
+console = Console()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _prefect(stack: Stack, settings: Settings) -> str:
+    external = settings.prefect_api_url or os.environ.get("PREFECT_API_URL")
+    if external:
+        wait_until(http_ok(f"{external.rstrip('/')}/health"), f"Prefect at {external}", 30)
+        console.print(f"using the Prefect server at {external}")
+        return external
+    if not _port_free(settings.prefect_port):
+        raise StackError(
+            f"port {settings.prefect_port} is taken; set PREFECT_API_URL to use a running "
+            "Prefect server, or MAILSYNC_PREFECT_PORT to start one elsewhere"
+        )
+    with console.status("starting the Prefect server (first start takes ~20 s)"):
+        return start_prefect_server(stack, settings.prefect_port)
+
+
+def run_stack(
+    settings: Settings, *, demo: bool, port: int, workers: int, seed_messages: int
+) -> None:
+    data_dir = settings.data_dir.resolve()
+    settings = settings.model_copy(update={"data_dir": data_dir})
+    database_url = settings.resolved_database_url
+    db.upgrade(database_url)
+    settings.fernet_key()  # generate it now, before several processes race to
+    if not _port_free(port):
+        raise SystemExit(f"port {port} is taken; pass --port")
+    base_api = f"http://127.0.0.1:{settings.prefect_port}/api"
+    env = {
+        **os.environ,
+        **prefect_env(data_dir / "prefect", base_api),
+        "MAILSYNC_DATA_DIR": str(data_dir),
+        "MAILSYNC_DATABASE_URL": database_url,
+    }
+    stack = Stack(data_dir / "logs", env)
+    try:
+        if demo:
+            with console.status("starting the fake Gmail and Microsoft servers"):
+                demo_fakes = demo_mod.start_fakes(stack, data_dir, seed_messages)
+            env.update(demo_fakes.env())
+        api_url = _prefect(stack, settings)
+        env["PREFECT_API_URL"] = api_url
+        from deployments.register import register
+
+        register(api_url, work_pool=settings.work_pool)
+        for index in range(workers):
+            start_worker(stack, settings.work_pool, index)
+        stack.spawn(
+            "api",
+            [sys.executable, "-m", "uvicorn", "mailsync.api.app:create_app", "--factory",
+             "--host", settings.api_host, "--port", str(port), "--no-access-log"],
+            {"MAILSYNC_PREFECT_API_URL": api_url},
+        )  # fmt: skip
+        api = f"http://{settings.api_host}:{port}"
+        with console.status("waiting for the API"):
+            wait_until(http_ok(f"{api}/health"), "the API", 60, stack)
+        ui = api_url.removesuffix("/api")
+        lines = [f"API        {api}", f"API docs   {api}/docs", f"Prefect UI {ui}",
+                 f"logs       {data_dir / 'logs'}"]  # fmt: skip
+        if demo:
+            lines += _run_demo(settings, demo_fakes, api, api_url)
+        console.print(Panel("\n".join(lines), title="mailsync is up", expand=False))
+        console.print("Ctrl-C stops everything.")
+        while True:
+            stack.check()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from exc
+    finally:
+        stack.stop()
+
+
+def _run_demo(settings: Settings, fakes: demo_mod.Fakes, api: str, prefect_api: str) -> list[str]:
+    from mailsync.cli import follow
+
+    key = demo_mod.seed_workspace(settings, fakes)
+    orchestrator = Orchestrator(prefect_api)
+    with db.session_scope(settings.resolved_database_url) as session:
+        job = orchestrator.trigger(session, demo_mod.WORKSPACE, "incremental", None, trigger="cli")
+    console.print(f"initial sync of the demo mailboxes: {job.id}")
+    follow(settings, orchestrator, job.id)
+    orchestrator.close()
+    curl = (
+        f"curl -X POST {api}/v1/email/sync \\\n"
+        f'  -H "Authorization: Bearer {key}" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        "  -d '{}'"
+    )
+    return [
+        "",
+        f"demo API key ({settings.data_dir / 'demo-api-key'}):",
+        key,
+        "",
+        "try:",
+        curl,
+        "",
+        f'then: curl -H "Authorization: Bearer {key}" {api}/v1/email/sync/<job_id>',
+    ]

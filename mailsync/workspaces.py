@@ -1,0 +1,72 @@
+"""Workspaces and their connected mailboxes: the admin operations behind the CLI and the demo."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlmodel import Session, col, delete, select
+
+from mailsync.crypto import CredentialBox
+from mailsync.models import Mailbox, Message, Workspace
+from mailsync.providers.registry import PROVIDERS, validate_credentials
+
+_WORKSPACE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def create_workspace(session: Session, workspace_id: str, name: str | None = None) -> Workspace:
+    if not _WORKSPACE_ID.match(workspace_id):
+        raise ValueError("workspace ids are 1-64 of a-z, 0-9, '_' and '-', starting alphanumeric")
+    existing = session.get(Workspace, workspace_id)
+    if existing is not None:
+        return existing
+    workspace = Workspace(id=workspace_id, name=name or workspace_id)
+    session.add(workspace)
+    session.flush()
+    return workspace
+
+
+def connect_mailbox(
+    session: Session,
+    box: CredentialBox,
+    workspace_id: str,
+    provider: str,
+    address: str,
+    credentials: dict[str, Any],
+) -> tuple[Mailbox, bool]:
+    """Connect (or re-connect with new credentials) a mailbox; returns it and whether it is new.
+
+    Re-connecting forgets the cursor and the index: new credentials may point at another
+    account, so only a fresh full sync can be trusted.
+    """
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
+    if session.get(Workspace, workspace_id) is None:
+        raise ValueError(f"workspace {workspace_id!r} does not exist")
+    if "@" not in address:
+        raise ValueError("the account address must be an email address")
+    sealed = box.seal(validate_credentials(provider, credentials))
+    mailbox = session.exec(
+        select(Mailbox).where(
+            Mailbox.workspace_id == workspace_id,
+            Mailbox.provider == provider,
+            Mailbox.address == address,
+        )
+    ).first()
+    created = mailbox is None
+    if mailbox is None:
+        mailbox = Mailbox(
+            workspace_id=workspace_id, provider=provider, address=address, credentials_encrypted=""
+        )
+    else:
+        session.exec(delete(Message).where(col(Message.mailbox_id) == mailbox.id))  # type: ignore[call-overload]
+        mailbox.cursor = None
+        mailbox.last_synced_at = None
+    mailbox.credentials_encrypted = sealed
+    session.add(mailbox)
+    session.flush()
+    return mailbox, created
+
+
+def workspace_exists(session: Session, workspace_id: str) -> bool:
+    return session.get(Workspace, workspace_id) is not None
