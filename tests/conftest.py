@@ -1,0 +1,183 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), the fakes over HTTPS, a real Prefect stack."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+
+from mailsync import db
+from mailsync.demo import Fakes
+from mailsync.fakes.server import free_port, serve_in_thread
+from mailsync.fakes.tls import FakeTLS, ensure_tls
+from mailsync.settings import Settings
+from mailsync.stack import Stack, prefect_env, start_prefect_server, start_worker
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+
+def _postgres_problem() -> str | None:
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {str(exc).splitlines()[0]}"
+
+
+PG_PROBLEM = _postgres_problem()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if PG_PROBLEM:
+        return f"postgresql: tests SKIPPED ({PG_PROBLEM})"
+    return f"postgresql: {POSTGRES_ADMIN_URL}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if PG_PROBLEM:
+        pytest.skip(PG_PROBLEM)
+    name = f"mailsync_test_{secrets.token_hex(4)}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+    db.upgrade(url)
+    yield url
+    db.dispose_engines()
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The application database, once on SQLite and once on PostgreSQL."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mailsync.db'}"
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> FakeTLS:
+    return ensure_tls(tmp_path_factory.mktemp("tls"))
+
+
+@dataclass(frozen=True)
+class FakeProviders(Fakes):
+    """The running fakes plus helpers to drive their admin surface."""
+
+    def admin(self, provider: str) -> httpx.Client:
+        base = self.gmail_url if provider == "gmail" else self.microsoft_url
+        return httpx.Client(base_url=base, verify=str(self.ca_path), trust_env=False, timeout=30)
+
+    def call(self, provider: str, method: str, path: str, **kwargs: Any) -> Any:
+        with self.admin(provider) as client:
+            response = client.request(method, path, **kwargs)
+            response.raise_for_status()
+            return response.json() if response.content else None
+
+    def account(self, provider: str, address: str, messages: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"address": address}
+        if messages is not None:
+            body["messages"] = messages
+        result: dict[str, Any] = self.call(provider, "POST", "/_admin/mailboxes", json=body)
+        return result
+
+    def ids(self, provider: str, address: str) -> set[str]:
+        return set(self.call(provider, "GET", f"/_admin/mailboxes/{address}/messages")["ids"])
+
+    def stats(self, provider: str) -> dict[str, int]:
+        result: dict[str, int] = self.call(provider, "GET", "/_admin/stats")["requests"]
+        return result
+
+    def reset_stats(self, provider: str) -> None:
+        self.call(provider, "POST", "/_admin/stats/reset")
+
+
+@pytest.fixture(scope="session")
+def fakes(tls: FakeTLS) -> Iterator[FakeProviders]:
+    """Fake Gmail and Microsoft over real HTTPS with a generated CA."""
+    from mailsync.fakes import gmail as fake_gmail
+    from mailsync.fakes import microsoft as fake_microsoft
+
+    with (
+        serve_in_thread(fake_gmail.create_app(seed_messages=40), tls) as gmail_url,
+        serve_in_thread(fake_microsoft.create_app(seed_messages=40), tls) as microsoft_url,
+    ):
+        yield FakeProviders(gmail_url, microsoft_url, tls.ca_path)
+
+
+def make_settings(data_dir: Path, database_url: str, fakes: Fakes, **extra: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        encryption_key=ENCRYPTION_KEY,
+        google_token_uri=f"{fakes.gmail_url}/token",
+        gmail_api_url=f"{fakes.gmail_url}/",
+        microsoft_authority_host=fakes.microsoft_url,
+        graph_api_url=f"{fakes.microsoft_url}/v1.0",
+        provider_ca_bundle=fakes.ca_path,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="session")
+def settings(
+    database_url: str, fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("data"), database_url, fakes)
+
+
+@dataclass
+class PrefectStack:
+    api_url: str
+    stack: Stack
+    settings: Settings
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(
+    settings: Settings, fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectStack]:
+    """A real Prefect server, the deployments registered, and one process worker.
+
+    The worker's flow runs use the same database, encryption key and fakes as the test.
+    """
+    from deployments.register import register
+
+    home = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        **prefect_env(home, api_url),
+        **fakes.env(),
+        "MAILSYNC_DATA_DIR": str(settings.data_dir),
+        "MAILSYNC_DATABASE_URL": settings.resolved_database_url,
+        "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
+    }
+    stack = Stack(home / "logs", env)
+    try:
+        start_prefect_server(stack, port)
+        register(api_url)
+        start_worker(stack, "mailsync")
+        yield PrefectStack(api_url, stack, settings.model_copy(update={"prefect_api_url": api_url}))
+    finally:
+        stack.stop()

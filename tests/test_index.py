@@ -1,0 +1,65 @@
+"""The message index: upserts are idempotent, counts are honest, full listings prune."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.fernet import Fernet
+
+from mailsync import index, workspaces
+from mailsync.crypto import CredentialBox
+from mailsync.db import session_scope
+from mailsync.models import Mailbox, Workspace, new_id
+from mailsync.providers.base import MessageRecord
+
+
+@pytest.fixture
+def mailbox_id(database_url: str) -> str:
+    with session_scope(database_url) as session:
+        ws = workspaces.create_workspace(session, new_id("ws").lower().replace("_", "-"))
+        mailbox = Mailbox(
+            workspace_id=ws.id,
+            provider="gmail",
+            address="a@example.com",
+            credentials_encrypted=CredentialBox(Fernet.generate_key()).seal({}),
+        )
+        session.add(mailbox)
+        session.flush()
+        assert session.get(Workspace, ws.id) is not None
+        return mailbox.id
+
+
+def record(pid: str, subject: str = "hello") -> MessageRecord:
+    return MessageRecord(
+        provider_message_id=pid,
+        thread_id="t1",
+        sender="Ada <ada@example.com>",
+        to=["b@example.com"],
+        subject=subject,
+        date=datetime(2026, 4, 17, 10, 30, tzinfo=UTC),
+        labels=["INBOX"],
+        size=1234,
+    )
+
+
+def test_upsert_counts_added_updated_and_is_idempotent(database_url: str, mailbox_id: str) -> None:
+    """Re-applying the same page changes nothing; a changed field counts as one update."""
+    with session_scope(database_url) as session:
+        first = index.upsert(session, mailbox_id, [record("m1"), record("m2")])
+    with session_scope(database_url) as session:
+        again = index.upsert(session, mailbox_id, [record("m1"), record("m2")])
+    with session_scope(database_url) as session:
+        changed = index.upsert(session, mailbox_id, [record("m1", "changed"), record("m2")])
+    assert (first.added, first.updated) == (2, 0)
+    assert (again.added, again.updated) == (0, 0)
+    assert (changed.added, changed.updated) == (0, 1)
+
+
+def test_remove_and_remove_unseen(database_url: str, mailbox_id: str) -> None:
+    """Deletions count only rows that existed; a full listing prunes what it did not see."""
+    with session_scope(database_url) as session:
+        index.upsert(session, mailbox_id, [record(f"m{i}") for i in range(5)])
+        assert index.remove(session, mailbox_id, ["m0", "m0", "missing"]) == 1
+        assert index.remove_unseen(session, mailbox_id, {"m1", "m2"}) == 2
+        assert index.message_ids(session, mailbox_id) == {"m1", "m2"}
