@@ -1,4 +1,4 @@
-"""Shared fixtures: databases (SQLite and PostgreSQL), the fakes over HTTPS, a real Prefect stack."""
+"""Shared fixtures: SQLite and PostgreSQL databases, the fakes over HTTPS, a real Prefect stack."""
 
 from __future__ import annotations
 
@@ -62,9 +62,7 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The application database, once on SQLite and once on PostgreSQL."""
     if request.param == "postgresql":
         url: str = request.getfixturevalue("postgres_url")

@@ -1,0 +1,161 @@
+"""Every documented error: status, code, envelope, X-Request-ID; no input produces a 500."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from mailsync.db import get_engine
+from mailsync.models import SyncJob
+from mailsync.settings import Settings
+from tests.api.conftest import Tenant, make_tenant
+from tests.conftest import FakeProviders
+
+URL = "/v1/email/sync"
+
+
+def assert_error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    return error
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "wbk_" + "a" * 40},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer not-a-key"},
+        {"Authorization": "Bearer wbk_" + "a" * 40},
+    ],
+)
+def test_401_invalid_key(offline_client: TestClient, headers: dict[str, str]) -> None:
+    """Missing, malformed or unknown keys get 401 invalid_key with a Bearer challenge."""
+    response = offline_client.post(URL, headers=headers, json={})
+    assert_error(response, 401, "invalid_key")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert_error(offline_client.get(f"{URL}/sync_x", headers=headers), 401, "invalid_key")
+
+
+def test_403_without_write_scope(offline_client: TestClient, tenant: Tenant) -> None:
+    """A key without write:email cannot trigger; one without any email scope cannot read."""
+    assert_error(
+        offline_client.post(URL, headers=tenant.auth(tenant.reader), json={}),
+        403,
+        "insufficient_permissions",
+    )
+    assert_error(
+        offline_client.get(f"{URL}/sync_x", headers=tenant.auth(tenant.no_scope)),
+        403,
+        "insufficient_permissions",
+    )
+
+
+def test_403_without_connected_mailbox(
+    offline_client: TestClient, settings: Settings, fakes: FakeProviders
+) -> None:
+    """No connected mailbox at all, or none for the provider asked: 403."""
+    only_gmail = make_tenant(settings, fakes, providers=("gmail",))
+    nothing = make_tenant(settings, fakes, providers=())
+    error = assert_error(
+        offline_client.post(URL, headers=only_gmail.auth(), json={"provider": "microsoft"}),
+        403,
+        "insufficient_permissions",
+    )
+    assert "microsoft" in error["message"]
+    assert_error(
+        offline_client.post(URL, headers=nothing.auth(), json={}), 403, "insufficient_permissions"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "param"),
+    [
+        ('{"mode": "fast"}', "application/json", "mode"),
+        ('{"mode": 1}', "application/json", "mode"),
+        ('{"mode": null}', "application/json", "mode"),
+        ('{"provider": "yahoo"}', "application/json", "provider"),
+        ('{"provider": ["gmail"]}', "application/json", "provider"),
+        ('{"extra": true}', "application/json", "extra"),
+        ('{"mode": "full",}', "application/json", None),
+        ("[]", "application/json", None),
+        ('"full"', "application/json", None),
+        ("mode=full", "application/x-www-form-urlencoded", None),
+        ("\xff\xfe", "application/json", None),
+        ('{"mode": "incremental"}', "text/plain", None),
+    ],
+)
+def test_400_invalid_request(
+    offline_client: TestClient, tenant: Tenant, body: str, content_type: str, param: str | None
+) -> None:
+    """Wrong values, unknown fields, malformed or non-JSON bodies: 400 naming the field."""
+    response = offline_client.post(
+        URL,
+        headers={**tenant.auth(), "Content-Type": content_type},
+        content=body.encode("latin-1"),
+    )
+    error = assert_error(response, 400, "invalid_request")
+    if param:
+        assert error["param"] == param and param in error["message"]
+
+
+def test_413_huge_body(offline_client: TestClient, tenant: Tenant) -> None:
+    """Bodies over the limit are refused before they are read, with the same envelope."""
+    body = json.dumps({"mode": "full", "pad": "x" * 200_000})
+    response = offline_client.post(
+        URL, headers={**tenant.auth(), "Content-Type": "application/json"}, content=body
+    )
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_404s_and_405(offline_client: TestClient, tenant: Tenant) -> None:
+    """Unknown jobs, unknown routes and wrong methods keep the envelope."""
+    assert_error(offline_client.get(f"{URL}/sync_nope", headers=tenant.auth()), 404, "not_found")
+    assert_error(offline_client.get(f"{URL}/{'x' * 5000}", headers=tenant.auth()), 404, "not_found")
+    assert_error(offline_client.get("/v1/nothing", headers=tenant.auth()), 404, "not_found")
+    assert_error(offline_client.delete(URL, headers=tenant.auth()), 405, "method_not_allowed")
+
+
+def test_503_when_prefect_is_down_records_the_failed_job(
+    offline_client: TestClient, tenant: Tenant, settings: Settings
+) -> None:
+    """If no flow run can be created the client gets 503 and the job is kept as failed."""
+    response = offline_client.post(URL, headers=tenant.auth(), json={})
+    assert_error(response, 503, "service_unavailable")
+    assert response.headers["retry-after"]
+    with Session(get_engine(settings.resolved_database_url)) as session:
+        jobs = session.exec(select(SyncJob).where(SyncJob.workspace_id == tenant.workspace_id))
+        assert [(j.status, j.error_code) for j in jobs] == [("failed", "orchestrator_unavailable")]
+
+
+@pytest.mark.parametrize(
+    ("supplied", "echoed"),
+    [("abc-123", True), ("a" * 200, False), ("bad id\x7f", False), ("", False)],
+)
+def test_request_id_echo_or_generate(
+    offline_client: TestClient, supplied: str, echoed: bool
+) -> None:
+    """A sane X-Request-ID is echoed; anything else is replaced by a generated one."""
+    response = offline_client.get("/v1/email/sync/x", headers={"X-Request-ID": supplied})
+    rid = response.headers["x-request-id"]
+    assert (rid == supplied) is echoed
+    if not echoed:
+        assert rid.startswith("req_")
+
+
+def test_openapi_and_docs_are_served(offline_client: TestClient) -> None:
+    """The OpenAPI document describes both operations; /docs renders."""
+    spec = offline_client.get("/openapi.json").json()
+    assert {"/v1/email/sync", "/v1/email/sync/{job_id}"} <= set(spec["paths"])
+    assert "202" in spec["paths"]["/v1/email/sync"]["post"]["responses"]
+    assert offline_client.get("/docs").status_code == 200
