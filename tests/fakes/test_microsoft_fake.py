@@ -1,0 +1,487 @@
+"""Guards that the fake Microsoft identity platform and Graph speak the real wire formats."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msal
+import pytest
+import requests
+
+from mailsync.fakes.microsoft import create_app
+from mailsync.fakes.server import serve_in_thread
+from mailsync.fakes.tls import FakeTLS, ensure_tls
+
+APP_SCOPE = "https://graph.microsoft.com/.default"
+MAIL_READ = "https://graph.microsoft.com/Mail.Read"
+IMMUTABLE = 'IdType="ImmutableId"'
+
+
+@dataclass
+class Fake:
+    base: str
+    tls: FakeTLS
+    http: httpx.Client
+
+    def mailbox(self, messages: int | None = None, domain: str = "contoso.com") -> dict[str, Any]:
+        address = f"user-{uuid.uuid4().hex[:10]}@{domain}"
+        response = self.http.post(
+            "/_admin/mailboxes", json={"address": address, "messages": messages}
+        )
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def token(self, creds: dict[str, str], **form: str) -> httpx.Response:
+        data = {"client_id": creds["client_id"], "client_secret": creds["client_secret"], **form}
+        return self.http.post(f"/{creds['tenant_id']}/oauth2/v2.0/token", data=data)
+
+    def app_token(self, box: dict[str, Any]) -> str:
+        response = self.token(box["credentials"], grant_type="client_credentials", scope=APP_SCOPE)
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def delta(
+        self, url: str, token: str, page_size: int | None = None, immutable: bool = True
+    ) -> httpx.Response:
+        prefer = [f"odata.maxpagesize={page_size}"] if page_size else []
+        prefer += [IMMUTABLE] if immutable else []
+        headers = {"Authorization": f"Bearer {token}"}
+        if prefer:
+            headers["Prefer"] = ", ".join(prefer)
+        return self.http.get(url, headers=headers)
+
+    def round(
+        self, url: str, token: str, page_size: int | None = None, immutable: bool = True
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every page of one delta round: (pages' bodies, deltaLink)."""
+        bodies = []
+        next_url: str | None = url
+        while next_url:
+            response = self.delta(next_url, token, page_size, immutable)
+            assert response.status_code == 200, response.text
+            bodies.append(response.json())
+            next_url = bodies[-1].get("@odata.nextLink")
+        return bodies, bodies[-1]["@odata.deltaLink"]
+
+    def ids(self, address: str, folder: str | None = None) -> set[str]:
+        params = {"folder": folder} if folder else None
+        return set(
+            self.http.get(f"/_admin/mailboxes/{address}/messages", params=params).json()["ids"]
+        )
+
+    def stats(self) -> dict[str, int]:
+        return self.http.get("/_admin/stats").json()["requests"]
+
+
+def items(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [item for body in bodies for item in body["value"]]
+
+
+def delta_path(address: str, folder: str = "inbox") -> str:
+    return f"/v1.0/users/{address}/mailFolders/{folder}/messages/delta"
+
+
+def msal_session(tls: FakeTLS) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # the machine's REQUESTS_CA_BUNDLE would replace `verify`
+    session.verify = str(tls.ca_path)
+    return session
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fake]:
+    tls = ensure_tls(Path(tmp_path_factory.mktemp("microsoft-fake-tls")))
+    with serve_in_thread(create_app(seed_messages=23, seed=3), tls) as base:
+        http = httpx.Client(base_url=base, verify=str(tls.ca_path), trust_env=False)
+        yield Fake(base, tls, http)
+        http.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counters(fake: Fake) -> None:
+    fake.http.post("/_admin/stats/reset").raise_for_status()
+
+
+def test_openid_configuration_points_back_at_the_fake(fake: Fake) -> None:
+    """Discovery (by tenant id or by a tenant domain) names this server's own https endpoints,
+    with the tenant GUID in them, and unknown tenants get AAD's invalid_tenant error."""
+    box = fake.mailbox(messages=0, domain="discovery.example")
+    tenant = box["credentials"]["tenant_id"]
+
+    for segment in (tenant, "discovery.example"):
+        config = fake.http.get(f"/{segment}/v2.0/.well-known/openid-configuration").json()
+        assert config["token_endpoint"] == f"{fake.base}/{tenant}/oauth2/v2.0/token"
+        assert config["authorization_endpoint"] == f"{fake.base}/{tenant}/oauth2/v2.0/authorize"
+        assert config["issuer"] == f"{fake.base}/{tenant}/v2.0"
+
+    unknown = fake.http.get(f"/{uuid.uuid4()}/v2.0/.well-known/openid-configuration")
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == "invalid_tenant"
+    assert fake.stats()["openid-configuration"] == 3
+
+
+def test_token_endpoint_errors_are_aad_shaped(fake: Fake) -> None:
+    """Bad secrets, unknown clients, wrong scopes, unknown refresh tokens and unsupported grants
+    are refused with AAD's status codes and JSON (error, AADSTS description, error_codes)."""
+    box = fake.mailbox(messages=0)
+    creds = box["credentials"]
+    app_only = {"grant_type": "client_credentials", "scope": APP_SCOPE}
+    refresh = {"grant_type": "refresh_token", "refresh_token": box["delegated"]["refresh_token"]}
+    cases = [
+        ({**creds, "client_secret": "nope"}, app_only, 401, "invalid_client", 7000215),
+        ({**creds, "client_id": str(uuid.uuid4())}, app_only, 400, "unauthorized_client", 700016),
+        (creds, {**app_only, "scope": MAIL_READ}, 400, "invalid_scope", 1002012),
+        (
+            creds,
+            {**app_only, "scope": "https://vault.azure.net/.default"},
+            400,
+            "invalid_resource",
+            500011,
+        ),
+        (
+            creds,
+            {**refresh, "refresh_token": "bogus", "scope": MAIL_READ},
+            400,
+            "invalid_grant",
+            9002313,
+        ),
+        (
+            creds,
+            {**refresh, "scope": "https://graph.microsoft.com/Mail.Send"},
+            400,
+            "invalid_grant",
+            65001,
+        ),
+        (creds, {"grant_type": "password"}, 400, "unsupported_grant_type", 70003),
+    ]
+    for credentials, form, status, error, code in cases:
+        response = fake.token(credentials, **form)
+        body = response.json()
+        assert (response.status_code, body["error"], body["error_codes"]) == (status, error, [code])
+        assert body["error_description"].startswith(f"AADSTS{code}: ")
+        assert {"timestamp", "trace_id", "correlation_id", "error_uri"} <= set(body)
+    assert fake.stats()["token"] == len(cases)
+
+
+def test_msal_client_credentials_flow_is_cached(fake: Fake) -> None:
+    """The real msal discovers the tenant, gets an app-only token, and serves the next request
+    for it from its cache (expires_in is what msal needs to cache it)."""
+    creds = fake.mailbox(messages=0)["credentials"]
+    app = msal.ConfidentialClientApplication(
+        creds["client_id"],
+        client_credential=creds["client_secret"],
+        authority=f"{fake.base}/{creds['tenant_id']}",
+        http_client=msal_session(fake.tls),
+        instance_discovery=False,
+    )
+    first = app.acquire_token_for_client([APP_SCOPE])
+    second = app.acquire_token_for_client([APP_SCOPE])
+
+    assert first["access_token"] == second["access_token"]
+    assert second["token_source"] == "cache"
+    assert fake.stats() == {"openid-configuration": 1, "token": 1}
+
+
+def test_msal_refresh_token_flow_creates_an_account(fake: Fake) -> None:
+    """A refresh-token grant returns a new refresh token, an id_token and client_info, so msal
+    records an account for the user and acquire_token_silent works; the original refresh token
+    stays valid after rotation, as AAD's do."""
+    box = fake.mailbox(messages=0)
+    delegated = box["delegated"]
+    app = msal.ConfidentialClientApplication(
+        delegated["client_id"],
+        client_credential=delegated["client_secret"],
+        authority=f"{fake.base}/{delegated['tenant_id']}",
+        http_client=msal_session(fake.tls),
+        instance_discovery=False,
+    )
+    result = app.acquire_token_by_refresh_token(delegated["refresh_token"], [MAIL_READ])
+
+    assert {"access_token", "refresh_token", "id_token", "client_info"} <= set(result)
+    assert result["refresh_token"] != delegated["refresh_token"]
+    assert result["id_token_claims"]["preferred_username"] == box["address"]
+    assert MAIL_READ in result["scope"].split()
+    [account] = app.get_accounts()
+    assert account["username"] == box["address"]
+    silent = app.acquire_token_silent([MAIL_READ], account=account)
+    assert silent is not None and silent["token_source"] == "cache"
+    again = fake.token(
+        delegated,
+        grant_type="refresh_token",
+        refresh_token=delegated["refresh_token"],
+        scope=MAIL_READ,
+    )
+    assert again.status_code == 200
+    assert "client_info" not in again.json()  # only when asked for with client_info=1
+    assert "id_token" not in again.json()  # only with the openid scope
+
+
+def test_delta_pages_honour_maxpagesize_select_and_links(fake: Fake) -> None:
+    """A delta round returns at most odata.maxpagesize items per page (10 by default), says so in
+    Preference-Applied, applies $select, links pages with absolute nextLinks on this server, ends
+    with a deltaLink, and covers exactly the folder's messages once."""
+    box = fake.mailbox()
+    token = fake.app_token(box)
+    address = box["address"]
+    inbox = fake.ids(address, "inbox")
+    url = delta_path(address) + "?$select=subject,from"
+
+    first = fake.delta(url, token, page_size=4)
+    assert first.headers["Preference-Applied"] == f"odata.maxpagesize=4, {IMMUTABLE}"
+    bodies, delta_link = fake.round(url, token, page_size=4)
+
+    assert [len(b["value"]) for b in bodies[:-1]] == [4] * (len(bodies) - 1)
+    assert len(bodies) == -(-len(inbox) // 4)
+    assert all(b["@odata.nextLink"].startswith(f"{fake.base}/v1.0/") for b in bodies[:-1])
+    assert "$skiptoken=" in bodies[0]["@odata.nextLink"]
+    assert delta_link.startswith(f"{fake.base}/v1.0/") and "$deltatoken=" in delta_link
+    assert "@odata.deltaLink" not in bodies[0] and "@odata.nextLink" not in bodies[-1]
+    ids = [i["id"] for i in items(bodies)]
+    assert len(ids) == len(set(ids)) and set(ids) == inbox
+    for item in items(bodies):
+        assert set(item) == {"@odata.type", "@odata.etag", "id", "subject", "from"}
+        assert item["@odata.type"] == "#microsoft.graph.message"
+
+    default = fake.delta(delta_path(address), token).json()
+    assert len(default["value"]) == min(10, len(inbox))
+    full = default["value"][0]
+    wanted = "conversationId bodyPreview sender toRecipients ccRecipients receivedDateTime"
+    wanted += " sentDateTime parentFolderId isRead categories internetMessageId hasAttachments"
+    assert set(wanted.split()) <= set(full)
+    assert full["receivedDateTime"].endswith("Z")
+    assert full["toRecipients"][0]["emailAddress"]["address"] == address
+
+
+def test_delta_link_reports_only_changes(fake: Fake) -> None:
+    """Following a deltaLink returns only what changed since: new and edited messages in full,
+    messages deleted or moved out as @removed; a move in shows up in the target folder."""
+    box = fake.mailbox(messages=12)
+    address, token = box["address"], fake.app_token(box)
+    _, inbox_link = fake.round(delta_path(address), token)
+    _, sent_link = fake.round(delta_path(address, "sentitems"), token)
+    inbox = sorted(fake.ids(address, "inbox"))
+    admin = f"/_admin/mailboxes/{address}/messages"
+    added = fake.http.post(admin, json={"count": 2, "folder": "inbox"}).json()["ids"]
+    fake.http.patch(f"{admin}/{inbox[0]}", json={"subject": "Edited", "is_read": True})
+    fake.http.patch(f"{admin}/{inbox[1]}", json={"folder": "sentitems"})
+    fake.http.delete(f"{admin}/{inbox[2]}")
+    created_then_deleted = fake.http.post(admin, json={"count": 1}).json()["ids"][0]
+    fake.http.delete(f"{admin}/{created_then_deleted}")
+
+    bodies, next_inbox_link = fake.round(inbox_link, token)
+    changes = {i["id"]: i for i in items(bodies)}
+    assert set(changes) == {*added, inbox[0], inbox[1], inbox[2]}
+    assert changes[inbox[0]]["subject"] == "Edited" and changes[inbox[0]]["isRead"] is True
+    for gone in (inbox[1], inbox[2]):
+        assert changes[gone] == {
+            "@odata.type": "#microsoft.graph.message",
+            "id": gone,
+            "@removed": {"reason": "deleted"},
+        }
+    sent_changes = items(fake.round(sent_link, token)[0])
+    assert [i["id"] for i in sent_changes] == [inbox[1]]
+    assert "@removed" not in sent_changes[0]
+    assert items(fake.round(next_inbox_link, token)[0]) == []
+
+
+def test_default_ids_change_on_move_immutable_ids_do_not(fake: Fake) -> None:
+    """Without Prefer: IdType="ImmutableId" message ids are Outlook's default ids, which change
+    when a message moves; with it, ids are the admin's stable ids."""
+    box = fake.mailbox(messages=3)
+    address, token = box["address"], fake.app_token(box)
+    message_id = sorted(fake.ids(address))[0]
+    folder = "inbox" if message_id in fake.ids(address, "inbox") else "sentitems"
+    other = "sentitems" if folder == "inbox" else "inbox"
+
+    def default_ids(folder_name: str) -> set[str]:
+        return {
+            i["id"]
+            for i in items(fake.round(delta_path(address, folder_name), token, immutable=False)[0])
+        }
+
+    src_before, dst_before = default_ids(folder), default_ids(other)
+    assert message_id not in src_before and len(src_before) == len(fake.ids(address, folder))
+    fake.http.patch(f"/_admin/mailboxes/{address}/messages/{message_id}", json={"folder": other})
+    [old_id] = src_before - default_ids(folder)
+    [new_id] = default_ids(other) - dst_before
+    assert old_id != new_id and message_id not in (old_id, new_id)
+    immutable = {i["id"] for i in items(fake.round(delta_path(address, other), token)[0])}
+    assert message_id in immutable
+
+
+def test_expired_delta_token_is_410_sync_state_not_found(fake: Fake) -> None:
+    """After expire-delta every earlier deltaLink answers 410 syncStateNotFound in Graph's error
+    shape with a Location to restart from; a fresh round works and yields a usable deltaLink."""
+    box = fake.mailbox(messages=3)
+    address, token = box["address"], fake.app_token(box)
+    _, link = fake.round(delta_path(address), token)
+    fake.http.post(f"/_admin/mailboxes/{address}/expire-delta").raise_for_status()
+
+    response = fake.delta(link, token)
+
+    assert response.status_code == 410
+    error = response.json()["error"]
+    assert error["code"] == "syncStateNotFound"
+    assert {"date", "request-id", "client-request-id"} <= set(error["innerError"])
+    restart = response.headers["Location"]
+    assert restart.startswith(f"{fake.base}/v1.0/") and "token" not in restart
+    _, new_link = fake.round(restart, token)
+    assert fake.delta(new_link, token).status_code == 200
+    assert fake.delta(link.replace("$deltatoken=", "$deltatoken=x"), token).status_code == 410
+
+
+def test_graph_authorization(fake: Fake) -> None:
+    """Graph refuses missing, unknown and expired tokens (401 InvalidAuthenticationToken), a
+    delegated token on someone else's mailbox (403), and users outside the token's tenant (404);
+    app-only tokens read any mailbox of their tenant, delegated ones their own (and /me)."""
+    box = fake.mailbox(messages=2)
+    colleague = fake.mailbox(messages=2)
+    outsider = fake.mailbox(messages=2, domain="elsewhere.example")
+    app_token = fake.app_token(box)
+    delegated = box["delegated"]
+    user_token = fake.token(
+        delegated,
+        grant_type="refresh_token",
+        refresh_token=delegated["refresh_token"],
+        scope=f"{MAIL_READ} offline_access openid profile",
+    ).json()["access_token"]
+
+    def status(path: str, token: str | None) -> tuple[int, str | None]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = fake.http.get(path, headers=headers)
+        code = response.json().get("error", {}).get("code") if response.status_code >= 400 else None
+        return response.status_code, code
+
+    assert status(delta_path(box["address"]), None) == (401, "InvalidAuthenticationToken")
+    assert status(delta_path(box["address"]), "garbage") == (401, "InvalidAuthenticationToken")
+    assert status(delta_path(colleague["address"]), app_token) == (200, None)
+    assert status(delta_path(outsider["address"]), app_token) == (404, "ErrorInvalidUser")
+    assert status(delta_path(box["address"]), user_token) == (200, None)
+    assert status("/v1.0/me/mailFolders/inbox/messages/delta", user_token) == (200, None)
+    assert status("/v1.0/me/mailFolders/inbox/messages/delta", app_token) == (400, "BadRequest")
+    assert status(delta_path(colleague["address"]), user_token) == (403, "ErrorAccessDenied")
+    assert status(delta_path(box["address"], "nosuchfolder"), app_token) == (
+        404,
+        "ErrorItemNotFound",
+    )
+    assert status(delta_path(box["address"]) + "?$select=nosuch", app_token)[0] == 400
+    assert status(f"/v1.0/users/{box['address']}/calendar", app_token) == (400, "BadRequest")
+    unauthorized = fake.http.get(delta_path(box["address"]))
+    assert unauthorized.headers["WWW-Authenticate"].startswith("Bearer")
+
+    fake.http.post("/_admin/tokens/expire").raise_for_status()
+    response = fake.http.get(
+        delta_path(box["address"]), headers={"Authorization": f"Bearer {app_token}"}
+    )
+    assert response.status_code == 401
+    assert "expired" in response.json()["error"]["message"]
+
+
+def test_injected_faults_use_graph_and_aad_shapes(fake: Fake) -> None:
+    """Faults injected through /_admin/faults answer the named operation with that status in
+    Graph's (delta, mailFolders) or AAD's (token) error shape, with Retry-After when given, and
+    every attempt is counted."""
+    box = fake.mailbox(messages=2)
+    token = fake.app_token(box)
+    faults = [
+        {"operation": "delta", "status": 429, "retry_after": 7},
+        {"operation": "mailFolders", "status": 503},
+        {"operation": "token", "status": 429, "retry_after": 2},
+        {"operation": "openid-configuration", "status": 500},
+    ]
+    for spec in faults:
+        fake.http.post("/_admin/faults", json=spec).raise_for_status()
+
+    throttled = fake.delta(delta_path(box["address"]), token)
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "7"
+    assert throttled.json()["error"]["code"] == "ApplicationThrottled"
+    folders = fake.http.get(
+        f"/v1.0/users/{box['address']}/mailFolders", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert folders.status_code == 503 and folders.json()["error"]["code"] == "serviceNotAvailable"
+    aad = fake.token(box["credentials"], grant_type="client_credentials", scope=APP_SCOPE)
+    assert aad.status_code == 429 and aad.headers["Retry-After"] == "2"
+    assert aad.json()["error"] == "temporarily_unavailable" and aad.json()["error_codes"]
+    tenant = box["credentials"]["tenant_id"]
+    assert fake.http.get(f"/{tenant}/v2.0/.well-known/openid-configuration").status_code == 500
+    assert fake.delta(delta_path(box["address"]), token).status_code == 200  # fault used up
+    assert fake.stats() == {"token": 2, "delta": 2, "mailFolders": 1, "openid-configuration": 1}
+
+
+def test_mail_folders_lists_the_well_known_folders(fake: Fake) -> None:
+    """mailFolders lists the five well-known folders with Graph's properties and counts, and a
+    folder id from it works in place of the well-known name for delta."""
+    box = fake.mailbox(messages=6)
+    token = fake.app_token(box)
+    response = fake.http.get(
+        f"/v1.0/users/{box['address']}/mailFolders", headers={"Authorization": f"Bearer {token}"}
+    )
+    folders = {f["displayName"]: f for f in response.json()["value"]}
+
+    assert set(folders) == {"Inbox", "Sent Items", "Drafts", "Deleted Items", "Archive"}
+    inbox = fake.ids(box["address"], "inbox")
+    assert folders["Inbox"]["totalItemCount"] == len(inbox)
+    by_id = items(fake.round(delta_path(box["address"], folders["Inbox"]["id"]), token)[0])
+    assert {i["id"] for i in by_id} == inbox
+    assert {i["parentFolderId"] for i in by_id} == {folders["Inbox"]["id"]}
+    assert fake.stats()["mailFolders"] == 1
+
+
+def test_admin_mailboxes_are_idempotent_and_deterministic(fake: Fake, tmp_path: Path) -> None:
+    """Creating a mailbox twice returns 200 and the same credentials; a mailbox in the same domain
+    shares the tenant's app; the same seed gives the same credentials and message ids in another
+    fake; an explicit tenant is honoured and a conflicting one refused."""
+    address = f"repeat-{uuid.uuid4().hex[:8]}@idempotent.example"
+    first = fake.http.post("/_admin/mailboxes", json={"address": address, "messages": 5})
+    again = fake.http.post("/_admin/mailboxes", json={"address": address, "messages": 9})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json() == again.json()
+    assert len(fake.ids(address)) == 5
+    sibling = fake.http.post(
+        "/_admin/mailboxes", json={"address": f"x{address}", "messages": 0}
+    ).json()
+    assert sibling["credentials"] == first.json()["credentials"]
+    assert sibling["delegated"]["refresh_token"] != first.json()["delegated"]["refresh_token"]
+
+    tls = ensure_tls(tmp_path / "tls")
+    with serve_in_thread(create_app(seed_messages=23, seed=3), tls) as other_base:
+        other = httpx.Client(base_url=other_base, verify=str(tls.ca_path), trust_env=False)
+        twin = other.post("/_admin/mailboxes", json={"address": address, "messages": 5})
+        assert twin.json() == first.json()
+        twin_ids = other.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
+        assert set(twin_ids) == fake.ids(address)
+        other.close()
+
+    tenant = str(uuid.uuid4())
+    pinned = fake.http.post(
+        "/_admin/mailboxes", json={"address": f"pinned-{address}", "tenant_id": tenant}
+    )
+    assert pinned.json()["credentials"]["tenant_id"] == tenant
+    conflict = fake.http.post(
+        "/_admin/mailboxes", json={"address": f"pinned-{address}", "tenant_id": str(uuid.uuid4())}
+    )
+    assert conflict.status_code == 409
+    assert fake.http.get("/_admin/mailboxes/nobody@x.example/messages").status_code == 404
+
+
+def test_client_info_is_base64url_json(fake: Fake) -> None:
+    """client_info carries uid/utid (the user's object id and tenant) as msal expects."""
+    box = fake.mailbox(messages=0)
+    delegated = box["delegated"]
+    body = fake.token(
+        delegated,
+        grant_type="refresh_token",
+        refresh_token=delegated["refresh_token"],
+        scope=f"{MAIL_READ} openid profile offline_access",
+        client_info="1",
+    ).json()
+    raw = body["client_info"]
+    info = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    assert info["utid"] == delegated["tenant_id"] and uuid.UUID(info["uid"])
