@@ -89,9 +89,10 @@ def run_stack(
         ui = api_url.removesuffix("/api")
         lines = [f"API        {api}", f"API docs   {api}/docs", f"Prefect UI {ui}",
                  f"logs       {data_dir / 'logs'}"]  # fmt: skip
-        if demo:
-            lines += _run_demo(settings, demo_fakes, api, api_url)
+        demo_text = _run_demo(settings, demo_fakes, api, api_url) if demo else ""
         console.print(Panel("\n".join(lines), title="mailsync is up", expand=False))
+        # A plain print, not rich: the curl command must paste without box characters.
+        print(demo_text, flush=True)
         console.print("Ctrl-C stops everything.")
         while True:
             stack.check()
@@ -105,7 +106,7 @@ def run_stack(
         stack.stop()
 
 
-def _run_demo(settings: Settings, fakes: demo_mod.Fakes, api: str, prefect_api: str) -> list[str]:
+def _run_demo(settings: Settings, fakes: demo_mod.Fakes, api: str, prefect_api: str) -> str:
     from mailsync.cli import follow
 
     key = demo_mod.seed_workspace(settings, fakes)
@@ -121,13 +122,16 @@ def _run_demo(settings: Settings, fakes: demo_mod.Fakes, api: str, prefect_api: 
         '  -H "Content-Type: application/json" \\\n'
         "  -d '{}'"
     )
-    return [
-        "",
-        f"demo API key ({settings.data_dir / 'demo-api-key'}):",
-        key,
-        "",
-        "try:",
-        curl,
-        "",
-        f'then: curl -H "Authorization: Bearer {key}" {api}/v1/email/sync/<job_id>',
-    ]
+    return "\n".join(
+        [
+            f"demo API key (also in {settings.data_dir / 'demo-api-key'}):",
+            key,
+            "",
+            "trigger a sync (the spec's example):",
+            curl,
+            "",
+            "then follow the job:",
+            f'curl -H "Authorization: Bearer {key}" {api}/v1/email/sync/<job_id>',
+            "",
+        ]
+    )

@@ -65,7 +65,7 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
              "-d", "{}"],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
-        head, _, body = curl.stdout.partition("\r\n\r\n")
+        head, _, body = curl.stdout.replace("\r\n", "\n").partition("\n\n")
         assert head.startswith("HTTP/1.1 202"), curl.stdout
         assert "x-request-id" in head.lower()
         data = json.loads(body)["data"]
