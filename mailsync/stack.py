@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,20 +138,27 @@ def start_prefect_server(stack: Stack, port: int, timeout: float = 90) -> str:
     return api_url
 
 
+def worker_name(index: int) -> str:
+    return f"mailsync-{socket.gethostname()}-{os.getpid()}-{index}"
+
+
 def start_worker(stack: Stack, pool: str, index: int = 0) -> Child:
+    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
     return stack.spawn(
-        f"worker-{index}",
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            pool,
-            "--type",
-            "process",
-            "--name",
-            f"mailsync-worker-{index}-{os.getpid()}",
-        ],
+        f"worker-{index}", [*argv, "--type", "process", "--name", worker_name(index)]
     )
+
+
+def wait_for_workers(
+    stack: Stack, api_url: str, pool: str, names: list[str], timeout: float = 90
+) -> None:
+    """Block until every named worker has sent its first heartbeat to the pool."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(api_url) as client:
+
+        def online() -> bool:
+            seen = {w.name for w in client.read_workers_for_work_pool(pool) if w.status == "ONLINE"}
+            return set(names) <= seen
+
+        wait_until(online, "the Prefect workers", timeout, stack)

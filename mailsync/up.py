@@ -21,7 +21,9 @@ from mailsync.stack import (
     prefect_env,
     start_prefect_server,
     start_worker,
+    wait_for_workers,
     wait_until,
+    worker_name,
 )
 
 console = Console()
@@ -77,6 +79,9 @@ def run_stack(
         register(api_url, work_pool=settings.work_pool)
         for index in range(workers):
             start_worker(stack, settings.work_pool, index)
+        with console.status("waiting for the Prefect workers"):
+            names = [worker_name(i) for i in range(workers)]
+            wait_for_workers(stack, api_url, settings.work_pool, names)
         stack.spawn(
             "api",
             [sys.executable, "-m", "uvicorn", "mailsync.api.app:create_app", "--factory",

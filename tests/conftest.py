@@ -19,7 +19,14 @@ from mailsync.demo import Fakes
 from mailsync.fakes.server import free_port, serve_in_thread
 from mailsync.fakes.tls import FakeTLS, ensure_tls
 from mailsync.settings import Settings
-from mailsync.stack import Stack, prefect_env, start_prefect_server, start_worker
+from mailsync.stack import (
+    Stack,
+    prefect_env,
+    start_prefect_server,
+    start_worker,
+    wait_for_workers,
+    worker_name,
+)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -176,6 +183,7 @@ def prefect_stack(
         start_prefect_server(stack, port)
         register(api_url)
         start_worker(stack, "mailsync")
+        wait_for_workers(stack, api_url, "mailsync", [worker_name(0)])
         yield PrefectStack(api_url, stack, settings.model_copy(update={"prefect_api_url": api_url}))
     finally:
         stack.stop()
