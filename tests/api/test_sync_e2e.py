@@ -195,3 +195,50 @@ def test_run_started_like_the_prefect_ui_becomes_a_job(
     assert run.name.startswith("sync_"), run.name
     final = wait(client, tenant, run.name)
     assert final["status"] == "completed" and final["providers"] == ["microsoft"]
+
+
+def _secret_values(document: dict[str, Any]) -> list[str]:
+    return [
+        v
+        for k, v in document.items()
+        if isinstance(v, str) and ("secret" in k or "token" in k or k == "private_key")
+    ]
+
+
+def test_no_secret_reaches_logs_parameters_or_api_output(
+    client: TestClient, tenant: Tenant, fakes: FakeProviders, prefect_stack: PrefectStack
+) -> None:
+    """API keys and provider credentials never appear in API output, flow-run parameters,
+    Prefect's run logs or the server and worker log files."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    outputs: list[str] = []
+    job_id = trigger(client, tenant)
+    final = wait(client, tenant, job_id)
+    outputs.append(str(final))
+    fakes.call("gmail", "POST", "/_admin/faults", json={"operation": "token", "status": 400})
+    failed = wait(client, tenant, trigger(client, tenant, {"provider": "gmail"}))
+    assert failed["status"] == "failed"
+    outputs.append(str(failed))
+    with Session(get_engine(prefect_stack.settings.resolved_database_url)) as session:
+        run_ids = [
+            UUID(j.flow_run_id)
+            for j in session.exec(
+                select(SyncJob).where(SyncJob.workspace_id == tenant.workspace_id)
+            )
+            if j.flow_run_id
+        ]
+    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+        for run_id in run_ids:
+            outputs.append(str(prefect.read_flow_run(run_id).parameters))
+            logs = prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            assert logs, "the runs should have logged something"
+            outputs.extend(log.message for log in logs)
+    outputs.extend(p.read_text(errors="replace") for p in prefect_stack.stack.log_dir.glob("*.log"))
+    secrets = [tenant.writer, tenant.reader]
+    secrets += _secret_values(fakes.account("gmail", tenant.gmail_address)["credentials"])
+    secrets += _secret_values(fakes.account("microsoft", tenant.microsoft_address)["credentials"])
+    assert len(secrets) >= 5
+    haystack = "\n".join(outputs)
+    for secret in secrets:
+        assert secret not in haystack
