@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -159,3 +161,55 @@ def test_openapi_and_docs_are_served(offline_client: TestClient) -> None:
     assert {"/v1/email/sync", "/v1/email/sync/{job_id}"} <= set(spec["paths"])
     assert "202" in spec["paths"]["/v1/email/sync"]["post"]["responses"]
     assert offline_client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authorization", b"Bearer \xff\xfe\xfd")],
+        [(b"authorization", b"Bearer wbk_" + b"A" * 5000)],
+        [(b"authorization", b"bearer")],
+        [(b"x-request-id", "ünïcode".encode())],
+        [(b"content-type", b"application/json; charset=utf-16")],
+        [(b"content-type", b"\x00\x01")],
+        [(b"content-length", b"-1")],
+        [(b"content-length", b"abc")],
+        [(b"accept", b"text/html")],
+    ],
+)
+def test_odd_headers_never_cause_a_5xx(
+    offline_client: TestClient, tenant: Tenant, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Malformed or hostile header values get a 4xx with the envelope, never a 5xx."""
+    names = {name for name, _ in headers}
+    base = (
+        []
+        if b"authorization" in names
+        else [(b"authorization", tenant.auth()["Authorization"].encode())]
+    )
+    raw = [*base, *headers]
+    status, body = asyncio.run(send_raw(offline_client.app, raw, b'{"mode": "sideways"}'))
+    assert 400 <= status < 500, body
+    assert json.loads(body)["error"]["code"]
+
+
+async def send_raw(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
+    """Call the ASGI app with header bytes exactly as given (no client-side normalisation)."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": URL, "raw_path": URL.encode(), "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def capture(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, capture)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
