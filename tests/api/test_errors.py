@@ -213,3 +213,9 @@ async def send_raw(app: Any, headers: list[tuple[bytes, bytes]], body: bytes) ->
     await app(scope, receive, capture)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_authentication_is_checked_before_the_body(offline_client: TestClient) -> None:
+    """An unauthenticated request learns nothing about body validation: 401 comes first."""
+    response = offline_client.post(URL, content=b"{not json", headers={"Content-Type": "x/y"})
+    assert_error(response, 401, "invalid_key")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from mailsync import jobstore
@@ -84,14 +84,15 @@ async def _parse(request: Request) -> SyncRequest:
         }
     },
 )
-async def trigger_sync(
-    request: Request,
+def trigger_sync(
     principal: EmailWriter,
+    body: Annotated[SyncRequest, Depends(_parse)],
     session: SessionDep,
     orchestrator: OrchestratorDep,
 ) -> dict[str, Any]:
     """Enqueue an immediate sync of the workspace's connected mailboxes."""
-    body = await _parse(request)
+    # A plain def: FastAPI runs it in its thread pool, so the blocking database and Prefect
+    # calls never stall the event loop. The body is read by the async dependency, after auth.
     try:
         job = orchestrator.trigger(session, principal.workspace_id, body.mode, body.provider)
     except jobstore.NoMailboxError as exc:
