@@ -95,9 +95,7 @@ def upgrade() -> None:
         "message",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("mailbox_id", sa.String(length=40), nullable=False),
-        sa.Column(
-            "provider_message_id", sa.String(length=512), nullable=False
-        ),
+        sa.Column("provider_message_id", sa.String(length=512), nullable=False),
         sa.Column("thread_id", sa.String(length=512), nullable=True),
         sa.Column("sender", sa.Text(), nullable=True),
         sa.Column("to", sa.JSON(), nullable=False),
