@@ -90,6 +90,12 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
             json={"flow_runs": {"name": {"any_": [data["job_id"]]}}},
         ).json()
         assert [r["state_type"] for r in runs] == ["COMPLETED"]
+        ui = httpx.get(
+            f"http://127.0.0.1:{prefect_port}/runs/flow-run/{runs[0]['id']}",
+            headers={"Accept": "text/html"},
+            follow_redirects=True,
+        )
+        assert ui.status_code == 200 and "text/html" in ui.headers["content-type"]
         logs = "".join(
             p.read_text(errors="replace") for p in (tmp_path / "data" / "logs").glob("*")
         )
