@@ -123,6 +123,31 @@ class SyncJob(SQLModel, table=True):
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
     flow_run_id: str | None = Field(default=None, max_length=64, index=True)
+    # The Prefect lease on the workspace+provider full-sync limit (full syncs only).
+    lease_id: str | None = Field(default=None, max_length=64)
+    # The Prefect lease on the workspace's on-demand quota, and when that slot frees.
+    quota_lease_id: str | None = Field(default=None, max_length=64)
+    quota_expires_at: datetime | None = _ts(index=True)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """One Idempotency-Key's first request and, once it ended, the response to replay."""
+
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workspace_id: str = Field(foreign_key="workspace.id", max_length=64)
+    key: str = Field(max_length=64)
+    request_hash: str = Field(max_length=64)
+    status_code: int | None = None  # None while the first request is still in progress
+    response_body: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    job_id: str | None = Field(default=None, max_length=40)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    expires_at: datetime = Field(
+        sa_column=Column(sa.DateTime(timezone=True), nullable=False, index=True)
+    )
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 64 * 1024
 
+    # The sync rules (enforced with Prefect global concurrency limits).
+    sync_quota: int = 6  # accepted on-demand syncs per workspace per window
+    sync_quota_window_seconds: int = Field(default=3600, ge=60)  # Prefect leases last >= 60 s
+    full_sync_lease_seconds: int = Field(default=60, ge=60)  # renewed while the sync runs
+    # The general request quota of every other endpoint, per API key and per client address.
+    request_quota_per_minute: int = 600
+    address_quota_per_minute: int = 120
+    idempotency_ttl_seconds: int = 24 * 3600
+
     @property
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite:///{(self.data_dir / 'mailsync.db').resolve()}"

@@ -1,0 +1,144 @@
+"""Prefect global concurrency limits as mailsync uses them: non-blocking takes with leases.
+
+Facts that shape this module (prefect 3.9): a take on a full limit answers 423 at once; a take
+on a limit that does not exist is not enforced (200 with an empty `limits` list), so limits
+are created before use and an empty answer is an error; a take over several names is all or
+nothing; renewing a released or expired lease answers 410.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+
+class LimitsUnavailableError(Exception):
+    """Prefect could not be asked, or would not enforce a limit."""
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    name: str
+    limit: int
+    slot_decay_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A take that found the limit full; `retry_after` is Prefect's hint in seconds."""
+
+    retry_after: float | None
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+class PrefectLimits:
+    def __init__(self, client: Callable[[], SyncPrefectClient]) -> None:
+        self._client = client
+        self._known: dict[str, LimitSpec] = {}
+        self._lock = threading.Lock()
+
+    def ensure(self, specs: list[LimitSpec]) -> None:
+        """Create or update the limits once per process (and again after they vanish)."""
+        for spec in specs:
+            with self._lock:
+                if self._known.get(spec.name) == spec:
+                    continue
+            try:
+                self._client().upsert_global_concurrency_limit_by_name(
+                    spec.name, spec.limit, slot_decay_per_second=spec.slot_decay_per_second
+                )
+            except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+                raise LimitsUnavailableError("Prefect refused to create a limit") from exc
+            with self._lock:
+                self._known[spec.name] = spec
+
+    def _forget(self, names: list[str]) -> None:
+        with self._lock:
+            for name in names:
+                self._known.pop(name, None)
+
+    def take(self, specs: list[LimitSpec], lease_seconds: float) -> str | Refusal:
+        """One slot of every limit, or none: returns the lease id, or a Refusal when full."""
+        names = [s.name for s in specs]
+        for _attempt in (1, 2):
+            self.ensure(specs)
+            try:
+                response = self._client().increment_concurrency_slots_with_lease(
+                    names, 1, "concurrency", lease_seconds
+                )
+            except PrefectHTTPStatusError as exc:
+                if _status(exc) == 423:
+                    header = exc.response.headers.get("retry-after")
+                    return Refusal(float(header) if header else None)
+                raise LimitsUnavailableError("Prefect refused the concurrency slot") from exc
+            except httpx.HTTPError as exc:
+                raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+            body = response.json()
+            if len(body.get("limits", [])) == len(names):
+                return str(body["lease_id"])
+            # Some limit does not exist (deleted behind our back): not enforced. Give back
+            # what was taken and create the limits again.
+            self.release(str(body["lease_id"]))
+            self._forget(names)
+        raise LimitsUnavailableError(f"Prefect does not enforce the limits {names}")
+
+    def renew(self, lease_id: str, lease_seconds: float) -> bool:
+        """Extend a lease; False when it is gone (released, expired or reclaimed)."""
+        try:
+            self._client().renew_concurrency_lease(UUID(lease_id), lease_seconds)
+        except PrefectHTTPStatusError as exc:
+            if _status(exc) in (404, 410):
+                return False
+            raise LimitsUnavailableError("Prefect refused to renew the lease") from exc
+        except ObjectNotFound:
+            return False
+        except httpx.HTTPError as exc:
+            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+        return True
+
+    def release(self, lease_id: str) -> None:
+        """Give a lease back; releasing twice, or an expired lease, is harmless."""
+        try:
+            self._client().release_concurrency_slots_with_lease(UUID(lease_id))
+        except (PrefectHTTPStatusError, ObjectNotFound) as exc:
+            if _status(exc) not in (None, 404, 410):
+                raise LimitsUnavailableError("Prefect refused to release the lease") from exc
+        except httpx.HTTPError as exc:
+            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+
+    def active_slots(self, name: str) -> int:
+        try:
+            return int(self._client().read_global_concurrency_limit_by_name(name).active_slots)
+        except ObjectNotFound:
+            return 0
+        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+
+    def consume(self, spec: LimitSpec) -> Refusal | None:
+        """Take one token of a rate limit (a decaying limit, no lease); a Refusal when empty."""
+        self.ensure([spec])
+        try:
+            response = self._client().increment_concurrency_slots(
+                [spec.name], 1, mode="rate_limit"
+            )
+        except PrefectHTTPStatusError as exc:
+            if _status(exc) == 423:
+                header = exc.response.headers.get("retry-after")
+                return Refusal(float(header) if header else None)
+            raise LimitsUnavailableError("Prefect refused the rate-limit slot") from exc
+        except httpx.HTTPError as exc:
+            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+        if not response.json():
+            self._forget([spec.name])
+            raise LimitsUnavailableError(f"Prefect does not enforce the limit {spec.name}")
+        return None
