@@ -17,6 +17,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlmodel import Session, col, update
 
 from mailsync import jobstore
+from mailsync.limits import PrefectLimits
 from mailsync.models import JobStatus, SyncJob
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Orchestrator:
         self._client: SyncPrefectClient | None = None
         self._deployment_id: UUID | None = None
         self._lock = threading.Lock()
+        self.limits = PrefectLimits(lambda: self.client)
 
     @property
     def client(self) -> SyncPrefectClient:
