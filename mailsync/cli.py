@@ -179,7 +179,7 @@ def sync(
     if provider not in (None, "gmail", "microsoft"):
         raise _fail("--provider must be gmail or microsoft")
     settings = _ready_settings()
-    orchestrator = Orchestrator(settings.resolved_prefect_api_url)
+    orchestrator = Orchestrator(settings.resolved_prefect_api_url, settings)
     with db.session_scope(settings.resolved_database_url) as session:
         try:
             job = orchestrator.trigger(session, workspace, mode, provider, trigger="cli")

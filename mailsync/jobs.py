@@ -17,8 +17,10 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlmodel import Session, col, update
 
 from mailsync import jobstore
-from mailsync.limits import PrefectLimits
-from mailsync.models import JobStatus, SyncJob
+from mailsync.admission import Admission, Clock
+from mailsync.limits import LimitsUnavailableError, PrefectLimits
+from mailsync.models import JobStatus, SyncJob, SyncMode, utcnow
+from mailsync.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,21 @@ def flow_parameters(job: SyncJob) -> dict[str, Any]:
 class Orchestrator:
     """A long-lived Prefect client for one process."""
 
-    def __init__(self, api_url: str, deployment: str = SYNC_DEPLOYMENT) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        settings: Settings | None = None,
+        *,
+        deployment: str = SYNC_DEPLOYMENT,
+        clock: Clock = utcnow,
+    ) -> None:
         self.api_url = api_url
         self.deployment = deployment
         self._client: SyncPrefectClient | None = None
         self._deployment_id: UUID | None = None
         self._lock = threading.Lock()
         self.limits = PrefectLimits(lambda: self.client)
+        self.admission = Admission(self.limits, settings or get_settings(), clock)
 
     @property
     def client(self) -> SyncPrefectClient:
@@ -77,7 +87,7 @@ class Orchestrator:
             self._deployment_id = self.client.read_deployment_by_name(self.deployment).id
         return self._deployment_id
 
-    def submit(self, job: SyncJob) -> str:
+    def submit(self, job: SyncJob, idempotency_key: str | None = None) -> str:
         """Create the flow run for a recorded job; its name is the job id."""
         try:
             run = self.client.create_flow_run_from_deployment(
@@ -85,6 +95,7 @@ class Orchestrator:
                 parameters=flow_parameters(job),
                 name=job.id,
                 tags=job_tags(job.workspace_id, job.providers, job.mode),
+                idempotency_key=idempotency_key,
             )
         except ObjectNotFound as exc:
             self._deployment_id = None
@@ -103,17 +114,42 @@ class Orchestrator:
         provider: str | None,
         *,
         trigger: str = "api",
+        idempotency_key: str | None = None,
     ) -> SyncJob:
-        """Record a job and start its flow run.
+        """Apply the sync rules, record the job and start its flow run.
 
-        Raises jobstore.NoMailboxError when nothing matches, OrchestratorUnavailableError
-        (with the job recorded as failed) when Prefect cannot take the run.
+        Raises jobstore.NoMailboxError (nothing to sync), SyncInProgressError (409),
+        RateLimitedError (429; only requests from the API count against the quota), and
+        OrchestratorUnavailableError when Prefect cannot take the run (nothing is held then).
         """
-        job = jobstore.new_job(session, workspace_id, mode, provider, trigger=trigger)
-        session.commit()  # the flow run reads the job, so it must exist before the run does
+        job = jobstore.build_job(session, workspace_id, mode, provider, trigger=trigger)
+        leases: list[str] = []
         try:
-            flow_run_id = self.submit(job)
+            if mode == SyncMode.full:
+                job.lease_id = self.admission.take_full_sync(
+                    session, workspace_id, job.providers, self.refresh
+                )
+                leases.append(job.lease_id)
+            else:
+                self.admission.check_no_full_sync(
+                    session, workspace_id, job.providers, self.refresh
+                )
+            if trigger == "api":
+                job.quota_lease_id, job.quota_expires_at = self.admission.take_quota(
+                    session, workspace_id
+                )
+                leases.append(job.quota_lease_id)
+            session.add(job)
+            session.commit()  # the flow run reads the job, so it must exist before the run does
+        except BaseException:
+            session.rollback()
+            self._release(leases)
+            raise
+        try:
+            flow_run_id = self.submit(job, idempotency_key)
         except OrchestratorUnavailableError as exc:
+            self._release(leases)
+            job.lease_id = job.quota_lease_id = None
             jobstore.mark_failed(session, job, "orchestrator_unavailable", str(exc))
             session.commit()
             raise
@@ -124,6 +160,13 @@ class Orchestrator:
         session.commit()
         job.flow_run_id = flow_run_id
         return job
+
+    def _release(self, leases: list[str]) -> None:
+        for lease in leases:
+            try:
+                self.limits.release(lease)
+            except LimitsUnavailableError:
+                log.warning("could not release lease %s; it expires by itself", lease)
 
     def refresh(self, session: Session, job: SyncJob) -> SyncJob:
         """Bring a non-terminal job up to date with its flow run's state."""
@@ -154,6 +197,9 @@ class Orchestrator:
             f": {state.message}" if state.message else ""
         )
         jobstore.mark_failed(session, job, reason, message)
+        if job.lease_id:  # the run cannot release its full-sync slot any more
+            self._release([job.lease_id])
+            job.lease_id = None
         return job
 
     def healthy(self) -> bool:

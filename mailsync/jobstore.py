@@ -27,16 +27,10 @@ def connected_mailboxes(
     return mailboxes
 
 
-def new_job(
-    session: Session,
-    workspace_id: str,
-    mode: str,
-    provider: str | None,
-    *,
-    trigger: str = "api",
-    job_id: str | None = None,
+def build_job(
+    session: Session, workspace_id: str, mode: str, provider: str | None, *, trigger: str = "api"
 ) -> SyncJob:
-    """Validate the request against the connected mailboxes and record a queued job."""
+    """Validate the request against the connected mailboxes; the job is not stored yet."""
     if session.get(Workspace, workspace_id) is None:
         raise UnknownWorkspaceError(f"workspace {workspace_id!r} does not exist")
     mailboxes = connected_mailboxes(session, workspace_id, [provider] if provider else None)
@@ -44,9 +38,14 @@ def new_job(
         what = f"no {provider} mailbox" if provider else "no mailbox"
         raise NoMailboxError(f"{what} is connected to this workspace")
     providers = sorted({m.provider for m in mailboxes})
-    job = SyncJob(workspace_id=workspace_id, mode=mode, providers=providers, trigger=trigger)
-    if job_id:
-        job.id = job_id
+    return SyncJob(workspace_id=workspace_id, mode=mode, providers=providers, trigger=trigger)
+
+
+def new_job(
+    session: Session, workspace_id: str, mode: str, provider: str | None, *, trigger: str = "api"
+) -> SyncJob:
+    """Validate the request against the connected mailboxes and record a queued job."""
+    job = build_job(session, workspace_id, mode, provider, trigger=trigger)
     session.add(job)
     session.flush()
     return job

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
+
+from prefect import get_client
+from sqlmodel import select
 
 from mailsync import jobstore
 from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
+from mailsync.leases import FullSyncSlot
+from mailsync.limits import LimitsUnavailableError, PrefectLimits
 from mailsync.models import SyncJob
 from mailsync.settings import Settings, get_settings
 from mailsync.sync import MailboxResult, sync_mailbox
@@ -43,6 +50,9 @@ def open_job(
         mailboxes = jobstore.connected_mailboxes(session, job.workspace_id, job.providers)
         return {
             "job_id": job.id,
+            "workspace_id": job.workspace_id,
+            "providers": list(job.providers),
+            "lease_id": job.lease_id,
             "mode": job.mode,
             "mailboxes": [
                 {"mailbox_id": m.id, "provider": m.provider, "address": m.address}
@@ -86,3 +96,36 @@ def close_job(
             error_code=error_code,
             error_message=error_message,
         )
+
+
+@contextmanager
+def full_sync_slot(job: dict[str, Any], settings: Settings | None = None) -> Iterator[None]:
+    """Hold the job's full-sync slot on the Prefect API this process talks to."""
+    settings = settings or get_settings()
+    with (
+        get_client(sync_client=True) as client,
+        FullSyncSlot(
+            PrefectLimits(lambda: client),
+            settings.resolved_database_url,
+            job["job_id"],
+            job["workspace_id"],
+            job["providers"],
+            job["lease_id"],
+            settings.full_sync_lease_seconds,
+        ),
+    ):
+        yield
+
+
+def release_run_lease(flow_run_id: str, settings: Settings | None = None) -> None:
+    """For runs that end without reaching their own cleanup (crashed, cancelled)."""
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        job = session.exec(select(SyncJob).where(SyncJob.flow_run_id == flow_run_id)).first()
+        if job is None or not job.lease_id:
+            return
+        lease_id, job.lease_id = job.lease_id, None
+        session.add(job)
+    # When Prefect cannot be told, the lease still expires within one lease time.
+    with get_client(sync_client=True) as client, suppress(LimitsUnavailableError):
+        PrefectLimits(lambda: client).release(lease_id)

@@ -115,7 +115,7 @@ def _run_demo(settings: Settings, fakes: demo_mod.Fakes, api: str, prefect_api: 
     from mailsync.cli import follow
 
     key = demo_mod.seed_workspace(settings, fakes)
-    orchestrator = Orchestrator(prefect_api)
+    orchestrator = Orchestrator(prefect_api, settings)
     with db.session_scope(settings.resolved_database_url) as session:
         job = orchestrator.trigger(session, demo_mod.WORKSPACE, "incremental", None, trigger="cli")
     console.print(f"initial sync of the demo mailboxes: {job.id}")

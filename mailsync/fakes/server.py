@@ -20,13 +20,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server(app: FastAPI, tls: FakeTLS, port: int) -> uvicorn.Server:
+def _server(app: FastAPI, tls: FakeTLS | None, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
-        ssl_certfile=str(tls.cert_path),
-        ssl_keyfile=str(tls.key_path),
+        ssl_certfile=str(tls.cert_path) if tls else None,
+        ssl_keyfile=str(tls.key_path) if tls else None,
         log_level="warning",
         access_log=False,
     )
@@ -34,8 +34,8 @@ def _server(app: FastAPI, tls: FakeTLS, port: int) -> uvicorn.Server:
 
 
 @contextmanager
-def serve_in_thread(app: FastAPI, tls: FakeTLS, port: int | None = None) -> Iterator[str]:
-    """Run `app` on https://127.0.0.1:<port> until the block exits; yields the base URL."""
+def serve_in_thread(app: FastAPI, tls: FakeTLS | None, port: int | None = None) -> Iterator[str]:
+    """Run `app` on 127.0.0.1:<port> (https with `tls`) until the block exits; yields the URL."""
     port = port or free_port()
     server = _server(app, tls, port)
     thread = threading.Thread(target=server.run, name=f"fake-{port}", daemon=True)
@@ -46,7 +46,7 @@ def serve_in_thread(app: FastAPI, tls: FakeTLS, port: int | None = None) -> Iter
             raise RuntimeError(f"fake server on port {port} did not start")
         time.sleep(0.02)
     try:
-        yield f"https://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -1,0 +1,178 @@
+"""The sync rules, enforced with Prefect global concurrency limits.
+
+- 409 `sync_in_progress`: at most one full sync queued or running per workspace and provider.
+  A full sync holds a lease on `mailsync-full-sync/<workspace>/<provider>` (limit 1) from the
+  request until its flow run ends; the flow renews it while it runs, so a dead run frees it
+  within one lease time. Any request naming a provider whose full sync is queued or running
+  is refused, with that job's id.
+- 429 `rate_limited`: at most `sync_quota` accepted on-demand syncs per workspace in any
+  rolling window. Each accepted request takes a lease on `mailsync-on-demand/<workspace>`
+  lasting exactly the window and never renewed: an exact rolling window, unlike Prefect's
+  token-bucket rate limits. The lease's end is stored with the job, which gives the
+  X-RateLimit-* figures, and a lease found past its end is released at once rather than
+  waiting for Prefect's reclaim loop (~15 s), so the window is exact to the second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from mailsync.limits import LimitSpec, PrefectLimits, Refusal
+from mailsync.models import JobStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.settings import Settings
+
+Clock = Callable[[], datetime]
+Refresh = Callable[[Session, SyncJob], SyncJob]
+
+# How long a refused full-sync request looks for the job row of the winner that holds the
+# slot: the winner writes it milliseconds after taking the lease.
+_HOLDER_WAIT_S = 2.0
+
+
+class SyncInProgressError(Exception):
+    def __init__(self, job_id: str | None, providers: list[str]) -> None:
+        which = " and ".join(providers)
+        super().__init__(
+            f"a full sync of this workspace's {which} mailbox is already queued or running"
+            + (f" (job {job_id}); wait for it to finish" if job_id else "; retry shortly")
+        )
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    limit: int
+    remaining: int
+    reset: datetime  # when the next slot frees (now, when one is free)
+
+    @property
+    def reset_epoch(self) -> int:
+        return math.ceil(self.reset.timestamp())
+
+
+class RateLimitedError(Exception):
+    def __init__(self, state: QuotaState, retry_after: int, window_s: int) -> None:
+        super().__init__(
+            f"on-demand sync is capped at {state.limit} per {window_s // 60} minutes per "
+            f"workspace; retry in {retry_after} s"
+        )
+        self.state, self.retry_after = state, retry_after
+
+
+def full_sync_limit(workspace_id: str, provider: str) -> LimitSpec:
+    return LimitSpec(f"mailsync-full-sync/{workspace_id}/{provider}", 1)
+
+
+class Admission:
+    def __init__(self, limits: PrefectLimits, settings: Settings, clock: Clock = utcnow) -> None:
+        self.limits, self.settings, self.clock = limits, settings, clock
+
+    # -- 429 ------------------------------------------------------------------------------
+    def quota_limit(self, workspace_id: str) -> LimitSpec:
+        return LimitSpec(f"mailsync-on-demand/{workspace_id}", self.settings.sync_quota)
+
+    def _quota_jobs(self, session: Session, workspace_id: str) -> list[SyncJob]:
+        return list(
+            session.exec(
+                select(SyncJob)
+                .where(SyncJob.workspace_id == workspace_id)
+                .where(col(SyncJob.quota_lease_id).is_not(None))
+                .order_by(col(SyncJob.quota_expires_at))
+            )
+        )
+
+    def quota_state(self, session: Session, workspace_id: str) -> QuotaState:
+        now = self.clock()
+        ends = [
+            end
+            for job in self._quota_jobs(session, workspace_id)
+            if (end := as_utc(job.quota_expires_at)) is not None and end > now
+        ]
+        limit = self.settings.sync_quota
+        remaining = max(0, limit - len(ends))
+        return QuotaState(limit, remaining, now if remaining else min(ends))
+
+    def free_expired(self, session: Session, workspace_id: str) -> None:
+        now = self.clock()
+        for job in self._quota_jobs(session, workspace_id):
+            end = as_utc(job.quota_expires_at)
+            if end is not None and end <= now and job.quota_lease_id:
+                self.limits.release(job.quota_lease_id)
+                job.quota_lease_id = None
+                session.add(job)
+        session.flush()
+
+    def take_quota(self, session: Session, workspace_id: str) -> tuple[str, datetime]:
+        """One on-demand slot: (lease id, when it frees). Raises RateLimitedError."""
+        self.free_expired(session, workspace_id)
+        window = self.settings.sync_quota_window_seconds
+        taken = self.limits.take([self.quota_limit(workspace_id)], window)
+        if isinstance(taken, Refusal):
+            state = self.quota_state(session, workspace_id)
+            wait = (state.reset - self.clock()).total_seconds()
+            raise RateLimitedError(state, max(1, math.ceil(wait)), window)
+        return taken, self.clock() + timedelta(seconds=window)
+
+    # -- 409 ------------------------------------------------------------------------------
+    def _blockers(
+        self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
+    ) -> list[SyncJob]:
+        jobs = session.exec(
+            select(SyncJob)
+            .where(SyncJob.workspace_id == workspace_id, SyncJob.mode == SyncMode.full.value)
+            .where(col(SyncJob.status).in_([JobStatus.queued.value, JobStatus.running.value]))
+            .order_by(col(SyncJob.queued_at))
+        ).all()
+        blocking = []
+        for job in jobs:
+            if set(job.providers) & set(providers):
+                refresh(session, job)  # a crash Prefect already saw frees the slot now
+                if not JobStatus(job.status).terminal:
+                    blocking.append(job)
+        return blocking
+
+    def check_no_full_sync(
+        self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
+    ) -> None:
+        """For requests that do not take the slot themselves (incremental syncs)."""
+        blockers = self._blockers(session, workspace_id, providers, refresh)
+        if not blockers:
+            busy = [
+                p
+                for p in providers
+                if self.limits.active_slots(full_sync_limit(workspace_id, p).name) > 0
+            ]
+            if not busy:
+                return
+            blockers = self._wait_for_holder(session, workspace_id, busy, refresh)
+        raise SyncInProgressError(blockers[0].id if blockers else None, providers)
+
+    def take_full_sync(
+        self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
+    ) -> str:
+        """The full-sync slot of every provider at once; returns the lease id."""
+        blockers = self._blockers(session, workspace_id, providers, refresh)
+        if not blockers:
+            specs = [full_sync_limit(workspace_id, p) for p in providers]
+            taken = self.limits.take(specs, self.settings.full_sync_lease_seconds)
+            if not isinstance(taken, Refusal):
+                return taken
+            blockers = self._wait_for_holder(session, workspace_id, providers, refresh)
+        raise SyncInProgressError(blockers[0].id if blockers else None, providers)
+
+    def _wait_for_holder(
+        self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
+    ) -> list[SyncJob]:
+        deadline = time.monotonic() + _HOLDER_WAIT_S
+        while True:
+            session.commit()  # end the snapshot: see rows the winner committed since
+            blockers = self._blockers(session, workspace_id, providers, refresh)
+            if blockers or time.monotonic() > deadline:
+                return blockers
+            time.sleep(0.05)

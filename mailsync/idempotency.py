@@ -1,0 +1,269 @@
+"""Idempotency-Key of POST /v1/email/sync: a retried or concurrent trigger replays, not re-syncs."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import col, select
+
+from mailsync.db import session_scope
+from mailsync.models import IdempotencyRecord, Workspace, as_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+# The textual form of RFC 9562: 8-4-4-4-12 hexadecimal digits, any case, nothing around it.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ECHO_LIMIT = 40
+# How many expired records one `begin` removes on the side, so no request pays for a backlog.
+PURGE_BATCH = 100
+
+
+class IdempotencyError(Exception):
+    """Base of every Idempotency-Key refusal."""
+
+
+class InvalidIdempotencyKey(IdempotencyError):
+    """The header is not a UUID (400 invalid_request)."""
+
+
+class IdempotencyKeyReused(IdempotencyError):
+    """The key was first used with another request body (422 idempotency_key_reused)."""
+
+
+class IdempotencyKeyInUse(IdempotencyError):
+    """The key's first request is still running after the wait (409 idempotency_key_in_use)."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    status_code: int
+    body: dict[str, Any]
+    job_id: str | None
+
+
+def parse_key(raw: str) -> str:
+    """The key in canonical form (lower-case, hyphenated); InvalidIdempotencyKey otherwise."""
+    # fullmatch, not `^...$`: `$` would let a trailing newline through.
+    if isinstance(raw, str) and _UUID.fullmatch(raw):
+        return raw.lower()
+    text = raw if isinstance(raw, str) else repr(raw)
+    preview = "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:_ECHO_LIMIT])
+    if len(text) > _ECHO_LIMIT:
+        preview += "..."
+    raise InvalidIdempotencyKey(
+        f"Idempotency-Key must be a UUID (8-4-4-4-12 hexadecimal digits), got '{preview}'"
+    )
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """sha256 of the normalized request as canonical JSON: equal requests, equal fingerprints."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def begin(
+    database_url: str,
+    workspace_id: str,
+    key: str,
+    request_hash: str,
+    *,
+    ttl_seconds: int,
+    now: Callable[[], datetime] = utcnow,
+    wait_seconds: float = 10.0,
+    poll_seconds: float = 0.05,
+) -> Replay | None:
+    """Claim the key (None: the caller owns it and must `complete` or `abandon` it) or replay.
+
+    The unique constraint (workspace_id, key) decides the owner: everyone inserts, the losers
+    read the winner's record. A completed record with the same hash is replayed; another hash
+    raises IdempotencyKeyReused; a pending one is polled until it completes, is abandoned (then
+    the key is claimed again) or `wait_seconds` pass (IdempotencyKeyInUse). An expired record
+    is deleted and the key claimed afresh.
+    """
+    deadline = time.monotonic() + wait_seconds
+    _purge_quietly(database_url, now)
+    for attempt in itertools.count(1):
+        failure = _try_insert(database_url, workspace_id, key, request_hash, ttl_seconds, now)
+        if failure is None:
+            return None
+        # Someone holds the key: follow their record until it settles or disappears.
+        while True:
+            record = _read(database_url, workspace_id, key)
+            if record is None:
+                if not _workspace_exists(database_url, workspace_id):
+                    raise failure  # the foreign key failed, not the unique constraint
+                break  # abandoned or purged meanwhile: try to claim it
+            if _expired(record, now):
+                _delete_expired(database_url, record, now)
+                break
+            if record.request_hash != request_hash:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was already used with a different request body"
+                )
+            if record.status_code is not None:
+                return Replay(record.status_code, dict(record.response_body or {}), record.job_id)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise IdempotencyKeyInUse(
+                    "a request with this Idempotency-Key is still in progress; retry later"
+                )
+            time.sleep(min(poll_seconds, remaining))
+        # The key changes hands under us again and again: a few tries, then as if it were held.
+        if attempt >= 3 and time.monotonic() >= deadline:
+            raise IdempotencyKeyInUse(
+                "a request with this Idempotency-Key is still in progress; retry later"
+            )
+    raise AssertionError("unreachable")
+
+
+def complete(
+    database_url: str,
+    workspace_id: str,
+    key: str,
+    status_code: int,
+    body: dict[str, Any],
+    job_id: str | None,
+) -> None:
+    """Store the owner's response for replay (only while the record is still pending)."""
+    statement = (
+        sa.update(IdempotencyRecord)
+        .where(
+            col(IdempotencyRecord.workspace_id) == workspace_id,
+            col(IdempotencyRecord.key) == key,
+            col(IdempotencyRecord.status_code).is_(None),
+        )
+        .values(status_code=status_code, response_body=body, job_id=job_id)
+    )
+    with session_scope(database_url) as session:
+        updated = session.connection().execute(statement).rowcount
+    if not updated:
+        log.warning("idempotency record %s/%s was no longer pending", workspace_id, key)
+
+
+def abandon(database_url: str, workspace_id: str, key: str) -> None:
+    """Release the key after a failed first request, so the client may retry with it."""
+    statement = sa.delete(IdempotencyRecord).where(
+        col(IdempotencyRecord.workspace_id) == workspace_id,
+        col(IdempotencyRecord.key) == key,
+        col(IdempotencyRecord.status_code).is_(None),
+    )
+    with session_scope(database_url) as session:
+        session.connection().execute(statement)
+
+
+def purge_expired(
+    database_url: str, *, now: Callable[[], datetime] = utcnow, limit: int | None = None
+) -> int:
+    """Delete expired records of every workspace (at most `limit`); returns how many went."""
+    cutoff = _utc(now())
+    expired = col(IdempotencyRecord.expires_at) <= cutoff
+    # A read first: the common case (nothing expired) takes no write lock at all.
+    with session_scope(database_url) as session:
+        found = select(IdempotencyRecord.id).where(expired).order_by(col(IdempotencyRecord.id))
+        if limit is not None:
+            found = found.limit(limit)
+        ids = list(session.exec(found).all())
+    if not ids:
+        return 0
+    # SKIP LOCKED (PostgreSQL; SQLite has one writer anyway) so concurrent purges never
+    # wait on, or deadlock with, each other.
+    locked = (
+        sa.select(col(IdempotencyRecord.id))
+        .where(col(IdempotencyRecord.id).in_(ids), expired)
+        .with_for_update(skip_locked=True)
+    )
+    statement = sa.delete(IdempotencyRecord).where(col(IdempotencyRecord.id).in_(locked))
+    with session_scope(database_url) as session:
+        return session.connection().execute(statement).rowcount or 0
+
+
+def prefect_idempotency_key(workspace_id: str, key: str, created_at: datetime) -> str:
+    """The flow run's Prefect idempotency key: one per workspace, key and UTC day, opaque."""
+    day = _utc(created_at).date().isoformat()
+    return hashlib.sha256(f"{workspace_id}\x00{key}\x00{day}".encode()).hexdigest()
+
+
+def record_created_at(database_url: str, workspace_id: str, key: str) -> datetime | None:
+    """When the key's current record was created (UTC), or None without a record."""
+    record = _read(database_url, workspace_id, key)
+    return as_utc(record.created_at) if record is not None else None
+
+
+def _utc(value: datetime) -> datetime:
+    result = as_utc(value)
+    assert result is not None
+    return result
+
+
+def _expired(record: IdempotencyRecord, now: Callable[[], datetime]) -> bool:
+    return _utc(record.expires_at) <= _utc(now())
+
+
+def _try_insert(
+    database_url: str,
+    workspace_id: str,
+    key: str,
+    request_hash: str,
+    ttl_seconds: int,
+    now: Callable[[], datetime],
+) -> IntegrityError | None:
+    """Insert the pending record; the IntegrityError if the key (or workspace) says no."""
+    created = _utc(now())
+    record = IdempotencyRecord(
+        workspace_id=workspace_id,
+        key=key,
+        request_hash=request_hash,
+        created_at=created,
+        expires_at=created + timedelta(seconds=ttl_seconds),
+    )
+    try:
+        with session_scope(database_url) as session:
+            session.add(record)
+    except IntegrityError as exc:
+        return exc
+    return None
+
+
+def _read(database_url: str, workspace_id: str, key: str) -> IdempotencyRecord | None:
+    with session_scope(database_url) as session:
+        return session.exec(
+            select(IdempotencyRecord).where(
+                IdempotencyRecord.workspace_id == workspace_id, IdempotencyRecord.key == key
+            )
+        ).first()
+
+
+def _workspace_exists(database_url: str, workspace_id: str) -> bool:
+    with session_scope(database_url) as session:
+        return session.get(Workspace, workspace_id) is not None
+
+
+def _delete_expired(
+    database_url: str, record: IdempotencyRecord, now: Callable[[], datetime]
+) -> None:
+    # By id: if someone already replaced the record with a fresh one, this deletes nothing.
+    statement = sa.delete(IdempotencyRecord).where(
+        col(IdempotencyRecord.id) == record.id,
+        col(IdempotencyRecord.expires_at) <= _utc(now()),
+    )
+    with session_scope(database_url) as session:
+        session.connection().execute(statement)
+
+
+def _purge_quietly(database_url: str, now: Callable[[], datetime]) -> None:
+    """Opportunistic cleanup: a failure here must not fail the request that triggered it."""
+    try:
+        purge_expired(database_url, now=now, limit=PURGE_BATCH)
+    except SQLAlchemyError:
+        log.warning("purging expired idempotency records failed", exc_info=True)
