@@ -27,6 +27,9 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _ECHO_LIMIT = 40
 # How many expired records one `begin` removes on the side, so no request pays for a backlog.
 PURGE_BATCH = 100
+# A request that claimed a key and then died leaves a pending record; after this long no live
+# request can still own it (requests time out far sooner), so the key is claimed afresh.
+ORPHAN_AFTER_SECONDS = 120
 
 
 class IdempotencyError(Exception):
@@ -104,8 +107,8 @@ def begin(
                 if not _workspace_exists(database_url, workspace_id):
                     raise failure  # the foreign key failed, not the unique constraint
                 break  # abandoned or purged meanwhile: try to claim it
-            if _expired(record, now):
-                _delete_expired(database_url, record, now)
+            if _expired(record, now) or _orphaned(record, now):
+                _delete_record(database_url, record)
                 break
             if record.request_hash != request_hash:
                 raise IdempotencyKeyReused(
@@ -210,6 +213,12 @@ def _expired(record: IdempotencyRecord, now: Callable[[], datetime]) -> bool:
     return _utc(record.expires_at) <= _utc(now())
 
 
+def _orphaned(record: IdempotencyRecord, now: Callable[[], datetime]) -> bool:
+    """Pending far longer than any request lives: its owner died before completing it."""
+    age = (_utc(now()) - _utc(record.created_at)).total_seconds()
+    return record.status_code is None and age > ORPHAN_AFTER_SECONDS
+
+
 def _try_insert(
     database_url: str,
     workspace_id: str,
@@ -249,13 +258,13 @@ def _workspace_exists(database_url: str, workspace_id: str) -> bool:
         return session.get(Workspace, workspace_id) is not None
 
 
-def _delete_expired(
-    database_url: str, record: IdempotencyRecord, now: Callable[[], datetime]
-) -> None:
-    # By id: if someone already replaced the record with a fresh one, this deletes nothing.
+def _delete_record(database_url: str, record: IdempotencyRecord) -> None:
+    # By id and state: if someone already replaced or completed it, this deletes nothing.
     statement = sa.delete(IdempotencyRecord).where(
         col(IdempotencyRecord.id) == record.id,
-        col(IdempotencyRecord.expires_at) <= _utc(now()),
+        col(IdempotencyRecord.status_code).is_(None)
+        if record.status_code is None
+        else col(IdempotencyRecord.status_code) == record.status_code,
     )
     with session_scope(database_url) as session:
         session.connection().execute(statement)

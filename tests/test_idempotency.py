@@ -376,3 +376,35 @@ def test_record_created_at_is_utc_and_none_without_a_record(
     moment = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
     idempotency.begin(database_url, workspace_id, key, _hash(), ttl_seconds=10**9, now=_at(moment))
     assert idempotency.record_created_at(database_url, workspace_id, key) == moment
+
+
+def test_pending_record_of_a_dead_request_is_claimed_afresh(
+    database_url: str, workspace_id: str
+) -> None:
+    """A key whose first request died before completing is not blocked for the whole TTL:
+    after ORPHAN_AFTER_SECONDS the next request owns it; before that it must wait."""
+    start = utcnow()
+    key = _key()
+    assert (
+        idempotency.begin(database_url, workspace_id, key, _hash(), ttl_seconds=TTL, now=_at(start))
+        is None
+    )
+    soon = start + timedelta(seconds=idempotency.ORPHAN_AFTER_SECONDS - 1)
+    with pytest.raises(IdempotencyKeyInUse):
+        idempotency.begin(
+            database_url, workspace_id, key, _hash(), ttl_seconds=TTL, now=_at(soon),
+            wait_seconds=0,
+        )  # fmt: skip
+    late = start + timedelta(seconds=idempotency.ORPHAN_AFTER_SECONDS + 1)
+    assert (
+        idempotency.begin(
+            database_url,
+            workspace_id,
+            key,
+            _hash(),
+            ttl_seconds=TTL,
+            now=_at(late),
+            wait_seconds=0,
+        )  # fmt: skip
+        is None
+    )
