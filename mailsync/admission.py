@@ -1,12 +1,12 @@
 """The sync rules, enforced with Prefect global concurrency limits.
 
 - 409 `sync_in_progress`: at most one full sync queued or running per workspace and provider.
-  A full sync holds a lease on `mailsync-full-sync/<workspace>/<provider>` (limit 1) from the
+  A full sync holds a lease on `mailsync-full-sync:<workspace>:<provider>` (limit 1) from the
   request until its flow run ends; the flow renews it while it runs, so a dead run frees it
   within one lease time. Any request naming a provider whose full sync is queued or running
   is refused, with that job's id.
 - 429 `rate_limited`: at most `sync_quota` accepted on-demand syncs per workspace in any
-  rolling window. Each accepted request takes a lease on `mailsync-on-demand/<workspace>`
+  rolling window. Each accepted request takes a lease on `mailsync-on-demand:<workspace>`
   lasting exactly the window and never renewed: an exact rolling window, unlike Prefect's
   token-bucket rate limits. The lease's end is stored with the job, which gives the
   X-RateLimit-* figures, and a lease found past its end is released at once rather than
@@ -66,7 +66,7 @@ class RateLimitedError(Exception):
 
 
 def full_sync_limit(workspace_id: str, provider: str) -> LimitSpec:
-    return LimitSpec(f"mailsync-full-sync/{workspace_id}/{provider}", 1)
+    return LimitSpec(f"mailsync-full-sync:{workspace_id}:{provider}", 1)
 
 
 class Admission:
@@ -75,7 +75,7 @@ class Admission:
 
     # -- 429 ------------------------------------------------------------------------------
     def quota_limit(self, workspace_id: str) -> LimitSpec:
-        return LimitSpec(f"mailsync-on-demand/{workspace_id}", self.settings.sync_quota)
+        return LimitSpec(f"mailsync-on-demand:{workspace_id}", self.settings.sync_quota)
 
     def _quota_jobs(self, session: Session, workspace_id: str) -> list[SyncJob]:
         return list(
