@@ -15,7 +15,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 
 class LimitsUnavailableError(Exception):
@@ -54,13 +54,18 @@ class PrefectLimits:
                 if self._known.get(spec.name) == spec:
                     continue
             try:
-                self._client().upsert_global_concurrency_limit_by_name(
-                    spec.name, spec.limit, slot_decay_per_second=spec.slot_decay_per_second
-                )
+                self._upsert(spec)
+            except ObjectAlreadyExists:
+                self._upsert(spec)  # a concurrent request created it first: now an update
             except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
                 raise LimitsUnavailableError("Prefect refused to create a limit") from exc
             with self._lock:
                 self._known[spec.name] = spec
+
+    def _upsert(self, spec: LimitSpec) -> None:
+        self._client().upsert_global_concurrency_limit_by_name(
+            spec.name, spec.limit, slot_decay_per_second=spec.slot_decay_per_second
+        )
 
     def _forget(self, names: list[str]) -> None:
         with self._lock:
