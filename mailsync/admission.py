@@ -49,7 +49,7 @@ class SyncInProgressError(Exception):
 class QuotaState:
     limit: int
     remaining: int
-    reset: datetime  # when the next slot frees (now, when one is free)
+    reset: datetime  # when the next used slot frees (now, when none is used)
 
     @property
     def reset_epoch(self) -> int:
@@ -96,7 +96,7 @@ class Admission:
         ]
         limit = self.settings.sync_quota
         remaining = max(0, limit - len(ends))
-        return QuotaState(limit, remaining, now if remaining else min(ends))
+        return QuotaState(limit, remaining, min(ends) if ends else now)
 
     def free_expired(self, session: Session, workspace_id: str) -> None:
         now = self.clock()
