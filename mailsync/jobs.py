@@ -71,7 +71,12 @@ class Orchestrator:
     def client(self) -> SyncPrefectClient:
         with self._lock:
             if self._client is None:
-                client = SyncPrefectClient(self.api_url)
+                # Our own transport: Prefect's default retries a refused connection with
+                # backoff (~1.5 s), and its client retries 5 more times; the API would rather
+                # answer 503 at once and let its caller retry.
+                client = SyncPrefectClient(
+                    self.api_url, httpx_settings={"transport": httpx.HTTPTransport(retries=1)}
+                )
                 client.__enter__()
                 self._client = client
             return self._client

@@ -133,9 +133,7 @@ class PrefectLimits:
         """Take one token of a rate limit (a decaying limit, no lease); a Refusal when empty."""
         self.ensure([spec])
         try:
-            response = self._client().increment_concurrency_slots(
-                [spec.name], 1, mode="rate_limit"
-            )
+            response = self._client().increment_concurrency_slots([spec.name], 1, mode="rate_limit")
         except PrefectHTTPStatusError as exc:
             if _status(exc) == 423:
                 header = exc.response.headers.get("retry-after")

@@ -9,7 +9,12 @@ from fastapi import FastAPI
 
 from mailsync import __version__
 from mailsync.api import errors
-from mailsync.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from mailsync.api.middleware import (
+    BodyLimitMiddleware,
+    RateLimitMiddleware,
+    RequestIdMiddleware,
+    UnhandledErrorMiddleware,
+)
 from mailsync.api.routes import health, sync
 from mailsync.jobs import Orchestrator
 from mailsync.settings import Settings, get_settings
@@ -19,7 +24,9 @@ def create_app(
     settings: Settings | None = None, orchestrator: Orchestrator | None = None
 ) -> FastAPI:
     settings = settings or get_settings()
-    orchestrator = orchestrator or Orchestrator(settings.resolved_prefect_api_url)
+    orchestrator = orchestrator or Orchestrator(
+        settings.resolved_prefect_api_url, settings=settings
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -34,10 +41,15 @@ def create_app(
     )
     app.state.settings = settings
     app.state.orchestrator = orchestrator
+    app.state.limits = orchestrator.limits  # the request quotas (ratelimit.py)
     errors.install(app)
     app.include_router(sync.router)
     app.include_router(health.router)
-    # Added last = outermost: the request id exists before anything can fail.
+    # Added last = outermost: the request id exists before anything can fail, so even the
+    # rate limiter's 429s carry it; the rate limiter is outside the body cap, so an
+    # over-quota client is refused before its body is read and 413s carry the figures.
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,14 +1,20 @@
-"""FastAPI dependencies as `Annotated` aliases: settings, database session, caller, scopes."""
+"""FastAPI dependencies as `Annotated` aliases: settings, database session, caller, scopes.
+
+Request quotas (see ratelimit.py): a key that fails authentication counts against the client
+address (429 instead of 401 once that is spent); `EmailReader` counts the request against the
+key's own quota. The sync trigger checks its scope itself and reports the sync quota instead.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from fastapi import Depends, Request
 from sqlmodel import Session
 
 from mailsync.api.errors import ApiError
+from mailsync.api.ratelimit import get_rate_limit, meter_address, meter_key, note_key_checked
 from mailsync.apikeys import Principal, authenticate
 from mailsync.db import get_engine
 from mailsync.jobs import Orchestrator
@@ -39,40 +45,58 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="mailsync"'}
 
 
+def _unauthorized(request: Request, message: str) -> NoReturn:
+    # A failed attempt counts against the client address (unless the request was already
+    # counted there, as the middleware does for requests without an Authorization header);
+    # past the address quota the answer is 429, which throttles key guessing.
+    if get_rate_limit(request) is None:
+        meter_address(request)
+    raise ApiError(401, "invalid_key", message, headers=_UNAUTHORIZED)
+
+
 def get_principal(request: Request, session: SessionDep) -> Principal:
+    note_key_checked(request)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        raise ApiError(401, "invalid_key", "missing Authorization header", headers=_UNAUTHORIZED)
+        _unauthorized(request, "missing Authorization header")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
-            401, "invalid_key", "Authorization must be 'Bearer <api key>'", headers=_UNAUTHORIZED
-        )
+        _unauthorized(request, "Authorization must be 'Bearer <api key>'")
     principal = authenticate(session, token.strip())
     if principal is None:
-        raise ApiError(
-            401, "invalid_key", "invalid, revoked or expired API key", headers=_UNAUTHORIZED
-        )
+        _unauthorized(request, "invalid, revoked or expired API key")
     return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_scope(*any_of: str) -> Callable[[Principal], Principal]:
-    """A dependency admitting callers whose key holds at least one of `any_of`."""
+def get_metered_principal(request: Request, principal: PrincipalDep) -> Principal:
+    """The caller, once the request took a token of its key's quota (429 when none is left)."""
+    meter_key(request, principal.key_id)
+    return principal
 
-    def check(principal: PrincipalDep) -> Principal:
-        if not principal.scopes.intersection(any_of):
-            raise ApiError(
-                403,
-                "insufficient_permissions",
-                f"this API key lacks the {' or '.join(any_of)} permission",
-            )
-        return principal
+
+MeteredPrincipalDep = Annotated[Principal, Depends(get_metered_principal)]
+
+
+def check_scope(principal: Principal, any_of: tuple[str, ...]) -> Principal:
+    if not principal.scopes.intersection(any_of):
+        raise ApiError(
+            403,
+            "insufficient_permissions",
+            f"this API key lacks the {' or '.join(any_of)} permission",
+        )
+    return principal
+
+
+def require_metered_scope(*any_of: str) -> Callable[[Principal], Principal]:
+    """`require_scope`, after counting the request against the key's quota (403s count)."""
+
+    def check(principal: MeteredPrincipalDep) -> Principal:
+        return check_scope(principal, any_of)
 
     return check
 
 
-EmailWriter = Annotated[Principal, Depends(require_scope("write:email"))]
-EmailReader = Annotated[Principal, Depends(require_scope("read:email", "write:email"))]
+EmailReader = Annotated[Principal, Depends(require_metered_scope("read:email", "write:email"))]

@@ -1,14 +1,47 @@
-"""ASGI middleware: request ids on every response, and a cap on request body size."""
+"""ASGI middleware: request ids and rate-limit figures on every response, a cap on body size."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ulid import ULID
 
+from mailsync.api.errors import ApiError
+from mailsync.api.ratelimit import HEADER_NAMES, get_rate_limit, key_was_checked, meter_address
+
+log = logging.getLogger(__name__)
+
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_RATE_HEADERS = {name.lower().encode() for name in HEADER_NAMES}
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """The standard error envelope, for middleware answering before (or instead of) the app."""
+    rid = scope.get("state", {}).get("request_id", "")
+    body = json.dumps({"error": {"code": code, "message": message, "request_id": rid}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestIdMiddleware:
@@ -37,6 +70,63 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class RateLimitMiddleware:
+    """X-RateLimit-* on every response, from the figures in the scope state (ratelimit.py).
+
+    A request without an Authorization header is counted against its client address before
+    the app is called, so /health, /docs, /openapi.json and 404s are enforced too, and an
+    over-quota one is answered 429 here. With a header, the key dependencies decide (a valid
+    key's quota, or the address's when the key fails); on an endpoint that never looked at
+    the key the request is unauthenticated after all and the address is counted when the
+    response starts, a 429 then replacing that response. Figures a route set are never
+    replaced. Sits inside RequestIdMiddleware, so its 429s carry X-Request-ID.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        has_key = any(k.lower() == b"authorization" for k, _ in scope["headers"])
+        if not has_key and get_rate_limit(scope) is None:
+            try:
+                await run_in_threadpool(meter_address, scope)
+            except ApiError as exc:
+                await self._refuse(scope, send, exc)
+                return
+        replaced = False
+
+        async def send_with_limits(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the app's own response was replaced by a 429
+            if message["type"] == "http.response.start":
+                if get_rate_limit(scope) is None and not key_was_checked(scope):
+                    try:
+                        await run_in_threadpool(meter_address, scope)
+                    except ApiError as exc:
+                        replaced = True
+                        await self._refuse(scope, send, exc)
+                        return
+                info = get_rate_limit(scope)
+                if info is not None:
+                    headers = [
+                        (k, v) for k, v in message.get("headers", []) if k not in _RATE_HEADERS
+                    ]
+                    headers += [(k.lower().encode(), v.encode()) for k, v in info.headers().items()]
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+    async def _refuse(self, scope: Scope, send: Send, error: ApiError) -> None:
+        info = get_rate_limit(scope)
+        headers = {**(info.headers() if info else {}), **error.headers}
+        await send_error(scope, send, error.status, error.code, error.message, headers)
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over `limit` bytes with 413 before they are read into memory."""
 
@@ -44,28 +134,14 @@ class BodyLimitMiddleware:
         self.app, self.limit = app, limit
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        rid = scope.get("state", {}).get("request_id", "")
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body exceeds {self.limit} bytes",
-                    "request_id": rid,
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await send_error(
+            scope,
+            send,
+            413,
+            "payload_too_large",
+            f"request body exceeds {self.limit} bytes",
+            {"Connection": "close"},
         )
-        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,3 +178,50 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class UnhandledErrorMiddleware:
+    """Turn an unexpected exception into the 500 envelope *inside* the other middleware, so
+    it still carries X-Request-ID and the rate-limit headers (Starlette's own handler runs
+    outside all of them)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": "internal_error",
+                        "message": "an unexpected error occurred; it was logged",
+                        "request_id": scope.get("state", {}).get("request_id", ""),
+                    }
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})

@@ -128,16 +128,17 @@ def test_404s_and_405(offline_client: TestClient, tenant: Tenant) -> None:
     assert_error(offline_client.delete(URL, headers=tenant.auth()), 405, "method_not_allowed")
 
 
-def test_503_when_prefect_is_down_records_the_failed_job(
+def test_503_when_prefect_is_down_creates_no_job(
     offline_client: TestClient, tenant: Tenant, settings: Settings
 ) -> None:
-    """If no flow run can be created the client gets 503 and the job is kept as failed."""
+    """Without Prefect the sync rules cannot be checked: the client gets 503 with
+    Retry-After, and no job is left behind half-created."""
     response = offline_client.post(URL, headers=tenant.auth(), json={})
     assert_error(response, 503, "service_unavailable")
     assert response.headers["retry-after"]
     with Session(get_engine(settings.resolved_database_url)) as session:
         jobs = session.exec(select(SyncJob).where(SyncJob.workspace_id == tenant.workspace_id))
-        assert [(j.status, j.error_code) for j in jobs] == [("failed", "orchestrator_unavailable")]
+        assert list(jobs) == []
 
 
 @pytest.mark.parametrize(
@@ -219,3 +220,24 @@ def test_authentication_is_checked_before_the_body(offline_client: TestClient) -
     """An unauthenticated request learns nothing about body validation: 401 comes first."""
     response = offline_client.post(URL, content=b"{not json", headers={"Content-Type": "x/y"})
     assert_error(response, 401, "invalid_key")
+
+
+def test_unexpected_errors_keep_the_envelope_and_headers(
+    offline_client: TestClient, tenant: Tenant
+) -> None:
+    """A bug surfaces as a 500 with the error envelope, X-Request-ID and the rate-limit
+    headers, and says nothing about its cause."""
+    from mailsync.api.deps import get_session
+
+    def broken() -> None:
+        raise RuntimeError("database password is hunter2")
+
+    app: Any = offline_client.app
+    app.dependency_overrides[get_session] = broken
+    try:
+        response = offline_client.get(f"{URL}/sync_x", headers=tenant.auth())
+    finally:
+        app.dependency_overrides.clear()
+    error = assert_error(response, 500, "internal_error")
+    assert "hunter2" not in response.text and error["request_id"].startswith("req_")
+    assert "x-ratelimit-limit" in response.headers

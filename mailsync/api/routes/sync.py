@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlmodel import Session
 
-from mailsync import jobstore
-from mailsync.api.deps import EmailReader, EmailWriter, OrchestratorDep, SessionDep
+from mailsync import idempotency, jobstore
+from mailsync.admission import RateLimitedError, SyncInProgressError
+from mailsync.api.deps import (
+    EmailReader,
+    OrchestratorDep,
+    PrincipalDep,
+    SessionDep,
+    check_scope,
+)
 from mailsync.api.errors import ApiError
+from mailsync.api.ratelimit import RateLimitInfo, set_rate_limit
 from mailsync.api.schemas import ErrorEnvelope, JobCreatedEnvelope, JobEnvelope, SyncRequest
-from mailsync.jobs import OrchestratorUnavailableError
-from mailsync.models import SyncJob
+from mailsync.apikeys import Principal
+from mailsync.jobs import Orchestrator, OrchestratorUnavailableError
+from mailsync.limits import LimitsUnavailableError
+from mailsync.models import SyncJob, utcnow
+from mailsync.settings import Settings
 
 router = APIRouter(prefix="/v1/email/sync", tags=["email sync"])
 
@@ -23,7 +36,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "invalid_request: malformed JSON, unknown field or wrong value",
         401: "invalid_key: missing, malformed, unknown, revoked or expired API key",
         403: "insufficient_permissions: missing scope, or no mailbox connected",
+        409: "sync_in_progress: a full sync of a requested provider is queued or running "
+        "(error.job_id names it); or idempotency_key_in_use",
         413: "payload_too_large",
+        422: "idempotency_key_reused: the Idempotency-Key was used with another body",
+        429: "rate_limited: more than 6 on-demand syncs in the last hour (see Retry-After)",
         503: "service_unavailable: the orchestrator could not take the job",
     }.items()
 }
@@ -71,6 +88,25 @@ async def _parse(request: Request) -> SyncRequest:
         raise ApiError(400, "invalid_request", message, param=field) from exc
 
 
+def _report_quota(
+    request: Request, session: Session, orchestrator: Orchestrator, workspace_id: str
+) -> None:
+    """X-RateLimit-* of this endpoint describe the workspace's on-demand sync quota."""
+    state = orchestrator.admission.quota_state(session, workspace_id)
+    set_rate_limit(request, RateLimitInfo(state.limit, state.remaining, state.reset_epoch))
+
+
+def _sync_caller(
+    request: Request, principal: PrincipalDep, session: SessionDep, orchestrator: OrchestratorDep
+) -> Principal:
+    # Runs before the scope check and the body, so even a 403 or a 400 reports the quota.
+    _report_quota(request, session, orchestrator, principal.workspace_id)
+    return check_scope(principal, ("write:email",))
+
+
+SyncCaller = Annotated[Principal, Depends(_sync_caller)]
+
+
 @router.post(
     "",
     status_code=202,
@@ -85,26 +121,121 @@ async def _parse(request: Request) -> SyncRequest:
     },
 )
 def trigger_sync(
-    principal: EmailWriter,
+    request: Request,
+    principal: SyncCaller,
     body: Annotated[SyncRequest, Depends(_parse)],
     session: SessionDep,
     orchestrator: OrchestratorDep,
-) -> dict[str, Any]:
-    """Enqueue an immediate sync of the workspace's connected mailboxes."""
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="A UUID; retries with the same key and body within 24 h replay the "
+            "first response instead of starting another sync.",
+        ),
+    ] = None,
+) -> Any:
+    """Enqueue an immediate sync of the workspace's connected mailboxes.
+
+    Checks run in this order: authentication, validation (body, scope, connected mailboxes),
+    idempotency, 409 sync_in_progress, 429 rate_limited, then the job is created.
+    """
     # A plain def: FastAPI runs it in its thread pool, so the blocking database and Prefect
     # calls never stall the event loop. The body is read by the async dependency, after auth.
+    workspace_id = principal.workspace_id
     try:
-        job = orchestrator.trigger(session, principal.workspace_id, body.mode, body.provider)
+        jobstore.build_job(session, workspace_id, body.mode, body.provider)
     except jobstore.NoMailboxError as exc:
         raise ApiError(403, "insufficient_permissions", str(exc)) from exc
-    except OrchestratorUnavailableError as exc:
+    settings = orchestrator.admission.settings
+    key = _idempotency_key(idempotency_key)
+    if key is not None:
+        session.rollback()  # give the connection back while waiting on another request
+        replay = _begin_idempotent(settings, workspace_id, key, body)
+        if replay is not None:
+            _report_quota(request, session, orchestrator, workspace_id)
+            return JSONResponse(
+                replay.body, replay.status_code, headers={"Idempotent-Replayed": "true"}
+            )
+    try:
+        job = orchestrator.trigger(
+            session,
+            workspace_id,
+            body.mode,
+            body.provider,
+            idempotency_key=_prefect_key(settings, workspace_id, key),
+        )
+    except BaseException as exc:
+        if key is not None:
+            idempotency.abandon(settings.resolved_database_url, workspace_id, key)
+        _report_quota(request, session, orchestrator, workspace_id)
+        raise _translate(exc) from exc
+    response = {"data": jobstore.public_view(job, brief=True)}
+    if key is not None:
+        idempotency.complete(
+            settings.resolved_database_url, workspace_id, key, 202, response, job.id
+        )
+    _report_quota(request, session, orchestrator, workspace_id)
+    return response
+
+
+def _idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return idempotency.parse_key(raw)
+    except idempotency.InvalidIdempotencyKey as exc:
+        raise ApiError(400, "invalid_request", str(exc), param="Idempotency-Key") from exc
+
+
+def _begin_idempotent(
+    settings: Settings, workspace_id: str, key: str, body: SyncRequest
+) -> idempotency.Replay | None:
+    try:
+        return idempotency.begin(
+            settings.resolved_database_url,
+            workspace_id,
+            key,
+            idempotency.fingerprint(body.model_dump()),
+            ttl_seconds=settings.idempotency_ttl_seconds,
+        )
+    except idempotency.IdempotencyKeyReused as exc:
         raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        ) from exc
+    except idempotency.IdempotencyKeyInUse as exc:
+        raise ApiError(
+            409,
+            "idempotency_key_in_use",
+            "a request with this Idempotency-Key is still in progress; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from exc
+
+
+def _prefect_key(settings: Settings, workspace_id: str, key: str | None) -> str | None:
+    if key is None:
+        return None
+    created = idempotency.record_created_at(settings.resolved_database_url, workspace_id, key)
+    return idempotency.prefect_idempotency_key(workspace_id, key, created or utcnow())
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, SyncInProgressError):
+        return ApiError(409, "sync_in_progress", str(exc), extra={"job_id": exc.job_id})
+    if isinstance(exc, RateLimitedError):
+        return ApiError(
+            429, "rate_limited", str(exc), headers={"Retry-After": str(exc.retry_after)}
+        )
+    if isinstance(exc, OrchestratorUnavailableError | LimitsUnavailableError):
+        return ApiError(
             503,
             "service_unavailable",
             "the sync could not be scheduled; retry shortly",
             headers={"Retry-After": "5"},
-        ) from exc
-    return {"data": jobstore.public_view(job, brief=True)}
+        )
+    return exc
 
 
 @router.get(

@@ -1,0 +1,275 @@
+"""The sync rules under real concurrent HTTP requests: 409, 429, Idempotency-Key, headers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from sqlmodel import Session, select
+
+from mailsync.api.app import create_app
+from mailsync.db import get_engine
+from mailsync.fakes.server import serve_in_thread
+from mailsync.jobs import Orchestrator
+from mailsync.models import SyncJob, utcnow
+from tests.api.conftest import Tenant, make_tenant
+from tests.conftest import FakeProviders, PrefectStack
+from tests.test_drills import flow_run_pids
+
+pytestmark = pytest.mark.integration
+URL = "/v1/email/sync"
+
+
+class ManualClock:
+    """The API's clock, movable forward so the rolling hour can pass in a test."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+
+@dataclass
+class Api:
+    url: str
+    clock: ManualClock
+    stack: PrefectStack
+
+    def post(self, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}{URL}", json=body, headers={**tenant.auth(), **headers}, timeout=60
+        )
+
+    def get(self, tenant: Tenant, job_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}{URL}/{job_id}", headers=tenant.auth(), timeout=30)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    def wait(self, tenant: Tenant, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = self.get(tenant, job_id)
+            if data["status"] in ("completed", "failed"):
+                return data
+            time.sleep(0.25)
+        raise AssertionError(f"{job_id} did not end in {timeout} s")
+
+    def jobs(self, tenant: Tenant) -> list[SyncJob]:
+        with Session(get_engine(self.stack.settings.resolved_database_url)) as session:
+            query = select(SyncJob).where(SyncJob.workspace_id == tenant.workspace_id)
+            return list(session.exec(query))
+
+
+@pytest.fixture
+def api(prefect_stack: PrefectStack) -> Iterator[Api]:
+    """The real API on a real socket, with a movable clock for the quota window."""
+    clock = ManualClock()
+    settings = prefect_stack.settings
+    orchestrator = Orchestrator(prefect_stack.api_url, settings, clock=clock)
+    with serve_in_thread(create_app(settings, orchestrator), None) as url:
+        yield Api(url, clock, prefect_stack)
+
+
+@pytest.fixture
+def tenant(prefect_stack: PrefectStack, fakes: FakeProviders) -> Tenant:
+    return make_tenant(prefect_stack.settings, fakes)
+
+
+def slow_down(fakes: FakeProviders, provider: str, seconds: int, times: int) -> None:
+    """Make the provider throttle (429 + Retry-After) so a sync stays running for a while."""
+    operation = "delta" if provider == "microsoft" else "messages.list"
+    fakes.call(
+        provider,
+        "POST",
+        "/_admin/faults",
+        json={"operation": operation, "status": 429, "count": times, "retry_after": seconds},
+    )
+
+
+def test_50_parallel_full_syncs_admit_exactly_one(
+    api: Api, tenant: Tenant, fakes: FakeProviders
+) -> None:
+    """50 concurrent full-sync requests for one workspace and provider: exactly one 202, 49
+    409 sync_in_progress naming that job, no 5xx; the 409s take no quota slot."""
+    slow_down(fakes, "gmail", 1, 2)  # the accepted sync must outlive the burst
+    started = time.monotonic()
+    with ThreadPoolExecutor(50) as pool:
+        responses = list(
+            pool.map(lambda _: api.post(tenant, {"mode": "full", "provider": "gmail"}), range(50))
+        )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [202] + [409] * 49, (statuses, time.monotonic() - started)
+    accepted = next(r for r in responses if r.status_code == 202).json()["data"]["job_id"]
+    for response in responses:
+        if response.status_code == 409:
+            error = response.json()["error"]
+            assert error["code"] == "sync_in_progress" and error["job_id"] == accepted
+            assert response.headers["x-ratelimit-remaining"] == "5"
+    assert len(api.jobs(tenant)) == 1
+    assert api.wait(tenant, accepted)["status"] == "completed"
+    # Once it ended, the slot is free again.
+    assert api.post(tenant, {"mode": "full", "provider": "gmail"}).status_code == 202
+
+
+def test_incremental_is_refused_while_a_full_sync_runs(
+    api: Api, tenant: Tenant, fakes: FakeProviders
+) -> None:
+    """Any request naming a provider with a full sync queued or running gets 409; other
+    providers are unaffected."""
+    slow_down(fakes, "microsoft", 2, 2)
+    full = api.post(tenant, {"mode": "full", "provider": "microsoft"})
+    assert full.status_code == 202
+    job_id = full.json()["data"]["job_id"]
+    for body in ({}, {"provider": "microsoft"}, {"mode": "full"}):
+        refused = api.post(tenant, body)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["job_id"] == job_id
+    assert api.post(tenant, {"provider": "gmail"}).status_code == 202
+    assert api.wait(tenant, job_id)["status"] == "completed"
+
+
+def test_idempotency_key_under_concurrency(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
+    """20 concurrent requests with one Idempotency-Key create exactly one job and all get
+    the identical body; a different body with that key is 422; replays take no quota."""
+    key = str(uuid.uuid4())
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(
+            pool.map(
+                lambda _: api.post(tenant, {"provider": "gmail"}, **{"Idempotency-Key": key}),
+                range(20),
+            )
+        )
+    assert {r.status_code for r in responses} == {202}, [r.text for r in responses]
+    assert len({r.text for r in responses}) == 1
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 19
+    assert len(api.jobs(tenant)) == 1
+    assert {r.headers["x-ratelimit-remaining"] for r in responses} == {"5"}
+    reused = api.post(tenant, {"provider": "microsoft"}, **{"Idempotency-Key": key})
+    assert reused.status_code == 422
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+    bad = api.post(tenant, {}, **{"Idempotency-Key": "not-a-uuid"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "Idempotency-Key"
+    other = make_tenant(api.stack.settings, fakes, providers=("gmail",))
+    fresh = api.post(other, {"provider": "gmail"}, **{"Idempotency-Key": key})
+    assert fresh.status_code == 202 and "idempotent-replayed" not in fresh.headers
+
+
+def test_quota_is_six_per_rolling_hour(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
+    """30 requests in a row: exactly 6 accepted with Remaining 5..0, then 429 with a correct
+    Retry-After; another workspace is unaffected; once the hour has passed, accepted again."""
+    started = utcnow()
+    remaining, statuses, retry_after = [], [], []
+    for _ in range(30):
+        response = api.post(tenant, {"provider": "gmail"})
+        statuses.append(response.status_code)
+        remaining.append(int(response.headers["x-ratelimit-remaining"]))
+        assert int(response.headers["x-ratelimit-limit"]) == 6
+        if response.status_code == 429:
+            assert response.json()["error"]["code"] == "rate_limited"
+            retry_after.append(int(response.headers["retry-after"]))
+            reset = int(response.headers["x-ratelimit-reset"])
+    assert statuses == [202] * 6 + [429] * 24
+    assert remaining[:6] == [5, 4, 3, 2, 1, 0] and set(remaining[6:]) == {0}
+    first_free = started.timestamp() + 3600
+    assert all(first_free - 60 <= started.timestamp() + r <= first_free + 5 for r in retry_after)
+    assert abs(reset - first_free) <= 5
+    other = make_tenant(api.stack.settings, fakes, providers=("gmail",))
+    assert api.post(other, {"provider": "gmail"}).status_code == 202
+    api.clock.offset = timedelta(seconds=3601)
+    again = api.post(tenant, {"provider": "gmail"})
+    assert again.status_code == 202, again.text
+    assert again.headers["x-ratelimit-remaining"] == "5"
+
+
+def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
+    api: Api, tenant: Tenant, fakes: FakeProviders
+) -> None:
+    """A full sync started through Prefect (as the UI does) blocks an API full sync with 409
+    naming it; and a UI-started full sync fails fast while an API one holds the slot."""
+    slow_down(fakes, "microsoft", 2, 2)
+    with SyncPrefectClient(api.stack.api_url) as prefect:
+        deployment = prefect.read_deployment_by_name("sync-mailbox/sync")
+        run = prefect.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={
+                "workspace": tenant.workspace_id,
+                "providers": ["microsoft"],
+                "mode": "full",
+            },
+        )
+        ui_job = _wait_for_running_job(api, tenant)
+        refused = api.post(tenant, {"mode": "full", "provider": "microsoft"})
+        assert refused.status_code == 409 and refused.json()["error"]["job_id"] == ui_job.id
+        assert api.wait(tenant, ui_job.id)["status"] == "completed"
+
+        slow_down(fakes, "microsoft", 4, 8)  # long enough for the UI run to start meanwhile
+        accepted = api.post(tenant, {"mode": "full", "provider": "microsoft"})
+        assert accepted.status_code == 202
+        run = prefect.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={
+                "workspace": tenant.workspace_id,
+                "providers": ["microsoft"],
+                "mode": "full",
+            },
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = prefect.read_flow_run(run.id).state
+            if state is not None and state.is_final():
+                break
+            time.sleep(0.3)
+        assert state is not None and state.is_failed(), state
+        failed = api.get(tenant, prefect.read_flow_run(run.id).name)
+        assert failed["error"]["code"] == "sync_in_progress"
+        fakes.reset_stats("microsoft")  # drop the remaining faults: let the API's run finish
+        assert api.wait(tenant, accepted.json()["data"]["job_id"])["status"] == "completed"
+
+
+def _wait_for_running_job(api: Api, tenant: Tenant, timeout: float = 60) -> SyncJob:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [j for j in api.jobs(tenant) if j.status == "running"]
+        if running:
+            return running[0]
+        time.sleep(0.2)
+    raise AssertionError("no job started running")
+
+
+def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
+    """SIGKILL the process running a full sync: a new full sync is accepted within the lease
+    time (here sooner: the worker reports the crash, and admission sees it in Prefect); the
+    killed job reads as failed."""
+    slow_down(fakes, "microsoft", 4, 6)
+    first = api.post(tenant, {"mode": "full", "provider": "microsoft"})
+    assert first.status_code == 202
+    job = _wait_for_running_job(api, tenant)
+    assert job.flow_run_id
+    pids = flow_run_pids(job.flow_run_id)
+    assert pids, "the flow run's process was not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    fakes.reset_stats("microsoft")  # drops the remaining injected faults
+    while True:
+        retry = api.post(tenant, {"mode": "full", "provider": "microsoft"})
+        if retry.status_code != 409 or time.monotonic() - killed > 90:
+            break
+        time.sleep(1)
+    assert retry.status_code == 202, retry.text
+    assert time.monotonic() - killed < 90
+    crashed = api.get(tenant, job.id)
+    assert crashed["status"] == "failed" and crashed["error"]["code"] == "job_crashed"
+    assert api.wait(tenant, retry.json()["data"]["job_id"])["status"] == "completed"
