@@ -273,3 +273,28 @@ def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakePr
     crashed = api.get(tenant, job.id)
     assert crashed["status"] == "failed" and crashed["error"]["code"] == "job_crashed"
     assert api.wait(tenant, retry.json()["data"]["job_id"])["status"] == "completed"
+
+
+def test_order_of_checks(api: Api, prefect_stack: PrefectStack, fakes: FakeProviders) -> None:
+    """Authentication, validation, idempotency, 409, 429, create: a 403 does not consume an
+    Idempotency-Key; a replay wins over a running full sync's 409; a 409 wins over an
+    exhausted quota; refused requests and replays take no slot."""
+    tenant = make_tenant(prefect_stack.settings, fakes)
+    key = str(uuid.uuid4())
+    unknown = api.post(tenant, {"provider": "yahoo"}, **{"Idempotency-Key": key})
+    assert unknown.status_code == 400  # validation came first: the key is still unused
+    slow_down(fakes, "microsoft", 4, 6)
+    first = api.post(tenant, {"mode": "full", "provider": "microsoft"}, **{"Idempotency-Key": key})
+    assert first.status_code == 202, first.text
+    assert first.headers["x-ratelimit-remaining"] == "5"
+    replay = api.post(tenant, {"mode": "full", "provider": "microsoft"}, **{"Idempotency-Key": key})
+    assert replay.status_code == 202 and replay.json() == first.json()  # not a 409
+    busy = api.post(tenant, {})
+    assert busy.status_code == 409 and busy.headers["x-ratelimit-remaining"] == "5"
+    for _ in range(5):
+        assert api.post(tenant, {"provider": "gmail"}).status_code == 202
+    assert api.post(tenant, {"provider": "gmail"}).status_code == 429
+    still_busy = api.post(tenant, {})  # quota spent and microsoft busy: 409 comes first
+    assert still_busy.status_code == 409 and still_busy.headers["x-ratelimit-remaining"] == "0"
+    fakes.reset_stats("microsoft")
+    assert api.wait(tenant, first.json()["data"]["job_id"])["status"] == "completed"
