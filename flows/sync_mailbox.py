@@ -30,7 +30,9 @@ def _release_slot(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) ->
 
 def _sync_all(job: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
     futures = [
-        sync_one_mailbox.submit(m["mailbox_id"], m["provider"], m["address"], job["mode"])
+        sync_one_mailbox.submit(
+            job["job_id"], m["mailbox_id"], m["provider"], m["address"], job["mode"]
+        )
         for m in job["mailboxes"]
     ]
     results: list[dict[str, Any]] = []

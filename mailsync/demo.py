@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ class Fakes:
             "MAILSYNC_MICROSOFT_AUTHORITY_HOST": self.microsoft_url,
             "MAILSYNC_GRAPH_API_URL": f"{self.microsoft_url}/v1.0",
             "MAILSYNC_PROVIDER_CA_BUNDLE": str(self.ca_path),
+            # The demo's fake Gmail enforces no quota; pacing to Google's 15,000 units a
+            # minute would make the first sync of 3,000 messages take a minute.
+            "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": os.environ.get(
+                "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE", "600000"
+            ),
         }
 
 

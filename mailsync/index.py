@@ -1,4 +1,9 @@
-"""The searchable message index: applies provider pages to the database, idempotently."""
+"""The searchable message index: applies provider pages to the database, idempotently.
+
+The index is kept in generations: readers see the mailbox's `generation`; a full sync writes
+the next one beside it and `switch` makes it live in one transaction, so a half-built or
+failed rebuild is never seen and the previous index stays intact until the switch.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select
 
-from mailsync.models import Message, as_utc
+from mailsync.models import Mailbox, Message, as_utc
 from mailsync.providers.base import MessageRecord
 
 _CHUNK = 500  # keeps IN (...) lists well under every database's parameter limit
@@ -58,61 +64,113 @@ def _changed(row: Message, fields: dict[str, Any]) -> bool:
     return False
 
 
-def upsert(session: Session, mailbox_id: str, records: Iterable[MessageRecord]) -> Counts:
+def _rows(session: Session, mailbox_id: str, generation: int, ids: list[str]) -> dict[str, Message]:
+    return {
+        m.provider_message_id: m
+        for m in session.exec(
+            select(Message).where(
+                Message.mailbox_id == mailbox_id,
+                Message.generation == generation,
+                col(Message.provider_message_id).in_(ids),
+            )
+        )
+    }
+
+
+def upsert(
+    session: Session,
+    mailbox_id: str,
+    records: Iterable[MessageRecord],
+    generation: int,
+    *,
+    compare_to: int | None = None,
+) -> Counts:
+    """Write `records` into `generation`; counts are relative to `compare_to` (by default the
+    same generation): a rebuild counts what changed against the live index."""
     counts = Counts()
     by_id = {r.provider_message_id: r for r in records}  # last one wins within a page
     ids = list(by_id)
+    baseline_generation = generation if compare_to is None else compare_to
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        existing = {
-            m.provider_message_id: m
-            for m in session.exec(
-                select(Message).where(
-                    Message.mailbox_id == mailbox_id, col(Message.provider_message_id).in_(chunk)
-                )
-            )
-        }
+        target = _rows(session, mailbox_id, generation, chunk)
+        baseline = (
+            target
+            if baseline_generation == generation
+            else _rows(session, mailbox_id, baseline_generation, chunk)
+        )
         for pid in chunk:
             fields = _fields(by_id[pid])
-            row = existing.get(pid)
-            if row is None:
-                session.add(Message(mailbox_id=mailbox_id, provider_message_id=pid, **fields))
+            before = baseline.get(pid)
+            if before is None:
                 counts.added += 1
-            elif _changed(row, fields):
-                for k, v in fields.items():
-                    setattr(row, k, v)
-                session.add(row)
+            elif _changed(before, fields):
                 counts.updated += 1
+            row = target.get(pid)
+            if row is None:
+                row = Message(mailbox_id=mailbox_id, generation=generation, provider_message_id=pid)
+            elif not _changed(row, fields):
+                continue
+            for key, value in fields.items():
+                setattr(row, key, value)
+            session.add(row)
     session.flush()
     return counts
 
 
-def remove(session: Session, mailbox_id: str, provider_ids: Iterable[str]) -> int:
+def remove(session: Session, mailbox_id: str, provider_ids: Iterable[str], generation: int) -> int:
     ids = list(dict.fromkeys(provider_ids))
     deleted = 0
     for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
         result = session.exec(  # type: ignore[call-overload]
             delete(Message).where(
                 col(Message.mailbox_id) == mailbox_id,
-                col(Message.provider_message_id).in_(chunk),
+                col(Message.generation) == generation,
+                col(Message.provider_message_id).in_(ids[start : start + _CHUNK]),
             )
         )
         deleted += result.rowcount or 0
     return deleted
 
 
-def remove_unseen(session: Session, mailbox_id: str, seen: set[str]) -> int:
-    """After a full listing: drop what the provider no longer has."""
-    stored = session.exec(
-        select(Message.provider_message_id).where(Message.mailbox_id == mailbox_id)
-    ).all()
-    return remove(session, mailbox_id, (pid for pid in stored if pid not in seen))
+def discard(session: Session, mailbox_id: str, generation: int) -> None:
+    session.exec(  # type: ignore[call-overload]
+        delete(Message).where(
+            col(Message.mailbox_id) == mailbox_id, col(Message.generation) == generation
+        )
+    )
+
+
+def switch(session: Session, mailbox: Mailbox, generation: int) -> int:
+    """Make `generation` live and drop the old one; returns how many messages disappeared."""
+    table: sa.Table = Message.__table__  # type: ignore[attr-defined]
+    old, new = table.alias("old"), table.alias("new")
+    query = (
+        sa.select(sa.func.count())
+        .select_from(old)
+        .where(old.c.mailbox_id == mailbox.id, old.c.generation == mailbox.generation)
+        .where(
+            ~sa.exists().where(
+                new.c.mailbox_id == old.c.mailbox_id,
+                new.c.generation == generation,
+                new.c.provider_message_id == old.c.provider_message_id,
+            )
+        )
+    )
+    vanished = session.connection().execute(query).scalar_one()
+    discard(session, mailbox.id, mailbox.generation)
+    mailbox.generation = generation
+    session.add(mailbox)
+    return int(vanished)
 
 
 def message_ids(session: Session, mailbox_id: str) -> set[str]:
+    """The provider ids readers see: the mailbox's live generation."""
+    live = select(Mailbox.generation).where(Mailbox.id == mailbox_id).scalar_subquery()
     return set(
         session.exec(
-            select(Message.provider_message_id).where(Message.mailbox_id == mailbox_id)
+            select(Message.provider_message_id).where(
+                Message.mailbox_id == mailbox_id, Message.generation == live
+            )
         ).all()
     )

@@ -105,6 +105,7 @@ def public_view(job: SyncJob, *, brief: bool = False) -> dict[str, Any]:
         started_at=iso(job.started_at),
         finished_at=iso(job.finished_at),
         counts=job.counts or None,
+        progress=job.progress or None,
         mailboxes=[
             {k: v for k, v in m.items() if k != "mailbox_id"} for m in (job.mailboxes or [])
         ],

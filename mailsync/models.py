@@ -84,13 +84,27 @@ class Mailbox(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
     )
+    # The index readers see is this generation; a full sync builds the next one beside it
+    # and switches in one transaction, so nobody sees a half-built index.
+    generation: int = 0
+    building_generation: int | None = None
+    # Where an interrupted full sync of `building_generation` resumes (provider-opaque).
+    checkpoint: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    checkpoint_at: datetime | None = _ts()
+    # Provider token state kept between syncs (msal's cache, Google's access token): secret.
+    auth_state_encrypted: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
 
 
 class Message(SQLModel, table=True):
-    __table_args__ = (sa.UniqueConstraint("mailbox_id", "provider_message_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "mailbox_id", "generation", "provider_message_id", name="uq_message_generation_id"
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     mailbox_id: str = Field(foreign_key="mailbox.id", index=True, max_length=40)
+    generation: int = 0
     provider_message_id: str = Field(max_length=512)
     thread_id: str | None = Field(default=None, max_length=512)
     sender: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
@@ -116,6 +130,8 @@ class SyncJob(SQLModel, table=True):
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     counts: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # While it runs: messages processed and the providers' estimate of the total.
+    progress: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # Per-mailbox outcome: provider, address, mode actually performed and why.
     mailboxes: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from prefect import get_client
-from sqlmodel import select
+from sqlmodel import col, select, update
 
 from mailsync import jobstore
 from mailsync.crypto import CredentialBox
@@ -16,7 +17,7 @@ from mailsync.leases import FullSyncSlot
 from mailsync.limits import LimitsUnavailableError, PrefectLimits
 from mailsync.models import SyncJob
 from mailsync.settings import Settings, get_settings
-from mailsync.sync import MailboxResult, sync_mailbox
+from mailsync.sync import MailboxResult, Progress, sync_mailbox
 
 
 class JobNotFoundError(Exception):
@@ -61,7 +62,50 @@ def open_job(
         }
 
 
-def run_mailbox(mailbox_id: str, mode: str, settings: Settings | None = None) -> MailboxResult:
+class JobProgress:
+    """Sums the progress of a job's mailboxes (synced by concurrent tasks in one flow run)
+    into the job row, which the API reports while the job runs."""
+
+    def __init__(self, job_id: str, settings: Settings) -> None:
+        self.job_id, self.settings = job_id, settings
+        self._per_mailbox: dict[str, tuple[int, int | None]] = {}
+        self._lock = threading.Lock()
+
+    def reporter(self, mailbox_id: str) -> Progress:
+        def report(processed: int, estimate: int | None) -> None:
+            with self._lock:
+                self._per_mailbox[mailbox_id] = (processed, estimate)
+                figures = {"processed": sum(p for p, _ in self._per_mailbox.values())}
+                estimates = [e for _, e in self._per_mailbox.values()]
+                if estimates and all(e is not None for e in estimates):
+                    figures["estimated_total"] = sum(e or 0 for e in estimates)
+                with session_scope(self.settings.resolved_database_url) as session:
+                    session.exec(  # type: ignore[call-overload]
+                        update(SyncJob)
+                        .where(col(SyncJob.id) == self.job_id)
+                        .values(progress=figures)
+                    )
+
+        return report
+
+
+_progress: dict[str, JobProgress] = {}
+_progress_lock = threading.Lock()
+
+
+def job_progress(job_id: str, settings: Settings | None = None) -> JobProgress:
+    with _progress_lock:
+        if job_id not in _progress:
+            _progress[job_id] = JobProgress(job_id, settings or get_settings())
+        return _progress[job_id]
+
+
+def run_mailbox(
+    mailbox_id: str,
+    mode: str,
+    progress: Progress | None = None,
+    settings: Settings | None = None,
+) -> MailboxResult:
     settings = settings or get_settings()
     return sync_mailbox(
         settings.resolved_database_url,
@@ -69,6 +113,8 @@ def run_mailbox(mailbox_id: str, mode: str, settings: Settings | None = None) ->
         mode,
         box=CredentialBox(settings.fernet_key()),
         endpoints=settings.provider_endpoints,
+        options=settings.provider_options,
+        progress=progress,
     )
 
 

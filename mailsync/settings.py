@@ -10,7 +10,7 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mailsync.providers.base import ProviderEndpoints
+from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 
 class Settings(BaseSettings):
@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     graph_api_url: str = "https://graph.microsoft.com/v1.0"
     # Extra CA certificates to trust for provider endpoints (the fakes' generated CA).
     provider_ca_bundle: Path | None = None
+    # Gmail's per-user quota the sync paces itself to (6,000 for projects created after
+    # 2026-05-01); Graph folders to sync ("all" for every mail folder) and delta page size.
+    gmail_quota_units_per_minute: int = Field(default=15_000, ge=1)
+    microsoft_folders: str = "inbox,sentitems"
+    microsoft_page_size: int = Field(default=100, ge=1, le=1000)
 
     max_body_bytes: int = 64 * 1024
 
@@ -67,6 +72,17 @@ class Settings(BaseSettings):
             microsoft_authority_host=self.microsoft_authority_host,
             graph_api_url=self.graph_api_url,
             ca_bundle=str(self.provider_ca_bundle) if self.provider_ca_bundle else None,
+        )
+
+    @property
+    def provider_options(self) -> ProviderOptions:
+        folders = self.microsoft_folders.strip().lower()
+        return ProviderOptions(
+            gmail_quota_units_per_minute=self.gmail_quota_units_per_minute,
+            microsoft_folders=None
+            if folders == "all"
+            else tuple(f.strip() for f in folders.split(",") if f.strip()),
+            microsoft_page_size=self.microsoft_page_size,
         )
 
     def fernet_key(self) -> bytes:

@@ -1,10 +1,16 @@
-"""Syncs one mailbox: chooses full or incremental, applies provider pages, stores the cursor."""
+"""Syncs one mailbox: chooses full or incremental, applies provider pages, stores the cursor.
+
+A full sync builds the next index generation page by page, saving the provider's checkpoint
+with every page in the same transaction, and switches generations at the end; a sync that
+dies is resumed from its checkpoint by the next full sync of that mailbox (within an hour).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session
@@ -12,13 +18,21 @@ from sqlmodel import Session
 from mailsync import index
 from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
-from mailsync.models import Mailbox, SyncMode, utcnow
-from mailsync.providers.base import CursorExpiredError, MailProvider, Page, ProviderEndpoints
+from mailsync.models import Mailbox, SyncMode, as_utc, utcnow
+from mailsync.providers.base import (
+    CursorExpiredError,
+    MailProvider,
+    ProviderEndpoints,
+    ProviderOptions,
+)
 from mailsync.providers.registry import open_provider
 
 log = logging.getLogger(__name__)
 
-ProviderFactory = Callable[[str, str, dict[str, Any], ProviderEndpoints], MailProvider]
+ProviderFactory = Callable[..., MailProvider]
+# Called after every applied page with (messages processed so far, provider's total estimate).
+Progress = Callable[[int, int | None], None]
+RESUME_WITHIN = timedelta(hours=1)
 
 
 class MailboxGoneError(Exception):
@@ -32,7 +46,8 @@ class MailboxResult:
     address: str
     requested_mode: str
     performed_mode: str
-    reason: str | None = None  # why performed differs from requested
+    reason: str | None = None  # why performed differs from requested, e.g. cursor_reset
+    resumed: bool = False
     counts: index.Counts = field(default_factory=index.Counts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -43,8 +58,16 @@ class MailboxResult:
             "requested_mode": self.requested_mode,
             "performed_mode": self.performed_mode,
             "reason": self.reason,
+            "resumed": self.resumed,
             "counts": self.counts.as_dict(),
         }
+
+
+def _mailbox(session: Session, mailbox_id: str) -> Mailbox:
+    mailbox = session.get(Mailbox, mailbox_id)
+    if mailbox is None:
+        raise MailboxGoneError(f"mailbox {mailbox_id} is no longer connected")
+    return mailbox
 
 
 def sync_mailbox(
@@ -55,67 +78,136 @@ def sync_mailbox(
     box: CredentialBox,
     endpoints: ProviderEndpoints,
     factory: ProviderFactory = open_provider,
+    options: ProviderOptions | None = None,
+    progress: Progress | None = None,
 ) -> MailboxResult:
     with session_scope(database_url) as session:
-        mailbox = session.get(Mailbox, mailbox_id)
-        if mailbox is None:
-            raise MailboxGoneError(f"mailbox {mailbox_id} is no longer connected")
+        mailbox = _mailbox(session, mailbox_id)
         credentials = box.open(mailbox.credentials_encrypted)
+        auth_state = box.open(mailbox.auth_state_encrypted) if mailbox.auth_state_encrypted else {}
         provider_name, address, cursor = mailbox.provider, mailbox.address, mailbox.cursor
 
     result = MailboxResult(mailbox_id, provider_name, address, mode, mode)
-    provider = factory(provider_name, address, credentials, endpoints)
+    provider = factory(
+        provider_name,
+        address,
+        credentials,
+        endpoints,
+        auth_state=auth_state.get("state"),
+        options=options,
+    )
+    run = _Run(database_url, mailbox_id, provider, result, progress or (lambda _n, _t: None))
     try:
         if mode == SyncMode.incremental and cursor is None:
             result.performed_mode, result.reason = SyncMode.full, "initial_sync"
         elif mode == SyncMode.incremental:
             try:
-                _apply_incremental(database_url, mailbox_id, provider, cursor or "", result)
+                run.incremental(cursor or "")
                 return result
-            except CursorExpiredError:
-                log.info("cursor of mailbox %s expired; running a full sync", mailbox_id)
+            except CursorExpiredError as exc:
+                log.info("cursor of mailbox %s expired (%s); running a full sync", mailbox_id, exc)
                 result.performed_mode, result.reason = SyncMode.full, "cursor_reset"
-        _apply_full(database_url, mailbox_id, provider, result)
+        run.full()
         return result
     finally:
+        run.keep_auth_state(box)
         provider.close()
 
 
-def _store_cursor(session: Session, mailbox_id: str, cursor: str | None) -> None:
-    mailbox = session.get(Mailbox, mailbox_id)
-    if mailbox is None:
-        raise MailboxGoneError(f"mailbox {mailbox_id} was disconnected during the sync")
-    mailbox.cursor = cursor
-    mailbox.last_synced_at = utcnow()
-    session.add(mailbox)
+@dataclass
+class _Run:
+    database_url: str
+    mailbox_id: str
+    provider: MailProvider
+    result: MailboxResult
+    progress: Progress
+    processed: int = 0
 
+    def incremental(self, cursor: str) -> None:
+        # Pages are applied as they come: upserts and deletions are idempotent, so a sync that
+        # dies half-way and is retried from the old cursor converges to the same index.
+        final: str | None = None
+        for page in self.provider.incremental_sync(cursor):
+            with session_scope(self.database_url) as session:
+                live = _mailbox(session, self.mailbox_id).generation
+                self.result.counts += index.upsert(session, self.mailbox_id, page.upserts, live)
+                self.result.counts.deleted += index.remove(
+                    session, self.mailbox_id, page.deletions, live
+                )
+            final = page.cursor or final
+            self._advance(len(page.upserts) + len(page.deletions), page.total_estimate)
+        with session_scope(self.database_url) as session:
+            self._finish(_mailbox(session, self.mailbox_id), final or cursor)
 
-def _apply_incremental(
-    database_url: str, mailbox_id: str, provider: MailProvider, cursor: str, result: MailboxResult
-) -> None:
-    # Pages are applied as they come: upserts and deletions are idempotent, so a sync that
-    # dies half-way and is retried from the old cursor converges to the same index.
-    final: str | None = None
-    page: Page
-    for page in provider.incremental_sync(cursor):
-        with session_scope(database_url) as session:
-            result.counts += index.upsert(session, mailbox_id, page.upserts)
-            result.counts.deleted += index.remove(session, mailbox_id, page.deletions)
-        final = page.cursor or final
-    with session_scope(database_url) as session:
-        _store_cursor(session, mailbox_id, final or cursor)
+    def full(self) -> None:
+        with session_scope(self.database_url) as session:
+            mailbox = _mailbox(session, self.mailbox_id)
+            checkpoint = self._resumable(mailbox)
+            if checkpoint is None:
+                if mailbox.building_generation is not None:
+                    index.discard(session, mailbox.id, mailbox.building_generation)
+                mailbox.building_generation = mailbox.generation + 1
+                mailbox.checkpoint = mailbox.checkpoint_at = None
+            building, live = mailbox.building_generation, mailbox.generation
+            assert building is not None
+            session.add(mailbox)
+        self.result.resumed = checkpoint is not None
+        try:
+            self._build(checkpoint, building, live)
+        except CursorExpiredError:
+            if checkpoint is None:
+                raise
+            # The provider cannot continue from it (page tokens expire too): start over.
+            log.info("checkpoint of mailbox %s unusable; rebuilding from scratch", self.mailbox_id)
+            with session_scope(self.database_url) as session:
+                index.discard(session, self.mailbox_id, building)
+            self.result.resumed = False
+            self._build(None, building, live)
 
+    def _build(self, checkpoint: str | None, building: int, live: int) -> None:
+        final: str | None = None
+        for page in self.provider.full_sync(checkpoint):
+            # The page and the checkpoint after it are stored together: a resumed sync never
+            # skips a page nor applies one twice.
+            with session_scope(self.database_url) as session:
+                self.result.counts += index.upsert(
+                    session, self.mailbox_id, page.upserts, building, compare_to=live
+                )
+                mailbox = _mailbox(session, self.mailbox_id)
+                mailbox.checkpoint, mailbox.checkpoint_at = page.checkpoint, utcnow()
+                session.add(mailbox)
+            final = page.cursor or final
+            self._advance(len(page.upserts), page.total_estimate)
+        with session_scope(self.database_url) as session:
+            mailbox = _mailbox(session, self.mailbox_id)
+            self.result.counts.deleted += index.switch(session, mailbox, building)
+            mailbox.building_generation = None
+            mailbox.checkpoint = mailbox.checkpoint_at = None
+            self._finish(mailbox, final)
 
-def _apply_full(
-    database_url: str, mailbox_id: str, provider: MailProvider, result: MailboxResult
-) -> None:
-    seen: set[str] = set()
-    final: str | None = None
-    for page in provider.full_sync():
-        with session_scope(database_url) as session:
-            result.counts += index.upsert(session, mailbox_id, page.upserts)
-        seen.update(r.provider_message_id for r in page.upserts)
-        final = page.cursor or final
-    with session_scope(database_url) as session:
-        result.counts.deleted += index.remove_unseen(session, mailbox_id, seen)
-        _store_cursor(session, mailbox_id, final)
+    def _resumable(self, mailbox: Mailbox) -> str | None:
+        saved = as_utc(mailbox.checkpoint_at)
+        if mailbox.building_generation is None or not mailbox.checkpoint or saved is None:
+            return None
+        return mailbox.checkpoint if utcnow() - saved < RESUME_WITHIN else None
+
+    def _advance(self, count: int, estimate: int | None) -> None:
+        self.processed += count
+        self.progress(self.processed, estimate)
+
+    def _finish(self, mailbox: Mailbox, cursor: str | None) -> None:
+        mailbox.cursor = cursor
+        mailbox.last_synced_at = utcnow()
+        session = Session.object_session(mailbox)
+        assert session is not None
+        session.add(mailbox)
+
+    def keep_auth_state(self, box: CredentialBox) -> None:
+        state = self.provider.auth_state()
+        if state is None:
+            return
+        with session_scope(self.database_url) as session:
+            mailbox = session.get(Mailbox, self.mailbox_id)
+            if mailbox is not None:
+                mailbox.auth_state_encrypted = box.seal({"state": state})
+                session.add(mailbox)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import Task, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
@@ -31,8 +33,25 @@ def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> boo
     retry_condition_fn=is_transient,
     cache_policy=NO_CACHE,
 )
-def sync_one_mailbox(mailbox_id: str, provider: str, address: str, mode: str) -> dict[str, Any]:
-    return runtime.run_mailbox(mailbox_id, mode).as_dict()
+def sync_one_mailbox(
+    job_id: str, mailbox_id: str, provider: str, address: str, mode: str
+) -> dict[str, Any]:
+    to_job = runtime.job_progress(job_id).reporter(mailbox_id)
+    artifact = cast(
+        UUID,
+        create_progress_artifact(
+            0.0, description=f"Messages of {provider} {address} processed in job {job_id}"
+        ),
+    )
+
+    def report(processed: int, estimate: int | None) -> None:
+        to_job(processed, estimate)
+        if estimate:
+            update_progress_artifact(artifact, min(100.0, 100.0 * processed / estimate))
+
+    result = runtime.run_mailbox(mailbox_id, mode, progress=report).as_dict()
+    update_progress_artifact(artifact, 100.0)
+    return result
 
 
 @task(name="open-job", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

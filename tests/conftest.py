@@ -32,6 +32,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 ENCRYPTION_KEY = Fernet.generate_key().decode()
+# The fakes enforce no quota unless a test asks; pacing to Gmail's real one would only slow
+# the suite down (the pacer has tests of its own).
+FAST_QUOTA = 10_000_000
 
 
 def _postgres_problem() -> str | None:
@@ -139,6 +142,7 @@ def make_settings(data_dir: Path, database_url: str, fakes: Fakes, **extra: Any)
         microsoft_authority_host=fakes.microsoft_url,
         graph_api_url=f"{fakes.microsoft_url}/v1.0",
         provider_ca_bundle=fakes.ca_path,
+        gmail_quota_units_per_minute=FAST_QUOTA,
         **extra,
     )
 
@@ -177,6 +181,7 @@ def prefect_stack(
         "MAILSYNC_DATA_DIR": str(settings.data_dir),
         "MAILSYNC_DATABASE_URL": settings.resolved_database_url,
         "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": str(FAST_QUOTA),
     }
     stack = Stack(home / "logs", env)
     try:

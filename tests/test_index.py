@@ -46,20 +46,41 @@ def record(pid: str, subject: str = "hello") -> MessageRecord:
 def test_upsert_counts_added_updated_and_is_idempotent(database_url: str, mailbox_id: str) -> None:
     """Re-applying the same page changes nothing; a changed field counts as one update."""
     with session_scope(database_url) as session:
-        first = index.upsert(session, mailbox_id, [record("m1"), record("m2")])
+        first = index.upsert(session, mailbox_id, [record("m1"), record("m2")], 0)
     with session_scope(database_url) as session:
-        again = index.upsert(session, mailbox_id, [record("m1"), record("m2")])
+        again = index.upsert(session, mailbox_id, [record("m1"), record("m2")], 0)
     with session_scope(database_url) as session:
-        changed = index.upsert(session, mailbox_id, [record("m1", "changed"), record("m2")])
+        changed = index.upsert(session, mailbox_id, [record("m1", "changed"), record("m2")], 0)
     assert (first.added, first.updated) == (2, 0)
     assert (again.added, again.updated) == (0, 0)
     assert (changed.added, changed.updated) == (0, 1)
 
 
-def test_remove_and_remove_unseen(database_url: str, mailbox_id: str) -> None:
-    """Deletions count only rows that existed; a full listing prunes what it did not see."""
+def test_remove_counts_only_existing_rows(database_url: str, mailbox_id: str) -> None:
+    """Deletions count only rows that existed, once each."""
     with session_scope(database_url) as session:
-        index.upsert(session, mailbox_id, [record(f"m{i}") for i in range(5)])
-        assert index.remove(session, mailbox_id, ["m0", "m0", "missing"]) == 1
-        assert index.remove_unseen(session, mailbox_id, {"m1", "m2"}) == 2
+        index.upsert(session, mailbox_id, [record(f"m{i}") for i in range(3)], 0)
+        assert index.remove(session, mailbox_id, ["m0", "m0", "missing"], 0) == 1
         assert index.message_ids(session, mailbox_id) == {"m1", "m2"}
+
+
+def test_rebuild_is_invisible_until_the_switch(database_url: str, mailbox_id: str) -> None:
+    """Readers see the live generation only; a rebuild counts changes against it, and the
+    switch makes it live in one step, reporting what vanished and dropping the old rows."""
+    with session_scope(database_url) as session:
+        index.upsert(session, mailbox_id, [record("keep"), record("edit"), record("gone")], 0)
+    with session_scope(database_url) as session:
+        counts = index.upsert(
+            session, mailbox_id, [record("keep"), record("edit", "new"), record("born")], 1,
+            compare_to=0,
+        )  # fmt: skip
+        assert (counts.added, counts.updated) == (1, 1)
+        assert index.message_ids(session, mailbox_id) == {"keep", "edit", "gone"}
+    with session_scope(database_url) as session:
+        mailbox = session.get(Mailbox, mailbox_id)
+        assert mailbox is not None
+        assert index.switch(session, mailbox, 1) == 1
+    with session_scope(database_url) as session:
+        assert index.message_ids(session, mailbox_id) == {"keep", "edit", "born"}
+        index.discard(session, mailbox_id, 1)
+        assert index.message_ids(session, mailbox_id) == set()

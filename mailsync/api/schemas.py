@@ -36,6 +36,7 @@ class MailboxOutcome(BaseModel):
     requested_mode: str
     performed_mode: str
     reason: str | None
+    resumed: bool = False
     counts: dict[str, int]
 
 
@@ -44,6 +45,7 @@ class Job(JobCreated):
     started_at: str | None
     finished_at: str | None
     counts: dict[str, int] | None
+    progress: dict[str, int] | None = None  # processed, estimated_total (while running)
     mailboxes: list[MailboxOutcome]
     error: JobError | None
 

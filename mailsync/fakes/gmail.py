@@ -1,5 +1,30 @@
 """A fake Gmail (OAuth token endpoint, REST, batch) speaking the real wire formats, so the real
-google-api-python-client and google-auth can be tested against it over HTTPS."""
+google-api-python-client and google-auth can be tested against it over HTTPS.
+
+Besides FakeControl's operation counters and queued faults, each mailbox can have
+- a fault plan (mailsync.fakes.faults): a seeded share of its API calls, batch parts included,
+  fail with 429/5xx/403 in Google's error shape, and/or every call is slowed down;
+- a per-user quota in units per "minute" (`quota_window_seconds` long, 60 unless shrunk for
+  tests) charged at Gmail's documented per-method costs, batch parts one by one; a call over
+  it is refused with 429 rateLimitExceeded or 403 userRateLimitExceeded, with Retry-After.
+
+Admin (besides /_admin/stats, /_admin/stats/reset, /_admin/faults):
+    POST   /_admin/mailboxes                             {"address", "messages"?} -> credentials
+    POST   /_admin/mailboxes/{address}/revoke            new refresh token, tokens dropped
+    POST   /_admin/service-accounts                      a key file for domain-wide delegation
+    POST   /_admin/tokens/expire                         every access token so far -> 401
+    GET    /_admin/mailboxes/{address}/messages[?labels=true]  {"ids"[, "labels": {id: [...]}]}
+    POST   /_admin/mailboxes/{address}/messages          {"count"} -> {"ids"}
+    GET    /_admin/mailboxes/{address}/messages/{id}     the message as the fake sees it
+    PATCH  /_admin/mailboxes/{address}/messages/{id}     {"add_labels", "remove_labels"}
+    DELETE /_admin/mailboxes/{address}/messages/{id}
+    POST   /_admin/mailboxes/{address}/expire-history    every history id so far -> 404
+    POST   /_admin/mailboxes/{address}/faults            FaultPlan (share, statuses, ...)
+    GET    /_admin/mailboxes/{address}/faults            the plan and its counters
+    DELETE /_admin/mailboxes/{address}/faults
+    PUT    /_admin/mailboxes/{address}/quota             {"units_per_minute": int|null, "status"?}
+    GET    /_admin/mailboxes/{address}/quota             limit, units in window, charged, rejected
+"""
 
 from __future__ import annotations
 
@@ -7,13 +32,22 @@ import json
 import re
 import secrets
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from mailsync.fakes.control import FakeControl
+from mailsync.fakes.faults import (
+    MailboxFaults,
+    QuotaMeter,
+    mailbox_admin_router,
+    retry_after_header,
+)
 from mailsync.fakes.gmail_auth import FakeOAuth, Fault
 from mailsync.fakes.gmail_batch import (
     MAX_PARTS,
@@ -43,6 +77,8 @@ _ROUTES = (
     (re.compile(r"^users/([^/]+)/history$"), "history.list"),
 )
 _FORMATS = ("minimal", "metadata", "full", "raw")
+# Gmail's per-method quota units (developers.google.com/gmail/api/reference/quota).
+QUOTA_COSTS = {"profile": 1, "messages.list": 5, "messages.get": 5, "history.list": 2}
 
 
 def _route(rel_path: str) -> tuple[re.Match[str], str] | None:
@@ -117,11 +153,30 @@ def _fault_response(fault: Fault) -> ApiResponse:
     return google_error(status, "Injected failure.", "failedPrecondition", headers=headers)
 
 
+def _quota_response(status: int, wait_s: float) -> ApiResponse:
+    """What Gmail answers when a user's per-minute quota is spent (403 or 429 flavour)."""
+    headers = {"Retry-After": retry_after_header(wait_s)}
+    if status == 403:
+        message = (
+            "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota."
+        )
+        return google_error(403, message, "userRateLimitExceeded", "usageLimits", headers)
+    when = datetime.now(UTC) + timedelta(seconds=wait_s)
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    message = f"User-rate limit exceeded.  Retry after {stamp}"
+    return google_error(429, message, "rateLimitExceeded", "usageLimits", headers)
+
+
 class FakeGmail:
     """All state of one fake Gmail service; every public method is safe to call from any thread."""
 
     def __init__(
-        self, control: FakeControl, seed_messages: int, seed: int, token_lifetime: int
+        self,
+        control: FakeControl,
+        seed_messages: int,
+        seed: int,
+        token_lifetime: int,
+        quota: QuotaMeter | None = None,
     ) -> None:
         self.control = control
         self.seed_messages = seed_messages
@@ -129,6 +184,8 @@ class FakeGmail:
         self.lock = threading.RLock()
         self.mailboxes: dict[str, Mailbox] = {}
         self.oauth = FakeOAuth(control, self.lock, self.mailboxes, token_lifetime)
+        self.faults = MailboxFaults()
+        self.quota = quota or QuotaMeter()
 
     # -- admin --------------------------------------------------------------------------------
 
@@ -161,39 +218,61 @@ class FakeGmail:
     def dispatch(
         self, method: str, path: str, query: list[tuple[str, str]], authorization: str | None
     ) -> ApiResponse:
-        """Answer one Gmail REST call (`path` below /gmail/v1/), standalone or from a batch."""
+        """Answer one standalone Gmail REST call (`path` below /gmail/v1/)."""
+        response, delay = self._dispatch(method, path, query, authorization)
+        if delay:
+            time.sleep(delay)
+        return response
+
+    def _gate(self, box: Mailbox, op: str) -> tuple[ApiResponse | None, float]:
+        """The mailbox's fault plan, then its quota: a refusal (or None) and a delay."""
+        draw = self.faults.draw(box.address)
+        if draw.fault is not None:
+            return _fault_response(draw.fault), draw.delay_s
+        wait = self.quota.charge(box.address, QUOTA_COSTS[op])
+        if wait is not None:
+            return _quota_response(self.quota.status(box.address), wait), draw.delay_s
+        return None, draw.delay_s
+
+    def _dispatch(
+        self, method: str, path: str, query: list[tuple[str, str]], authorization: str | None
+    ) -> tuple[ApiResponse, float]:
+        """One call, standalone or from a batch: the answer and how long it should take."""
         rel = unquote(path.split("/gmail/v1/", 1)[-1]).strip("/")
         found = _route(rel)
         if found is None:
-            return google_error(404, "Method not found.", "notFound")
+            return google_error(404, "Method not found.", "notFound"), 0.0
         match, op = found
         if method != "GET":
-            return google_error(405, "Method not allowed in this fake.", "badRequest")
+            return google_error(405, "Method not allowed in this fake.", "badRequest"), 0.0
         fault = self.control.record(op)
         if fault is not None:
-            return _fault_response(fault)
+            return _fault_response(fault), 0.0
         box = self.oauth.authenticate(authorization)
         if box is None:
-            return _unauthenticated()
+            return _unauthenticated(), 0.0
         user_id = match.group(1)
         if user_id != "me" and user_id.lower() != box.address.lower():
-            return google_error(403, f"Delegation denied for {box.address}", "forbidden")
+            return google_error(403, f"Delegation denied for {box.address}", "forbidden"), 0.0
+        refusal, delay = self._gate(box, op)
+        if refusal is not None:
+            return refusal, delay
         params: dict[str, list[str]] = {}
         for key, value in query:
             params.setdefault(key, []).append(value)
         try:
             with self.lock:
                 if op == "profile":
-                    return ApiResponse(200, box.profile())
+                    return ApiResponse(200, box.profile()), delay
                 if op == "messages.list":
-                    return self._messages_list(box, params)
+                    return self._messages_list(box, params), delay
                 if op == "messages.get":
-                    return self._messages_get(box, match.group(2), params)
-                return self._history_list(box, params)
+                    return self._messages_get(box, match.group(2), params), delay
+                return self._history_list(box, params), delay
         except NotFound:
-            return _not_found()
+            return _not_found(), delay
         except ValueError as exc:
-            return google_error(400, str(exc), "invalidArgument")
+            return google_error(400, str(exc), "invalidArgument"), delay
 
     @staticmethod
     def _int(params: dict[str, list[str]], name: str, default: int, limit: int) -> int:
@@ -252,7 +331,8 @@ class FakeGmail:
     def batch(
         self, body: bytes, content_type: str, authorization: str | None
     ) -> ApiResponse | tuple[bytes, str]:
-        """A Google batch: each part is dispatched, counted and fault-checked on its own."""
+        """A Google batch: each part is dispatched, counted, fault-checked and charged against
+        the quota on its own; a slowed mailbox delays the whole answer once."""
         fault = self.control.record("batch")
         if fault is not None:
             return _fault_response(fault)
@@ -265,14 +345,17 @@ class FakeGmail:
                 400, f"Too many requests in batch; the limit is {MAX_PARTS}.", "badRequest"
             )
         answers = []
+        delay = 0.0
         for part in parts:
             if not part.path.startswith("/gmail/v1/"):
                 answers.append((part.content_id, google_error(404, "Not Found", "notFound")))
                 continue
             auth = part.headers.get("authorization") or authorization
-            answers.append(
-                (part.content_id, self.dispatch(part.method, part.path, part.query, auth))
-            )
+            answer, part_delay = self._dispatch(part.method, part.path, part.query, auth)
+            answers.append((part.content_id, answer))
+            delay = max(delay, part_delay)
+        if delay:
+            time.sleep(delay)
         return render_batch(answers)
 
 
@@ -303,14 +386,34 @@ class LabelsIn(BaseModel):
     remove_labels: list[str] = []
 
 
-def create_app(seed_messages: int = 50, seed: int = 0, token_lifetime: int = 3599) -> FastAPI:
-    """A fresh fake Gmail; state lives on `app.state.gmail`, counters on `app.state.control`."""
+def create_app(
+    seed_messages: int = 50,
+    seed: int = 0,
+    token_lifetime: int = 3599,
+    *,
+    quota_units_per_minute: int | None = None,
+    quota_window_seconds: float = 60.0,
+    quota_status: int = 429,
+) -> FastAPI:
+    """A fresh fake Gmail; state lives on `app.state.gmail`, counters on `app.state.control`.
+
+    `quota_units_per_minute` (None: no limit, usage still counted) is every mailbox's initial
+    per-user quota per `quota_window_seconds`; refusals use `quota_status` (429 or 403)."""
+    if quota_status not in (403, 429):
+        raise ValueError("quota_status must be 403 or 429")
     app = FastAPI(title="fake gmail")
     control = FakeControl()
-    fake = FakeGmail(control, seed_messages, seed, token_lifetime)
+    quota = QuotaMeter(quota_units_per_minute, quota_window_seconds, quota_status)
+    fake = FakeGmail(control, seed_messages, seed, token_lifetime, quota)
     app.state.control = control
     app.state.gmail = fake
     app.include_router(control.router())
+
+    def exists(address: str) -> bool:
+        with fake.lock:
+            return address.lower() in fake.mailboxes
+
+    app.include_router(mailbox_admin_router(fake.faults, fake.quota, exists))
 
     def credentials(box: Mailbox) -> dict[str, Any]:
         return {
@@ -343,7 +446,9 @@ def create_app(seed_messages: int = 50, seed: int = 0, token_lifetime: int = 359
         )
 
     async def batch(request: Request) -> Response:
-        result = fake.batch(
+        # In a worker thread: a big batch (or a slowed mailbox) must not stall the event loop.
+        result = await run_in_threadpool(
+            fake.batch,
             await request.body(),
             request.headers.get("content-type", ""),
             request.headers.get("authorization"),
@@ -380,10 +485,14 @@ def create_app(seed_messages: int = 50, seed: int = 0, token_lifetime: int = 359
         return {"expired": fake.oauth.expire_tokens()}
 
     @app.get("/_admin/mailboxes/{address}/messages")
-    def list_ids(address: str) -> dict[str, list[str]]:
+    def list_ids(address: str, labels: bool = False) -> dict[str, Any]:
         box = fake.mailbox(address)
         with fake.lock:
-            return {"ids": [m.id for m in box.newest_first()]}
+            newest = box.newest_first()
+            out: dict[str, Any] = {"ids": [m.id for m in newest]}
+            if labels:
+                out["labels"] = {m.id: list(m.label_ids) for m in newest}
+            return out
 
     @app.post("/_admin/mailboxes/{address}/messages", status_code=201)
     def add_messages(address: str, spec: AddMessagesIn) -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ import base64
 import random
 import secrets
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -96,17 +97,78 @@ def _format_address(name: str, addr: str) -> str:
     return f"{name} <{addr}>"
 
 
-@dataclass
 class FakeMessage:
-    id: str
-    thread_id: str
-    label_ids: list[str]
-    headers: list[tuple[str, str]]
-    snippet: str
-    body: str
-    internal_date: int  # epoch milliseconds, as Gmail reports it
-    size: int
-    history_id: int
+    """One message. Only what listing needs is made up front; labels, headers and body are derived
+    from `seed` on first use, so a 100k-message mailbox is created in well under a second."""
+
+    __slots__ = (
+        "id",
+        "thread_id",
+        "internal_date",
+        "history_id",
+        "owner",
+        "seed",
+        "thread_seed",
+        "reply",
+        "_labels",
+        "_headers",
+        "_body",
+        "_size",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        thread_id: str,
+        internal_date: int,  # epoch milliseconds, as Gmail reports it
+        history_id: int,
+        owner: str,
+        seed: int,
+        thread_seed: int,  # the seed of the thread's first message: it decides the subject
+        reply: bool,
+    ) -> None:
+        self.id = id
+        self.thread_id = thread_id
+        self.internal_date = internal_date
+        self.history_id = history_id
+        self.owner = owner
+        self.seed = seed
+        self.thread_seed = thread_seed
+        self.reply = reply
+        self._labels: list[str] | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._body = ""
+        self._size = 0
+
+    def _materialize(self) -> None:
+        if self._labels is None:
+            self._labels, self._headers, self._body, self._size = _details(self)
+
+    @property
+    def label_ids(self) -> list[str]:
+        """The live label list (mutations go through Mailbox.modify_labels)."""
+        self._materialize()
+        assert self._labels is not None
+        return self._labels
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        self._materialize()
+        return self._headers
+
+    @property
+    def body(self) -> str:
+        self._materialize()
+        return self._body
+
+    @property
+    def snippet(self) -> str:
+        return self.body[:100].strip()
+
+    @property
+    def size(self) -> int:
+        self._materialize()
+        return self._size
 
     def sort_key(self) -> tuple[int, str]:
         return (self.internal_date, self.id)
@@ -151,6 +213,62 @@ class FakeMessage:
         return out
 
 
+def _subject(thread_seed: int) -> str:
+    rng = random.Random(thread_seed ^ 0x5B1EC7)
+    return " ".join(rng.sample(_WORDS, rng.randint(2, 5))).capitalize()
+
+
+def _details(msg: FakeMessage) -> tuple[list[str], list[tuple[str, str]], str, int]:
+    """Labels, headers, body and size of `msg`, a pure function of its seed and owner."""
+    rng = random.Random(msg.seed)
+    sent = rng.random() < 0.15
+    me = ("", msg.owner)
+    others = [p for p in _PEOPLE if p[1] != msg.owner]
+    sender = me if sent else rng.choice(others)
+    to = (
+        rng.sample(others, rng.randint(1, 3))
+        if sent
+        else [me, *rng.sample(others, rng.randint(0, 2))]
+    )
+    cc = rng.sample(others, rng.randint(1, 2)) if rng.random() < 0.3 else []
+    subject = ("Re: " if msg.reply else "") + _subject(msg.thread_seed)
+    labels: list[str] = []
+    if sent:
+        labels.append("SENT")
+    else:
+        labels += ["INBOX", rng.choice(CATEGORIES)]
+        if rng.random() < 0.4:
+            labels.append("UNREAD")
+    if rng.random() < 0.1:
+        labels.append("IMPORTANT")
+    if rng.random() < 0.05:
+        labels.append("STARRED")
+    if rng.random() < 0.1:
+        labels.append(rng.choice(USER_LABELS))
+    roll = rng.random()
+    if roll < 0.03:
+        labels = [lbl for lbl in labels if lbl != "INBOX"] + ["TRASH"]
+    elif roll < 0.05:
+        labels = [lbl for lbl in labels if lbl != "INBOX"] + ["SPAM"]
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(12, 40))]
+    body = " ".join(words).capitalize() + ".\n"
+    date = datetime.fromtimestamp(msg.internal_date / 1000, tz=UTC)
+    headers = [
+        ("From", _format_address(*sender)),
+        ("To", ", ".join(_format_address(*p) for p in to)),
+    ]
+    if cc:
+        headers.append(("Cc", ", ".join(_format_address(*p) for p in cc)))
+    headers += [
+        ("Subject", subject),
+        ("Date", format_datetime(date)),
+        ("Message-ID", f"<{msg.id}.{rng.getrandbits(32):x}@mail.example>"),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'text/plain; charset="UTF-8"'),
+    ]
+    return labels, headers, body, rng.randint(2_000, 250_000)
+
+
 @dataclass
 class HistoryRecord:
     id: int
@@ -191,6 +309,8 @@ class Mailbox:
     history: list[HistoryRecord] = field(default_factory=list)
     history_id: int = 0
     history_floor: int = 0  # a startHistoryId below this was "pruned" and answers 404
+    # Every message, oldest first by (internalDate, id): listing pages are slices of it.
+    order: list[FakeMessage] = field(default_factory=list)
 
     @classmethod
     def create(cls, address: str, seed: int, count: int) -> Mailbox:
@@ -203,10 +323,10 @@ class Mailbox:
             rng=rng,
             history_id=rng.randint(100_000, 900_000),
         )
-        for when in sorted(
-            _SEED_START.timestamp() + rng.random() * _SEED_SPAN_S for _ in range(count)
-        ):
-            box._insert(box._generate(int(when * 1000)))
+        start_ms, span_ms = int(_SEED_START.timestamp() * 1000), _SEED_SPAN_S * 1000
+        for when in sorted(start_ms + int(rng.random() * span_ms) for _ in range(count)):
+            box._insert(box._generate(when))
+        box.order.sort(key=FakeMessage.sort_key)  # equal timestamps: ids decide
         # History before seeding is not retained, like history older than Gmail's retention window.
         box.history_floor = box.history_id
         return box
@@ -215,7 +335,7 @@ class Mailbox:
 
     def _next_history_id(self) -> int:
         # Real history ids increase with random gaps; a client must never assume contiguity.
-        self.history_id += self.rng.randint(1, 7)
+        self.history_id += 1 + int(self.rng.random() * 7)
         return self.history_id
 
     def _new_id(self, internal_ms: int) -> str:
@@ -225,74 +345,22 @@ class Mailbox:
                 return mid
 
     def _generate(self, internal_ms: int) -> FakeMessage:
+        """A new message; only ids, time and thread are drawn now, the rest on first use."""
         rng = self.rng
         mid = self._new_id(internal_ms)
-        sent = rng.random() < 0.15
-        me = ("", self.address)
-        others = [p for p in _PEOPLE if p[1] != self.address]
-        sender = me if sent else rng.choice(others)
-        to = (
-            rng.sample(others, rng.randint(1, 3))
-            if sent
-            else [me, *rng.sample(others, rng.randint(0, 2))]
-        )
-        cc = rng.sample(others, rng.randint(1, 2)) if rng.random() < 0.3 else []
-        thread_id, subject = mid, " ".join(rng.sample(_WORDS, rng.randint(2, 5))).capitalize()
-        if self.messages and rng.random() < 0.3:
-            parent = self.messages[rng.choice(list(self.messages))]
-            thread_id = parent.thread_id
-            subject = "Re: " + next(
-                (v for n, v in parent.headers if n == "Subject"), ""
-            ).removeprefix("Re: ")
-        labels: list[str] = []
-        if sent:
-            labels.append("SENT")
-        else:
-            labels += ["INBOX", rng.choice(CATEGORIES)]
-            if rng.random() < 0.4:
-                labels.append("UNREAD")
-        if rng.random() < 0.1:
-            labels.append("IMPORTANT")
-        if rng.random() < 0.05:
-            labels.append("STARRED")
-        if rng.random() < 0.1:
-            labels.append(rng.choice(USER_LABELS))
-        roll = rng.random()
-        if roll < 0.03:
-            labels = [lbl for lbl in labels if lbl != "INBOX"] + ["TRASH"]
-        elif roll < 0.05:
-            labels = [lbl for lbl in labels if lbl != "INBOX"] + ["SPAM"]
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(12, 40))]
-        body = " ".join(words).capitalize() + ".\n"
-        date = datetime.fromtimestamp(internal_ms / 1000, tz=UTC)
-        headers = [
-            ("From", _format_address(*sender)),
-            ("To", ", ".join(_format_address(*p) for p in to)),
-        ]
-        if cc:
-            headers.append(("Cc", ", ".join(_format_address(*p) for p in cc)))
-        headers += [
-            ("Subject", subject),
-            ("Date", format_datetime(date)),
-            ("Message-ID", f"<{mid}.{rng.getrandbits(32):x}@mail.example>"),
-            ("MIME-Version", "1.0"),
-            ("Content-Type", 'text/plain; charset="UTF-8"'),
-        ]
-        return FakeMessage(
-            id=mid,
-            thread_id=thread_id,
-            label_ids=labels,
-            headers=headers,
-            snippet=body[:100].strip(),
-            body=body,
-            internal_date=internal_ms,
-            size=rng.randint(2_000, 250_000),
-            history_id=0,
-        )
+        seed = rng.getrandbits(64)
+        if self.order and rng.random() < 0.3:  # a reply in an existing thread
+            parent = self.order[int(rng.random() * len(self.order))]
+            return FakeMessage(
+                mid, parent.thread_id, internal_ms, 0, self.address, seed, parent.thread_seed, True
+            )
+        return FakeMessage(mid, mid, internal_ms, 0, self.address, seed, seed, False)
 
     def _insert(self, msg: FakeMessage) -> None:
+        """Add `msg`; callers keep `order` sorted (seeding sorts once, adds are the newest)."""
         msg.history_id = self._next_history_id()
         self.messages[msg.id] = msg
+        self.order.append(msg)
 
     def _record(self, kind: str, msg: FakeMessage, label_ids: list[str] | None = None) -> None:
         self.history.append(
@@ -302,7 +370,7 @@ class Mailbox:
     # -- mutations (each one is a history record) ---------------------------------------------
 
     def add_messages(self, count: int) -> list[str]:
-        latest = max((m.internal_date for m in self.messages.values()), default=0)
+        latest = self.order[-1].internal_date if self.order else 0
         ids = []
         for _ in range(count):
             latest = max(int(time.time() * 1000), latest + 1000)
@@ -316,6 +384,7 @@ class Mailbox:
         msg = self.messages.pop(message_id, None)
         if msg is None:
             raise NotFound(message_id)
+        del self.order[bisect_left(self.order, msg.sort_key(), key=FakeMessage.sort_key)]
         msg.history_id = self._next_history_id()
         self._record("messageDeleted", msg)
 
@@ -346,7 +415,7 @@ class Mailbox:
     # -- queries --------------------------------------------------------------------------------
 
     def newest_first(self) -> list[FakeMessage]:
-        return sorted(self.messages.values(), key=FakeMessage.sort_key, reverse=True)
+        return self.order[::-1]
 
     def list_messages(
         self,
@@ -355,24 +424,38 @@ class Mailbox:
         label_ids: list[str],
         include_spam_trash: bool,
     ) -> dict[str, Any]:
-        """users.messages.list; the page token names the last message returned, so a deletion
-        during paging cannot shift a surviving message past the client."""
-        msgs = [
-            m
-            for m in self.newest_first()
-            if all(lbl in m.label_ids for lbl in label_ids)
-            and (include_spam_trash or not {"SPAM", "TRASH"} & set(m.label_ids))
-        ]
-        total = len(msgs)
+        """users.messages.list, newest first; the page token names the last message returned, so
+        a deletion during paging cannot shift a surviving message past the client."""
+        after: tuple[int, str] | None = None
         if page_token:
-            date_s, last_id = decode_token(page_token)
-            after = (int(date_s), last_id)
-            msgs = [m for m in msgs if m.sort_key() < after]
-        page = msgs[:max_results]
+            parts = decode_token(page_token)
+            if len(parts) != 2 or not parts[0].isdigit():
+                raise ValueError("Invalid pageToken")
+            after = (int(parts[0]), parts[1])
+        if include_spam_trash and not label_ids:
+            # Unfiltered (what a full sync asks for): a slice of the sorted order, no scan.
+            total = len(self.order)
+            end = (
+                total if after is None else bisect_left(self.order, after, key=FakeMessage.sort_key)
+            )
+            page = self.order[max(0, end - max_results) : end][::-1]
+            more = end > max_results
+        else:
+            msgs = [
+                m
+                for m in reversed(self.order)
+                if all(lbl in m.label_ids for lbl in label_ids)
+                and (include_spam_trash or not {"SPAM", "TRASH"} & set(m.label_ids))
+            ]
+            total = len(msgs)
+            if after is not None:
+                msgs = [m for m in msgs if m.sort_key() < after]
+            page = msgs[:max_results]
+            more = len(msgs) > max_results
         out: dict[str, Any] = {}
         if page:
             out["messages"] = [m.ref() for m in page]
-        if len(msgs) > max_results:
+        if more:
             out["nextPageToken"] = _encode_token(page[-1].internal_date, page[-1].id)
         out["resultSizeEstimate"] = total
         return out

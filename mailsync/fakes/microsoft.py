@@ -6,16 +6,38 @@ Identity (AAD v2):
          grant_type=client_credentials (scope <graph>/.default) or refresh_token (delegated)
 Graph (/v1.0, also with /me and OData key segments such as users('x')/mailFolders('inbox')):
     GET  /v1.0/users/{upn}/mailFolders/{folder}/messages/delta   op "delta" (one per page)
-    GET  /v1.0/users/{upn}/mailFolders                           op "mailFolders"
+    GET  /v1.0/users/{upn}/mailFolders                           op "mailFolders" (top level)
+    GET  /v1.0/users/{upn}/mailFolders/{folder}/childFolders     op "childFolders"
+    GET  /v1.0/users/{upn}/mailFolders/{folder}                  op "mailFolder"
+    Folder lists come $top (default 10) at a time, linked by @odata.nextLink ($skip); a folder
+    is named by a well-known name (inbox, sentitems, ..., msgfolderroot) or its id.
+    At most 4 requests per mailbox are served at once: the 5th concurrent one is answered 429
+    ApplicationThrottled "over its MailboxConcurrency limit" with Retry-After, as Outlook does.
+Every mailbox has the five well-known folders plus user-made ones, some nested: Inbox/Newsletters,
+Projects/{Falcon/Design, Roadmap}, Receipts.
 Admin (besides FakeControl's /_admin/stats, /_admin/stats/reset, /_admin/faults):
-    POST   /_admin/mailboxes                                  {"address", "messages"?, "tenant_id"?}
-    GET    /_admin/mailboxes/{address}/messages[?folder=]     {"ids": [...]}
+    POST   /_admin/mailboxes                   {"address", "messages"?, "tenant_id"?, "spread"?}
+           spread=true seeds messages over every folder (else inbox and sent items only);
+           100,000 messages take well under a second
+    GET    /_admin/mailboxes/{address}/messages[?folder=][&with_folders=true]
+           {"ids": [...]} (+ "folders": {id: folder id} with with_folders)
     POST   /_admin/mailboxes/{address}/messages               {"count", "folder"} -> {"ids"}
     PATCH  /_admin/mailboxes/{address}/messages/{id}          {"subject"?, "is_read"?, "folder"?}
     DELETE /_admin/mailboxes/{address}/messages/{id}
-    POST   /_admin/mailboxes/{address}/expire-delta           every deltaLink so far -> 410
+    GET    /_admin/mailboxes/{address}/folders                -> {"folders": [{key, id, ...}]}
+    POST   /_admin/mailboxes/{address}/folders                {"name", "parent"?} -> folder
+    POST   /_admin/mailboxes/{address}/expire-delta           every delta/skip token so far -> 410
+    GET    /_admin/mailboxes/{address}/concurrency            {"limit", "in_flight", "peak",
+                                                               "rejected"}
+    GET    /_admin/mailboxes/{address}/requests               recent Graph requests (path, query,
+                                                               Prefer) of that mailbox
+    POST   /_admin/mailboxes/{address}/limits/reset           forget peak, rejections, requests
+    POST|GET|DELETE /_admin/mailboxes/{address}/faults        share-based faults (429 / 500 / 503
+                                                               with Retry-After, slow_ms) of
+                                                               mailsync.fakes.faults, per mailbox
     POST   /_admin/tokens/expire                              every access token so far -> 401
-Admin message ids are immutable ids, the ones Graph returns under `Prefer: IdType="ImmutableId"`.
+Admin folder names are keys ("inbox", "projects/falcon"), well-known names or folder ids; admin
+message ids are immutable ids, the ones Graph returns under `Prefer: IdType="ImmutableId"`.
 """
 
 from __future__ import annotations
@@ -25,15 +47,22 @@ import contextlib
 import hmac
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from mailsync.fakes.control import FakeControl
+from mailsync.fakes.faults import MailboxFaults, mailbox_admin_router
+from mailsync.fakes.microsoft_limits import (
+    CONCURRENCY_RETRY_AFTER,
+    MAILBOX_CONCURRENCY,
+    MailboxLimits,
+)
 from mailsync.fakes.microsoft_state import (
     CONSENTED_SCOPES,
     GRAPH_APP_ID,
@@ -43,6 +72,7 @@ from mailsync.fakes.microsoft_state import (
     RESERVED_SCOPES,
     WELL_KNOWN_FOLDERS,
     FakeMicrosoftState,
+    Folder,
     GraphFault,
     IdentityFault,
     Mailbox,
@@ -52,6 +82,19 @@ from mailsync.fakes.microsoft_state import (
 )
 
 DEFAULT_PAGE_SIZE = 10  # Graph's page size for message delta without odata.maxpagesize
+DEFAULT_FOLDER_PAGE_SIZE = 10  # and for folder lists without $top
+MAX_FOLDER_PAGE_SIZE = 1000
+FOLDER_PROPERTIES = frozenset(
+    {
+        "id",
+        "displayName",
+        "parentFolderId",
+        "childFolderCount",
+        "unreadItemCount",
+        "totalItemCount",
+        "isHidden",
+    }
+)
 
 _GRAPH_CODES = {
     400: "BadRequest",
@@ -93,6 +136,12 @@ class MailboxSpec(BaseModel):
     address: str = Field(pattern=r"^[^@\s/]+@[^@\s/]+$")
     messages: int | None = Field(default=None, ge=0, le=100_000)
     tenant_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]+$")
+    spread: bool = False
+
+
+class NewFolder(BaseModel):
+    name: str = Field(min_length=1, max_length=255)
+    parent: str | None = None
 
 
 class AddMessages(BaseModel):
@@ -243,16 +292,30 @@ def _parse_select(query: dict[str, str]) -> tuple[str, ...] | None:
     return select
 
 
-def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 3599) -> FastAPI:
-    """A fresh fake with its own state; `app.state.microsoft` and `app.state.control` expose it."""
+def create_app(
+    seed_messages: int = 50,
+    seed: int = 0,
+    *,
+    token_lifetime: int = 3599,
+    mailbox_concurrency: int = MAILBOX_CONCURRENCY,
+) -> FastAPI:
+    """A fresh fake with its own state; `app.state.microsoft`, `app.state.control`,
+    `app.state.faults` and `app.state.limits` expose it."""
     app = FastAPI(title="mailsync fake Microsoft identity platform + Graph")
     control = FakeControl()
     state = FakeMicrosoftState(
         seed=seed, seed_messages=seed_messages, token_lifetime=token_lifetime
     )
+    faults = MailboxFaults()
+    limits = MailboxLimits(mailbox_concurrency)
     app.state.control = control
     app.state.microsoft = state
+    app.state.faults = faults
+    app.state.limits = limits
     app.include_router(control.router())
+    app.include_router(
+        mailbox_admin_router(faults, exists=lambda address: state.mailbox(address) is not None)
+    )
 
     # --- identity ---------------------------------------------------------------------
 
@@ -541,24 +604,65 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
             )
         return mailbox
 
-    def _delta(request: Request, user: str | None, folder_segment: str) -> Response:
-        base = _base_url(request)
-        user_part = "me" if user is None else f"users('{_odata_key(user)}')"
-        restart = f"{base}/v1.0/{user_part}/mailFolders('{_odata_key(folder_segment)}')"
-        restart += "/messages/delta"
-        fault = control.record("delta")
+    def _graph(
+        request: Request,
+        operation: str,
+        user: str | None,
+        answer: Callable[[Mailbox], Response],
+        location: str | None = None,
+    ) -> Response:
+        """One Graph call: counted, then authorized, then held to the mailbox's concurrency
+        limit and subject to its injected faults, then answered under the state lock."""
+        fault = control.record(operation)
         if fault:
-            return _graph_fault_response(request, fault.status, fault.retry_after, restart)
+            return _graph_fault_response(request, fault.status, fault.retry_after, location)
         try:
-            with state.lock:
-                return _delta_page(request, user, folder_segment, restart)
+            mailbox = _authorize(request, user)
         except GraphFault as exc:
             return _graph_error(request, exc.status, exc.code, exc.message, exc.headers)
+        if not limits.enter(mailbox.address):
+            return _graph_error(
+                request,
+                429,
+                "ApplicationThrottled",
+                "Application is over its MailboxConcurrency limit.",
+                {"Retry-After": str(CONCURRENCY_RETRY_AFTER)},
+            )
+        try:
+            limits.record(mailbox.address, operation, request)
+            draw = faults.draw(mailbox.address)
+            if draw.delay_s:
+                time.sleep(draw.delay_s)
+            if draw.fault is not None:
+                return _graph_fault_response(
+                    request, draw.fault.status, draw.fault.retry_after, location
+                )
+            with state.lock:
+                return answer(mailbox)
+        except GraphFault as exc:
+            return _graph_error(request, exc.status, exc.code, exc.message, exc.headers)
+        finally:
+            limits.leave(mailbox.address)
+
+    def _user_part(user: str | None, mailbox: Mailbox | None = None) -> str:
+        if user is None:
+            return "me"
+        return f"users('{_odata_key(mailbox.address if mailbox else user)}')"
+
+    def _delta(request: Request, user: str | None, folder_segment: str) -> Response:
+        restart = f"{_base_url(request)}/v1.0/{_user_part(user)}"
+        restart += f"/mailFolders('{_odata_key(folder_segment)}')/messages/delta"
+        return _graph(
+            request,
+            "delta",
+            user,
+            lambda mailbox: _delta_page(request, mailbox, folder_segment, restart),
+            restart,
+        )
 
     def _delta_page(
-        request: Request, user: str | None, folder_segment: str, link_base: str
+        request: Request, mailbox: Mailbox, folder_segment: str, link_base: str
     ) -> Response:
-        mailbox = _authorize(request, user)
         folder = mailbox.resolve_folder(folder_segment)
         if folder is None:
             raise GraphFault(
@@ -596,6 +700,7 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
                 or payload.get("k") != "s"
                 or payload.get("m") != mailbox.address
                 or payload.get("f") != folder.key
+                or payload.get("e") != mailbox.delta_epoch
             ):
                 raise gone()
             lo = payload.get("lo")
@@ -631,6 +736,7 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
             "@odata.context": f"{_base_url(request)}/v1.0/$metadata#Collection(message)"
         }
         end = rs.offset + size
+        select = list(rs.select) if rs.select else None
         if end < len(items):
             token = state.encode_state(
                 {
@@ -640,7 +746,8 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
                     "lo": rs.lo,
                     "hi": rs.hi,
                     "o": end,
-                    "s": list(rs.select) if rs.select else None,
+                    "s": select,
+                    "e": mailbox.delta_epoch,
                 }
             )
             body["@odata.nextLink"] = f"{link_base}?$skiptoken={token}"
@@ -651,7 +758,7 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
                     "m": mailbox.address,
                     "f": folder.key,
                     "w": rs.hi,
-                    "s": list(rs.select) if rs.select else None,
+                    "s": select,
                     "e": mailbox.delta_epoch,
                 }
             )
@@ -665,33 +772,87 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
         headers = {"Preference-Applied": ", ".join(applied)} if applied else None
         return JSONResponse(body, headers=headers)
 
-    def _mail_folders(request: Request, user: str | None) -> Response:
-        fault = control.record("mailFolders")
-        if fault:
-            return _graph_fault_response(request, fault.status, fault.retry_after)
+    def _folder_select(query: dict[str, str]) -> tuple[str, ...] | None:
+        param = query.get("$select")
+        if not param:
+            return None
+        select = tuple(p.strip() for p in param.split(",") if p.strip())
+        unknown = [p for p in select if p not in FOLDER_PROPERTIES]
+        if unknown:
+            raise GraphFault(
+                400,
+                "RequestBroker--ParseUri",
+                f"Could not find a property named '{unknown[0]}' on type "
+                "'microsoft.graph.mailFolder'.",
+            )
+        return select
+
+    def _folder_body(mailbox: Mailbox, folder: Folder, select: tuple[str, ...] | None) -> dict:
+        body = mailbox.folder_json(folder)
+        if select is not None:
+            body = {k: v for k, v in body.items() if k == "id" or k in select}
+        return body
+
+    def _resolve_container(mailbox: Mailbox, segment: str) -> Folder:
+        folder = mailbox.resolve_container(segment)
+        if folder is None:
+            raise GraphFault(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
+        return folder
+
+    def _folder_collection(
+        request: Request, mailbox: Mailbox, user: str | None, parent: Folder, path: str
+    ) -> Response:
+        """A page of `parent`'s child folders: $top (default 10) at a time, linked by $skip."""
+        query = _query(request)
+        select = _folder_select(query)
         try:
-            with state.lock:
-                mailbox = _authorize(request, user)
-                root_id = mailbox.folder_id_for("msgfolderroot")
-                value = []
-                for folder in mailbox.folders.values():
-                    in_folder = [m for m in mailbox.messages.values() if m.folder_key == folder.key]
-                    value.append(
-                        {
-                            "id": folder.folder_id,
-                            "displayName": folder.display_name,
-                            "parentFolderId": root_id,
-                            "childFolderCount": 0,
-                            "unreadItemCount": sum(not m.data["isRead"] for m in in_folder),
-                            "totalItemCount": len(in_folder),
-                            "isHidden": False,
-                        }
-                    )
-                user_part = "me" if user is None else f"users('{_odata_key(mailbox.address)}')"
-                context = f"{_base_url(request)}/v1.0/$metadata#{user_part}/mailFolders"
-                return JSONResponse({"@odata.context": context, "value": value})
-        except GraphFault as exc:
-            return _graph_error(request, exc.status, exc.code, exc.message, exc.headers)
+            top = int(query.get("$top", DEFAULT_FOLDER_PAGE_SIZE))
+            skip = int(query.get("$skip", 0))
+        except ValueError as exc:
+            raise GraphFault(400, "BadRequest", "Invalid $top or $skip value.") from exc
+        if top < 1 or skip < 0:
+            raise GraphFault(400, "BadRequest", "Invalid $top or $skip value.")
+        top = min(top, MAX_FOLDER_PAGE_SIZE)
+        children = mailbox.children(parent.key)
+        user_part = _user_part(user, mailbox)
+        body: dict[str, Any] = {
+            "@odata.context": f"{_base_url(request)}/v1.0/$metadata#{user_part}/mailFolders",
+            "value": [_folder_body(mailbox, f, select) for f in children[skip : skip + top]],
+        }
+        if skip + top < len(children):
+            params = {k: v for k, v in request.query_params.items() if k.lower() != "$skip"}
+            params["$skip"] = str(skip + top)
+            body["@odata.nextLink"] = (
+                f"{_base_url(request)}/v1.0/{user_part}/{path}?{urlencode(params, safe='$,')}"
+            )
+        return JSONResponse(body)
+
+    def _list_top_level(request: Request, user: str | None) -> Response:
+        return _graph(
+            request,
+            "mailFolders",
+            user,
+            lambda m: _folder_collection(request, m, user, m.root, "mailFolders"),
+        )
+
+    def _list_children(request: Request, user: str | None, segment: str) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            parent = _resolve_container(mailbox, segment)
+            path = f"mailFolders('{_odata_key(parent.folder_id)}')/childFolders"
+            return _folder_collection(request, mailbox, user, parent, path)
+
+        return _graph(request, "childFolders", user, answer)
+
+    def _get_folder(request: Request, user: str | None, segment: str) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            folder = _resolve_container(mailbox, segment)
+            body = _folder_body(mailbox, folder, _folder_select(_query(request)))
+            context = f"{_base_url(request)}/v1.0/$metadata#{_user_part(user, mailbox)}"
+            return JSONResponse({"@odata.context": f"{context}/mailFolders/$entity", **body})
+
+        return _graph(request, "mailFolder", user, answer)
 
     def _unquote_key(value: str) -> str:
         return value.replace("''", "'")
@@ -714,15 +875,47 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
 
     @app.get("/v1.0/users/{user}/mailFolders")
     def folders_users(user: str, request: Request) -> Response:
-        return _mail_folders(request, user)
+        return _list_top_level(request, user)
 
     @app.get("/v1.0/users('{user}')/mailFolders")
     def folders_users_key(user: str, request: Request) -> Response:
-        return _mail_folders(request, _unquote_key(user))
+        return _list_top_level(request, _unquote_key(user))
 
     @app.get("/v1.0/me/mailFolders")
     def folders_me(request: Request) -> Response:
-        return _mail_folders(request, None)
+        return _list_top_level(request, None)
+
+    @app.get("/v1.0/users/{user}/mailFolders/{folder}/childFolders")
+    def children_users(user: str, folder: str, request: Request) -> Response:
+        return _list_children(request, user, folder)
+
+    @app.get("/v1.0/users('{user}')/mailFolders('{folder}')/childFolders")
+    def children_users_key(user: str, folder: str, request: Request) -> Response:
+        return _list_children(request, _unquote_key(user), _unquote_key(folder))
+
+    @app.get("/v1.0/me/mailFolders/{folder}/childFolders")
+    def children_me(folder: str, request: Request) -> Response:
+        return _list_children(request, None, folder)
+
+    @app.get("/v1.0/me/mailFolders('{folder}')/childFolders")
+    def children_me_key(folder: str, request: Request) -> Response:
+        return _list_children(request, None, _unquote_key(folder))
+
+    @app.get("/v1.0/users/{user}/mailFolders/{folder}")
+    def folder_users(user: str, folder: str, request: Request) -> Response:
+        return _get_folder(request, user, folder)
+
+    @app.get("/v1.0/users('{user}')/mailFolders('{folder}')")
+    def folder_users_key(user: str, folder: str, request: Request) -> Response:
+        return _get_folder(request, _unquote_key(user), _unquote_key(folder))
+
+    @app.get("/v1.0/me/mailFolders/{folder}")
+    def folder_me(folder: str, request: Request) -> Response:
+        return _get_folder(request, None, folder)
+
+    @app.get("/v1.0/me/mailFolders('{folder}')")
+    def folder_me_key(folder: str, request: Request) -> Response:
+        return _get_folder(request, None, _unquote_key(folder))
 
     @app.api_route("/v1.0/{rest:path}", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
     def graph_unknown(rest: str, request: Request) -> Response:
@@ -740,10 +933,12 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
         return mailbox
 
     def _admin_folder(mailbox: Mailbox, name: str) -> str:
-        folder = mailbox.resolve_folder(name)
+        folder = mailbox.resolve_folder(name, by_key=True)
         if folder is None:
             raise GraphFault(
-                400, "UnknownFolder", f"folder must be one of {sorted(WELL_KNOWN_FOLDERS)}"
+                400,
+                "UnknownFolder",
+                f"folder must be a folder key, id or one of {sorted(WELL_KNOWN_FOLDERS)}",
             )
         return folder.key
 
@@ -753,20 +948,95 @@ def create_app(seed_messages: int = 50, seed: int = 0, *, token_lifetime: int = 
     @app.post("/_admin/mailboxes")
     def admin_create_mailbox(spec: MailboxSpec) -> Response:
         try:
-            body, created = state.create_mailbox(spec.address, spec.messages, spec.tenant_id)
+            body, created = state.create_mailbox(
+                spec.address, spec.messages, spec.tenant_id, spec.spread
+            )
         except ValueError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=409)
         return JSONResponse(body, status_code=201 if created else 200)
 
     @app.get("/_admin/mailboxes/{address}/messages")
-    def admin_list_messages(address: str, folder: str | None = None) -> Response:
+    def admin_list_messages(
+        address: str, folder: str | None = None, with_folders: bool = False
+    ) -> Response:
         try:
             with state.lock:
                 mailbox = _admin_mailbox(address)
                 key = _admin_folder(mailbox, folder) if folder else None
-                return JSONResponse({"ids": mailbox.ids(key)})
+                body: dict[str, Any] = {"ids": mailbox.ids(key)}
+                if with_folders:
+                    placement = mailbox.placement()
+                    body["folders"] = {i: placement[i] for i in body["ids"]}
+                return JSONResponse(body)
         except GraphFault as exc:
             return _admin_error(exc)
+
+    @app.get("/_admin/mailboxes/{address}/folders")
+    def admin_list_folders(address: str) -> Response:
+        try:
+            with state.lock:
+                mailbox = _admin_mailbox(address)
+                folders = [
+                    {
+                        "key": f.key,
+                        "id": f.folder_id,
+                        "display_name": f.display_name,
+                        "parent_key": f.parent_key,
+                        "well_known": f.well_known,
+                        "total": mailbox.totals[f.key],
+                    }
+                    for f in mailbox.folders.values()
+                ]
+                return JSONResponse({"folders": folders})
+        except GraphFault as exc:
+            return _admin_error(exc)
+
+    @app.post("/_admin/mailboxes/{address}/folders")
+    def admin_create_folder(address: str, spec: NewFolder) -> Response:
+        try:
+            with state.lock:
+                mailbox = _admin_mailbox(address)
+                parent = _admin_folder(mailbox, spec.parent) if spec.parent else None
+                try:
+                    folder = mailbox.create_folder(spec.name, parent)
+                except ValueError as exc:
+                    raise GraphFault(409, "ErrorFolderExists", str(exc)) from exc
+                return JSONResponse(
+                    {
+                        "key": folder.key,
+                        "id": folder.folder_id,
+                        "display_name": folder.display_name,
+                        "parent_key": folder.parent_key,
+                    },
+                    status_code=201,
+                )
+        except GraphFault as exc:
+            return _admin_error(exc)
+
+    @app.get("/_admin/mailboxes/{address}/concurrency")
+    def admin_concurrency(address: str) -> Response:
+        try:
+            mailbox = _admin_mailbox(address)
+        except GraphFault as exc:
+            return _admin_error(exc)
+        return JSONResponse(limits.stats(mailbox.address))
+
+    @app.get("/_admin/mailboxes/{address}/requests")
+    def admin_requests(address: str) -> Response:
+        try:
+            mailbox = _admin_mailbox(address)
+        except GraphFault as exc:
+            return _admin_error(exc)
+        return JSONResponse({"requests": limits.requests(mailbox.address)})
+
+    @app.post("/_admin/mailboxes/{address}/limits/reset")
+    def admin_reset_limits(address: str) -> Response:
+        try:
+            mailbox = _admin_mailbox(address)
+        except GraphFault as exc:
+            return _admin_error(exc)
+        limits.reset(mailbox.address)
+        return JSONResponse({"ok": True})
 
     @app.post("/_admin/mailboxes/{address}/messages")
     def admin_add_messages(address: str, spec: AddMessages) -> Response:

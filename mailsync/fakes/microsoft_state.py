@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
+import itertools
 import json
 import random
 import secrets
@@ -11,6 +13,8 @@ import string
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,18 +201,77 @@ class Tenant:
     domains: set[str] = field(default_factory=set)
 
 
+ROOT_KEY = "msgfolderroot"
+
+# Every mailbox also has these user-made folders (key, display name, parent key), so the
+# all-folders option meets nesting: a child of a well-known folder and a two-level tree.
+CUSTOM_FOLDERS: tuple[tuple[str, str, str | None], ...] = (
+    ("inbox/newsletters", "Newsletters", "inbox"),
+    ("projects", "Projects", None),
+    ("projects/falcon", "Falcon", "projects"),
+    ("projects/falcon/design", "Design", "projects/falcon"),
+    ("projects/roadmap", "Roadmap", "projects"),
+    ("receipts", "Receipts", None),
+)
+# Where `spread` seeding puts messages (weights); the rest share what is left evenly.
+_SPREAD_WEIGHTS = {"inbox": 45.0, "sentitems": 15.0, "archive": 8.0, "deleteditems": 4.0}
+_IMMUTABLE_PREFIX = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A"
+
+
 @dataclass
 class Folder:
-    key: str  # well-known name
+    key: str  # well-known name, or a path of slugs for user-made folders ("projects/falcon")
     folder_id: str
     display_name: str
+    parent_key: str | None = None  # None: directly under the root (msgfolderroot)
+    well_known: bool = False
 
 
-@dataclass
 class Message:
-    immutable_id: str
-    folder_key: str
-    data: dict[str, Any]  # Graph properties other than id/parentFolderId
+    """One message. Only what the fake needs for bookkeeping is made up front; the Graph
+    properties are drawn from the message's own seed the first time anything reads them,
+    which is what lets a 100,000-message mailbox be created in well under a second."""
+
+    __slots__ = (
+        "immutable_id",
+        "folder_key",
+        "origin_key",
+        "received",
+        "is_read",
+        "seed",
+        "thread_seed",
+        "_data",
+        "_factory",
+    )
+
+    def __init__(
+        self,
+        immutable_id: str,
+        folder_key: str,
+        received: datetime,
+        is_read: bool,
+        seed: int,
+        thread_seed: int,
+        factory: Callable[[Message], dict[str, Any]],
+    ) -> None:
+        self.immutable_id = immutable_id
+        self.folder_key = folder_key
+        self.origin_key = folder_key  # where it was created: decides sender and draft state
+        self.received = received
+        self.is_read = is_read
+        self.seed = seed
+        self.thread_seed = thread_seed  # the seed of the conversation's first message
+        self._data: dict[str, Any] | None = None
+        self._factory: Callable[[Message], dict[str, Any]] | None = factory
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Graph properties other than id/parentFolderId (isRead mirrors `is_read`)."""
+        if self._data is None:
+            assert self._factory is not None
+            self._data = self._factory(self)
+            self._factory = None
+        return self._data
 
 
 @dataclass(frozen=True)
@@ -247,8 +310,13 @@ class RoundState:
     select: tuple[str, ...] | None
 
 
+def _slug(name: str) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in name.strip().lower()).strip("-")
+    return slug or "folder"
+
+
 class Mailbox:
-    """One user's mailbox: folders, messages, and an append-only change log per folder."""
+    """One user's mailbox: folders, messages, and an append-only change log of all folders."""
 
     def __init__(self, address: str, tenant_id: str, seed: int) -> None:
         self.address = address
@@ -257,26 +325,75 @@ class Mailbox:
         self.object_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         local = address.split("@", 1)[0]
         self.display_name = " ".join(p.capitalize() for p in local.replace("_", ".").split("."))
-        self.folders = {
-            key: Folder(key, self.folder_id_for(key), name)
-            for key, name in WELL_KNOWN_FOLDERS.items()
-        }
+        self.root = Folder(ROOT_KEY, self.folder_id_for(ROOT_KEY), "Top of Information Store")
+        self.folders: dict[str, Folder] = {}
+        self._by_id: dict[str, Folder] = {}
+        for key, name in WELL_KNOWN_FOLDERS.items():
+            self._add_folder(Folder(key, self.folder_id_for(key), name, None, True))
+        for key, name, parent in CUSTOM_FOLDERS:
+            self._add_folder(Folder(key, self.folder_id_for(key), name, parent))
         self.messages: dict[str, Message] = {}
+        self.totals: Counter[str] = Counter()
+        self.unread: Counter[str] = Counter()
+        # The log's seq n sits at index n - 1: a window (lo, hi] is the slice [lo:hi].
         self.log: list[LogEntry] = []
         self.seq = 0
         self.delta_epoch = 0
         self._round_cache: dict[tuple[str, int | None, int], list[tuple[str, str]]] = {}
-        self._conversations: list[tuple[str, str]] = []  # (conversationId, base subject)
+        self._thread_seeds: list[int] = []
 
     def folder_id_for(self, key: str) -> str:
         digest = hashlib.sha256(f"{self.address}/{key}".encode()).digest()
         return "AAMkAD" + b64url(digest)[:38] + "AAA="
 
-    def resolve_folder(self, segment: str) -> Folder | None:
-        folder = self.folders.get(segment.lower())
-        if folder is not None:
-            return folder
-        return next((f for f in self.folders.values() if f.folder_id == segment), None)
+    def _add_folder(self, folder: Folder) -> None:
+        self.folders[folder.key] = folder
+        self._by_id[folder.folder_id] = folder
+
+    def resolve_folder(self, segment: str, *, by_key: bool = False) -> Folder | None:
+        """The folder a Graph URL segment names: a well-known name or a folder id. The admin
+        surface (`by_key`) also accepts the fake's own keys such as "projects/falcon"."""
+        lower = segment.lower()
+        if lower in WELL_KNOWN_FOLDERS or (by_key and lower in self.folders):
+            return self.folders[lower]
+        return self._by_id.get(segment)
+
+    def resolve_container(self, segment: str) -> Folder | None:
+        """Like resolve_folder, but the root (msgfolderroot) counts too: it has child folders."""
+        if segment.lower() == ROOT_KEY or segment == self.root.folder_id:
+            return self.root
+        return self.resolve_folder(segment)
+
+    def children(self, parent_key: str | None) -> list[Folder]:
+        parent = None if parent_key == ROOT_KEY else parent_key
+        return [f for f in self.folders.values() if f.parent_key == parent]
+
+    def create_folder(self, name: str, parent_key: str | None) -> Folder:
+        if parent_key is not None and parent_key not in self.folders:
+            raise KeyError(parent_key)
+        if any(f.display_name.lower() == name.strip().lower() for f in self.children(parent_key)):
+            raise ValueError(f"a folder named {name!r} already exists there")
+        base = _slug(name) if parent_key is None else f"{parent_key}/{_slug(name)}"
+        key, n = base, 1
+        while key in self.folders or key in WELL_KNOWN_FOLDERS or key == ROOT_KEY:
+            n += 1
+            key = f"{base}-{n}"
+        folder = Folder(key, self.folder_id_for(key), name.strip(), parent_key)
+        self._add_folder(folder)
+        return folder
+
+    def folder_json(self, folder: Folder) -> dict[str, Any]:
+        parent = self.folders.get(folder.parent_key or "") or self.root
+        is_root = folder is self.root
+        return {
+            "id": folder.folder_id,
+            "displayName": folder.display_name,
+            "parentFolderId": "" if is_root else parent.folder_id,
+            "childFolderCount": len(self.children(ROOT_KEY if is_root else folder.key)),
+            "unreadItemCount": self.unread[folder.key],
+            "totalItemCount": self.totals[folder.key],
+            "isHidden": False,
+        }
 
     def _log(self, message_id: str, folder_key: str, kind: str) -> None:
         self.seq += 1
@@ -284,51 +401,62 @@ class Mailbox:
 
     # --- content -----------------------------------------------------------------------
 
-    def _person(self) -> dict[str, Any]:
-        first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
-        domain = self.rng.choice(_DOMAINS)
+    def _person(self, rng: random.Random) -> dict[str, Any]:
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        domain = rng.choice(_DOMAINS)
         address = f"{first}.{last}".lower().replace("-", "") + f"@{domain}"
         return {"emailAddress": {"name": f"{first} {last}", "address": address}}
 
     def _owner(self) -> dict[str, Any]:
         return {"emailAddress": {"name": self.display_name, "address": self.address}}
 
-    def _subject(self) -> tuple[str, str | None]:
-        """A subject, and the conversation it continues if it is a reply."""
-        if self._conversations and self.rng.random() < 0.3:
-            conversation_id, base = self.rng.choice(self._conversations)
-            return f"RE: {base}", conversation_id
-        template = self.rng.choice(_TEMPLATES)
+    @staticmethod
+    def _thread(thread_seed: int) -> tuple[str, str]:
+        """(conversationId, base subject) of the conversation a seed started."""
+        rng = random.Random(thread_seed)
+        template = rng.choice(_TEMPLATES)
         subject = template.format(
-            topic=self.rng.choice(_TOPICS),
-            number=self.rng.randint(10000, 99999),
-            weekday=self.rng.choice(_WEEKDAYS),
+            topic=rng.choice(_TOPICS),
+            number=rng.randint(10000, 99999),
+            weekday=rng.choice(_WEEKDAYS),
         )
-        return subject, None
+        return "AAQkAD" + b64url(rng.randbytes(30)), subject
 
     def _new_message(self, folder_key: str, received: datetime) -> Message:
         rng = self.rng
-        immutable_id = "AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0A" + b64url(rng.randbytes(33))
-        subject, conversation_id = self._subject()
-        if conversation_id is None:
-            conversation_id = "AAQkAD" + b64url(rng.randbytes(30))
-            self._conversations.append((conversation_id, subject))
+        seed = rng.getrandbits(64)
+        threads = self._thread_seeds
+        if threads and rng.random() < 0.3:
+            thread_seed = threads[rng.randrange(len(threads))]  # a reply in that conversation
+        else:
+            thread_seed = seed
+            threads.append(seed)
         outgoing = folder_key in ("sentitems", "drafts")
-        sender = self._owner() if outgoing else self._person()
-        to = [self._person() for _ in range(rng.choice([1, 1, 1, 2, 3]))]
+        is_read = rng.random() < 0.7 or outgoing
+        immutable_id = _IMMUTABLE_PREFIX + b64url(rng.randbytes(33))
+        return Message(immutable_id, folder_key, received, is_read, seed, thread_seed, self._draw)
+
+    def _draw(self, message: Message) -> dict[str, Any]:
+        """Graph properties of a message, from its seed alone."""
+        rng = random.Random(message.seed)
+        conversation_id, base = self._thread(message.thread_seed)
+        subject = base if message.thread_seed == message.seed else f"RE: {base}"
+        outgoing = message.origin_key in ("sentitems", "drafts")
+        sender = self._owner() if outgoing else self._person(rng)
+        to = [self._person(rng) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
         if not outgoing:
             to.insert(0, self._owner())
-        cc = [self._person() for _ in range(rng.choice([0, 0, 0, 1, 2]))]
+        cc = [self._person(rng) for _ in range(rng.choice([0, 0, 0, 1, 2]))]
         body = " ".join(rng.sample(_SENTENCES, rng.randint(2, 4)))
         greeting = sender["emailAddress"]["name"].split(" ")[0]
         text = f"Hi {to[0]['emailAddress']['name'].split(' ')[0]}, {body} Best, {greeting}"
+        received = message.received
         sent = received - timedelta(seconds=rng.randint(1, 90))
         sender_domain = sender["emailAddress"]["address"].split("@", 1)[1]
-        change_key = b64url(rng.randbytes(15))
-        data: dict[str, Any] = {
+        return {
             "createdDateTime": iso_z(received),
             "lastModifiedDateTime": iso_z(received),
-            "changeKey": change_key,
+            "changeKey": b64url(rng.randbytes(15)),
             "categories": [rng.choice(_CATEGORIES)] if rng.random() < 0.1 else [],
             "receivedDateTime": iso_z(received),
             "sentDateTime": iso_z(sent),
@@ -344,8 +472,8 @@ class Mailbox:
             "conversationId": conversation_id,
             "isDeliveryReceiptRequested": False,
             "isReadReceiptRequested": False,
-            "isRead": outgoing or rng.random() < 0.7,
-            "isDraft": folder_key == "drafts",
+            "isRead": message.is_read,
+            "isDraft": message.origin_key == "drafts",
             "inferenceClassification": "focused" if rng.random() < 0.8 else "other",
             "body": {"contentType": "html", "content": f"<html><body><p>{text}</p></body></html>"},
             "sender": sender,
@@ -356,17 +484,30 @@ class Mailbox:
             "replyTo": [],
             "flag": {"flagStatus": "notFlagged"},
         }
-        return Message(immutable_id, folder_key, data)
 
-    def seed(self, count: int) -> None:
-        """`count` messages over the last ~120 days, mostly inbox, the rest sent items."""
-        offsets = sorted((self.rng.uniform(0, 120 * 86400) for _ in range(count)), reverse=True)
+    def seed(self, count: int, *, spread: bool = False) -> None:
+        """`count` messages over the last ~120 days: mostly inbox, the rest sent items; with
+        `spread`, over every folder (inbox and sent items still the largest)."""
+        rng = self.rng
+        if spread:
+            keys = list(self.folders)
+            rest = (100.0 - sum(_SPREAD_WEIGHTS.values())) / (len(keys) - len(_SPREAD_WEIGHTS))
+            weights = [_SPREAD_WEIGHTS.get(k, rest) for k in keys]
+        else:
+            keys, weights = ["inbox", "sentitems"], [80.0, 20.0]
+        cumulative = list(itertools.accumulate(weights))
+        total = cumulative[-1]
+        offsets = sorted((rng.uniform(0, 120 * 86400) for _ in range(count)), reverse=True)
         for offset in offsets:
-            folder_key = "inbox" if self.rng.random() < 0.8 else "sentitems"
-            self._insert(self._new_message(folder_key, _SEED_EPOCH - timedelta(seconds=offset)))
+            folder_key = keys[bisect.bisect_right(cumulative, rng.random() * total)]
+            # Whole seconds, as Graph's receivedDateTime has.
+            received = _SEED_EPOCH - timedelta(seconds=int(offset))
+            self._insert(self._new_message(folder_key, received))
 
     def _insert(self, message: Message) -> None:
         self.messages[message.immutable_id] = message
+        self.totals[message.folder_key] += 1
+        self.unread[message.folder_key] += not message.is_read
         self._log(message.immutable_id, message.folder_key, "create")
 
     def add(self, count: int, folder_key: str) -> list[str]:
@@ -387,21 +528,27 @@ class Mailbox:
         folder_key: str | None = None,
     ) -> Message:
         message = self.messages[message_id]
+        data = message.data
         changed = False
-        if subject is not None and subject != message.data["subject"]:
-            message.data["subject"] = subject
+        if subject is not None and subject != data["subject"]:
+            data["subject"] = subject
             changed = True
-        if is_read is not None and is_read != message.data["isRead"]:
-            message.data["isRead"] = is_read
+        if is_read is not None and is_read != message.is_read:
+            self.unread[message.folder_key] += 1 if message.is_read else -1
+            message.is_read = data["isRead"] = is_read
             changed = True
         moved = folder_key is not None and folder_key != message.folder_key
         if changed or moved:
-            message.data["lastModifiedDateTime"] = iso_z(datetime.now(UTC))
-            message.data["changeKey"] = b64url(self.rng.randbytes(15))
+            data["lastModifiedDateTime"] = iso_z(datetime.now(UTC))
+            data["changeKey"] = b64url(self.rng.randbytes(15))
         if moved:
             assert folder_key is not None
             self._log(message_id, message.folder_key, "remove")
+            self.totals[message.folder_key] -= 1
+            self.unread[message.folder_key] -= not message.is_read
             message.folder_key = folder_key
+            self.totals[folder_key] += 1
+            self.unread[folder_key] += not message.is_read
             self._log(message_id, folder_key, "create")
         elif changed:
             self._log(message_id, message.folder_key, "update")
@@ -409,6 +556,8 @@ class Mailbox:
 
     def delete(self, message_id: str) -> None:
         message = self.messages.pop(message_id)
+        self.totals[message.folder_key] -= 1
+        self.unread[message.folder_key] -= not message.is_read
         self._log(message_id, message.folder_key, "remove")
 
     def ids(self, folder_key: str | None = None) -> list[str]:
@@ -417,6 +566,11 @@ class Mailbox:
             for m in self.messages.values()
             if folder_key is None or m.folder_key == folder_key
         ]
+
+    def placement(self) -> dict[str, str]:
+        """Every message's immutable id -> the id of the folder it is in."""
+        ids = {key: folder.folder_id for key, folder in self.folders.items()}
+        return {m.immutable_id: ids[m.folder_key] for m in self.messages.values()}
 
     # --- delta -------------------------------------------------------------------------
 
@@ -431,10 +585,8 @@ class Mailbox:
             return cached
         first: dict[str, str] = {}
         last: dict[str, LogEntry] = {}
-        for entry in self.log:
-            if entry.seq > hi:
-                break
-            if entry.folder_key != folder_key or (lo is not None and entry.seq <= lo):
+        for entry in self.log[lo or 0 : hi]:
+            if entry.folder_key != folder_key:
                 continue
             first.setdefault(entry.message_id, entry.kind)
             last[entry.message_id] = entry
@@ -445,7 +597,7 @@ class Mailbox:
             elif lo is not None and first[message_id] != "create":
                 # Entered and left within the window: the client never saw it, so say nothing.
                 items.append((message_id, "remove"))
-        if len(self._round_cache) > 256:
+        if len(self._round_cache) >= 64:
             self._round_cache.pop(next(iter(self._round_cache)))
         self._round_cache[key] = items
         return items
@@ -521,7 +673,7 @@ class FakeMicrosoftState:
         return tenant
 
     def create_mailbox(
-        self, address: str, messages: int | None, tenant_id: str | None
+        self, address: str, messages: int | None, tenant_id: str | None, spread: bool = False
     ) -> tuple[dict[str, Any], bool]:
         """Credentials for `address`, creating (and seeding) it first; True when created."""
         address = address.lower()
@@ -531,7 +683,7 @@ class FakeMicrosoftState:
             if mailbox is None:
                 tenant = self._tenant_for(address.split("@", 1)[1], tenant_id)
                 mailbox = Mailbox(address, tenant.tenant_id, self.seed)
-                mailbox.seed(self.seed_messages if messages is None else messages)
+                mailbox.seed(self.seed_messages if messages is None else messages, spread=spread)
                 self.mailboxes[address] = mailbox
                 self.object_ids[mailbox.object_id] = address
                 rng = random.Random(f"{self.seed}:refresh:{address}")

@@ -52,6 +52,15 @@ class ProviderEndpoints:
 
 
 @dataclass(frozen=True)
+class ProviderOptions:
+    """How hard and how wide to sync: the quota to pace Gmail calls to, Graph folders and page."""
+
+    gmail_quota_units_per_minute: int = 15_000
+    microsoft_folders: tuple[str, ...] | None = ("inbox", "sentitems")  # None: every folder
+    microsoft_page_size: int = 100
+
+
+@dataclass(frozen=True)
 class MessageRecord:
     """One message's index entry, provider-neutral."""
 
@@ -69,11 +78,19 @@ class MessageRecord:
 
 @dataclass
 class Page:
-    """A slice of a sync: messages to upsert, ids to delete; `cursor` is set on the last page."""
+    """A slice of a sync: messages to upsert, ids to delete; `cursor` is set on the last page.
+
+    During a full sync every page also carries `checkpoint`: opaque provider state from which
+    `full_sync(checkpoint)` continues right after this page, so a sync whose process died
+    resumes instead of starting over; and `total_estimate`, the provider's idea of how many
+    messages the mailbox holds, when it has one (for progress reporting).
+    """
 
     upserts: list[MessageRecord] = field(default_factory=list)
     deletions: list[str] = field(default_factory=list)
     cursor: str | None = None
+    checkpoint: str | None = None
+    total_estimate: int | None = None
 
 
 class MailProvider(Protocol):
@@ -81,12 +98,20 @@ class MailProvider(Protocol):
 
     name: str
 
-    def full_sync(self) -> Iterator[Page]:
-        """Every message in the mailbox; the last page carries the cursor for later increments."""
+    def full_sync(self, checkpoint: str | None = None) -> Iterator[Page]:
+        """Every message in the mailbox (after `checkpoint`, when resuming); the last page
+        carries the cursor for later increments."""
         ...
 
     def incremental_sync(self, cursor: str) -> Iterator[Page]:
         """Changes since `cursor`; raises CursorExpiredError when the cursor is stale."""
+        ...
+
+    def auth_state(self) -> str | None:
+        """Secret token state worth keeping between syncs (msal's serialized token cache, or
+        Google's access token and expiry), to be passed back as `auth_state=` next time so a
+        sync need not ask the token endpoint again; None when nothing changed. The caller
+        stores it encrypted."""
         ...
 
     def close(self) -> None: ...

@@ -6,13 +6,15 @@ import functools
 import json
 import logging
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
+import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport
 import google_auth_httplib2
@@ -251,15 +253,150 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
+# -- pacing -----------------------------------------------------------------------------------
+
+# Gmail's per-method quota units (developers.google.com/gmail/api/reference/quota); a batch is
+# charged part by part.
+QUOTA_COSTS = {"users.getProfile": 1, "messages.list": 5, "messages.get": 5, "history.list": 2}
+DEFAULT_QUOTA_UNITS_PER_MINUTE = 15_000  # per user; 6,000 for projects created from 2026-05-01
+
+
+class Pacer:
+    """A smooth token bucket keeping one mailbox's calls within `units_per_window`.
+
+    Units refill continuously at `utilization` of the quota rate, and at most `burst` of the
+    quota is held at once, so any window of `window_s` sees at most (burst + utilization) of
+    the quota (or utilization plus one call, if a call is bigger than the burst), leaving the
+    rest as slack for network jitter and the server's own bookkeeping. A charge larger than
+    the bucket waits for a full bucket and leaves a debt the next charges wait out, so the
+    long-run rate holds whatever the call sizes. `clock` and `sleep` are injectable so tests
+    need not wait. One pacer per mailbox: Gmail's quota is per user.
+    """
+
+    def __init__(
+        self,
+        units_per_window: float,
+        window_s: float = 60.0,
+        *,
+        utilization: float = 0.9,
+        burst: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if units_per_window <= 0 or window_s <= 0:
+            raise ValueError("a pacer needs a positive quota and window")
+        if utilization <= 0 or burst <= 0 or utilization + burst > 1:
+            raise ValueError("utilization and burst must be positive and add up to at most 1")
+        self.units_per_window = units_per_window
+        self.window_s = window_s
+        self.rate = units_per_window * utilization / window_s  # units per second
+        self.capacity = units_per_window * burst
+        self.charged = 0.0  # units granted so far
+        self.waited = 0.0  # seconds spent waiting so far
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self.capacity
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self, units: float) -> float:
+        """Wait until `units` may be spent, spend them, and return the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            if now > self._stamp:
+                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+            need = min(units, self.capacity)
+            waited = 0.0
+            if self._tokens < need:
+                waited = (need - self._tokens) / self.rate
+                self._sleep(waited)
+                # The sleep earned `need`; a clock that ran further earns the excess too, one
+                # that ran shorter (an early wake-up) is treated as borrowed time.
+                ready = self._stamp + waited
+                now = self._clock()
+                extra = max(0.0, now - ready) * self.rate
+                self._tokens = min(self.capacity, need + extra)
+                self._stamp = max(now, ready)
+            self._tokens -= units
+            self.charged += units
+            self.waited += waited
+            return waited
+
+
+# -- resumable full syncs and reusable tokens ---------------------------------------------------
+
+
+def _checkpoint(history_id: str, page_token: str | None, total: int | None) -> str:
+    return json.dumps(
+        {"v": 1, "historyId": history_id, "pageToken": page_token, "total": total},
+        separators=(",", ":"),
+    )
+
+
+def _parse_checkpoint(checkpoint: str) -> tuple[str, str | None, int | None]:
+    """(historyId taken when the sync began, next list page token, messagesTotal)."""
+    try:
+        data = json.loads(checkpoint)
+        history_id, token, total = data["historyId"], data["pageToken"], data["total"]
+        if (
+            data.get("v") != 1
+            or not (isinstance(history_id, str) and history_id.isdigit())
+            or not (token is None or (isinstance(token, str) and token))
+            or not (total is None or isinstance(total, int))
+        ):
+            raise ValueError
+    except (ValueError, TypeError, KeyError):
+        raise CursorExpiredError(
+            "gmail checkpoint is not usable; start the full sync over"
+        ) from None
+    return history_id, token, total
+
+
+def _auth_subject(address: str, credentials: dict[str, Any]) -> str:
+    """Who a token was issued to, without anything secret: the client and the mailbox."""
+    if credentials["type"] == "oauth":
+        client = str(credentials["client_id"])
+    else:
+        client = str(credentials["info"].get("client_email", ""))
+    return f"{credentials['type']}:{client}:{address.lower()}"
+
+
+def _seed_token(creds: google.auth.credentials.Credentials, state: str, subject: str) -> bool:
+    """Put a stored access token into `creds` when it was issued for `subject`."""
+    try:
+        data = json.loads(state)
+        if data.get("v") != 1 or data.get("for") != subject or not isinstance(data["token"], str):
+            return False
+        expiry = datetime.fromisoformat(data["expiry"]) if data.get("expiry") else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
+    if expiry is not None and expiry.tzinfo is not None:
+        expiry = expiry.astimezone(UTC).replace(tzinfo=None)  # google-auth's "now" is naive UTC
+    creds.token = data["token"]
+    creds.expiry = expiry
+    return True
+
+
 class GmailProvider:
-    """One Gmail mailbox, read with the gmail.readonly scope."""
+    """One Gmail mailbox, read with the gmail.readonly scope.
+
+    Every call is paced to the per-user quota (see Pacer) and a call or batch part refused for
+    quota or by a passing server error is retried, honouring Retry-After up to a cap.
+    `auth_state` is secret (a live access token): never log it or this provider's credentials.
+    """
 
     name = "gmail"
     # Transient failures of single batch parts are retried here: the rest of the batch succeeded,
-    # and failing the whole page for one part would redo all of it.
-    part_attempts = 4
+    # and failing the whole page for one part would redo all of it. googleapiclient's own retry
+    # (num_retries) ignores Retry-After and never retries batch parts, so it is not used.
+    part_attempts = 5
     part_backoff_s = 0.25
     max_part_wait_s = 10.0
+    # The same for single calls (getProfile, messages.list, history.list).
+    call_attempts = 5
+    call_backoff_s = 0.25
+    max_call_wait_s = 10.0
 
     def __init__(
         self,
@@ -270,24 +407,36 @@ class GmailProvider:
         page_size: int = 500,
         batch_size: int = 50,
         timeout: float = 30.0,
+        auth_state: str | None = None,
+        quota_units_per_minute: int = DEFAULT_QUOTA_UNITS_PER_MINUTE,
+        pacer: Pacer | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be within 1..{MAX_PAGE_SIZE}")
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be within 1..{MAX_BATCH_SIZE}")
+        if quota_units_per_minute < 1:
+            raise ValueError("quota_units_per_minute must be positive")
         self.address = address
         self.page_size = page_size
         self.batch_size = batch_size
+        self.pacer = pacer or Pacer(quota_units_per_minute, 60.0)
+        self._sleep = sleep
+        valid = validate_credentials(credentials)
         # An explicit ca_certs wins over HTTPLIB2_CA_CERTS and friends in the environment; the same
         # Http object carries token refreshes, so the token endpoint gets the same trust.
         transport = httplib2.Http(ca_certs=endpoints.ca_bundle, timeout=timeout)
-        google_creds = _google_credentials(
-            address,
-            validate_credentials(credentials),
-            endpoints,
-            google_auth_httplib2.Request(transport),
+        self._creds = _google_credentials(
+            address, valid, endpoints, google_auth_httplib2.Request(transport)
         )
-        self._http = google_auth_httplib2.AuthorizedHttp(google_creds, http=transport)
+        self._auth_subject = _auth_subject(address, valid)
+        if auth_state and not _seed_token(self._creds, auth_state, self._auth_subject):
+            logger.info(
+                "gmail: stored auth state for %s not usable; a token will be fetched", address
+            )
+        self._seeded_token: str | None = self._creds.token
+        self._http = google_auth_httplib2.AuthorizedHttp(self._creds, http=transport)
         self._service = build_from_document(
             _discovery_for(endpoints.gmail_api_url), http=self._http
         )
@@ -302,21 +451,82 @@ class GmailProvider:
     def close(self) -> None:
         self._http.close()
 
-    def _execute(self, what: str, request: Any) -> dict[str, Any]:
-        with _translated(what):
-            result: dict[str, Any] = request.execute()
-            return result
+    def auth_state(self) -> str | None:
+        """The access token and its expiry, when a new one was fetched during this provider's
+        life; pass it back as `auth_state=` so the next sync skips the token endpoint. Secret."""
+        token = self._creds.token
+        if not token or token == self._seeded_token:
+            return None
+        expiry = self._creds.expiry
+        return json.dumps(
+            {
+                "v": 1,
+                "for": self._auth_subject,
+                "token": token,
+                "expiry": expiry.replace(tzinfo=UTC).isoformat() if expiry else None,
+            }
+        )
+
+    # -- single calls, paced and retried ------------------------------------------------------
+
+    def _call(
+        self,
+        what: str,
+        request: Any,
+        on_http_error: Callable[[HttpError], None] | None = None,
+    ) -> dict[str, Any]:
+        """Execute one request (`what` names a QUOTA_COSTS method): paced, and retried on 429,
+        5xx and quota 403 while the wait (Retry-After or backoff) stays under the cap.
+        `on_http_error` may raise a more specific error for an HttpError first."""
+        for attempt in range(1, self.call_attempts + 1):
+            self.pacer.acquire(QUOTA_COSTS[what])
+            try:
+                with _translated(what):
+                    try:
+                        result: dict[str, Any] = request.execute()
+                        return result
+                    except HttpError as exc:
+                        if on_http_error is not None:
+                            on_http_error(exc)
+                        raise
+            except TransientProviderError as error:
+                if not isinstance(error.__cause__, HttpError) or attempt == self.call_attempts:
+                    raise
+                delay = max(error.retry_after or 0.0, self.call_backoff_s * 2 ** (attempt - 1))
+                if delay > self.max_call_wait_s:
+                    raise
+                logger.info(
+                    "gmail: %s refused (%s); retrying in %.2fs (attempt %d)",
+                    what,
+                    error,
+                    delay,
+                    attempt,
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- sync -----------------------------------------------------------------------------------
 
-    def full_sync(self) -> Iterator[Page]:
-        # The history id is read before listing, so whatever changes during the listing is
-        # replayed by the next increment rather than lost.
-        profile = self._execute("users.getProfile", self._users.getProfile(userId="me"))
-        cursor = str(profile["historyId"])
-        token: str | None = None
+    def full_sync(self, checkpoint: str | None = None) -> Iterator[Page]:
+        """Every message, newest first, a page per messages.list page. Each page's checkpoint
+        resumes right after it (in any provider instance); the cursor is the history id read
+        before the first page, so changes made while listing (or while stopped) are replayed
+        by the next increment rather than lost."""
+        resumed = checkpoint is not None
+        if checkpoint is not None:
+            cursor, token, total = _parse_checkpoint(checkpoint)
+            logger.info("gmail: resuming the full sync of %s from a checkpoint", self.address)
+            if token is None:  # the checkpoint of the last page: nothing is left to list
+                yield Page(cursor=cursor, checkpoint=checkpoint, total_estimate=total)
+                return
+        else:
+            profile = self._call("users.getProfile", self._users.getProfile(userId="me"))
+            cursor = str(profile["historyId"])
+            token = None
+            raw_total = profile.get("messagesTotal")
+            total = int(raw_total) if raw_total is not None else None
         while True:
-            listing = self._execute(
+            listing = self._call(
                 "messages.list",
                 self._users.messages().list(
                     userId="me",
@@ -324,11 +534,19 @@ class GmailProvider:
                     pageToken=token,
                     includeSpamTrash=True,  # history reports spam/trash too; the index mirrors it
                 ),
+                on_http_error=_stale_page_token if resumed else None,
             )
+            resumed = False
             ids = list(dict.fromkeys(m["id"] for m in listing.get("messages", [])))
             token = listing.get("nextPageToken")
             records, gone = self._fetch(ids)
-            yield Page(upserts=records, deletions=gone, cursor=None if token else cursor)
+            yield Page(
+                upserts=records,
+                deletions=gone,
+                cursor=None if token else cursor,
+                checkpoint=_checkpoint(cursor, token, total),
+                total_estimate=total,
+            )
             if not token:
                 return
 
@@ -340,20 +558,17 @@ class GmailProvider:
         new_cursor: str | None = None
         token: str | None = None
         while True:
-            request = self._users.history().list(
-                userId="me",
-                startHistoryId=cursor,
-                historyTypes=HISTORY_TYPES,
-                maxResults=MAX_PAGE_SIZE,
-                pageToken=token,
+            response = self._call(
+                "history.list",
+                self._users.history().list(
+                    userId="me",
+                    startHistoryId=cursor,
+                    historyTypes=HISTORY_TYPES,
+                    maxResults=MAX_PAGE_SIZE,
+                    pageToken=token,
+                ),
+                on_http_error=_expired_history,
             )
-            with _translated("history.list"):
-                try:
-                    response: dict[str, Any] = request.execute()
-                except HttpError as exc:
-                    if int(exc.resp.status) == 404:
-                        raise CursorExpiredError("gmail history id expired") from exc
-                    raise
             # The first page's historyId is safe: every change up to it is in the listing; later
             # pages may hold newer records, and replaying those next time is harmless.
             if new_cursor is None:
@@ -434,11 +649,12 @@ class GmailProvider:
                 delay,
                 attempt,
             )
-            time.sleep(delay)
+            self._sleep(delay)
             pending = retry
 
     def _run_batch(self, ids: list[str], records: dict[str, MessageRecord]) -> dict[str, HttpError]:
-        """One batch request of messages.get; fills `records`, returns the failed parts."""
+        """One batch request of messages.get; fills `records`, returns the failed parts. A batch
+        refused as a whole (429, 5xx or quota 403 on the envelope) fails every part with it."""
         failures: dict[str, HttpError] = {}
 
         def collect(request_id: str, response: Any, exception: Exception | None) -> None:
@@ -457,6 +673,23 @@ class GmailProvider:
                 ),
                 request_id=mid,
             )
-        with _translated("batch messages.get"):
-            batch.execute()
+        # Google charges (and throttles) every part of a batch as a call of its own.
+        self.pacer.acquire(QUOTA_COSTS["messages.get"] * len(ids))
+        try:
+            with _translated("batch messages.get"):
+                batch.execute()
+        except TransientProviderError as error:
+            if not isinstance(error.__cause__, HttpError):
+                raise
+            return {mid: error.__cause__ for mid in ids if mid not in records}
         return failures
+
+
+def _expired_history(exc: HttpError) -> None:
+    if int(exc.resp.status) == 404:
+        raise CursorExpiredError("gmail history id expired") from exc
+
+
+def _stale_page_token(exc: HttpError) -> None:
+    if int(exc.resp.status) == 400:
+        raise CursorExpiredError("gmail checkpoint page token refused; start over") from exc

@@ -4,22 +4,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailsync.providers.base import MailProvider, ProviderEndpoints
+from mailsync.providers.base import MailProvider, ProviderEndpoints, ProviderOptions
 
 PROVIDERS = ("gmail", "microsoft")
 
 
 def open_provider(
-    provider: str, address: str, credentials: dict[str, Any], endpoints: ProviderEndpoints
+    provider: str,
+    address: str,
+    credentials: dict[str, Any],
+    endpoints: ProviderEndpoints,
+    *,
+    auth_state: str | None = None,
+    options: ProviderOptions | None = None,
 ) -> MailProvider:
+    options = options or ProviderOptions()
     if provider == "gmail":
         from mailsync.providers.gmail import GmailProvider
 
-        return GmailProvider(address, credentials, endpoints)
+        return GmailProvider(
+            address,
+            credentials,
+            endpoints,
+            auth_state=auth_state,
+            quota_units_per_minute=options.gmail_quota_units_per_minute,
+        )
     if provider == "microsoft":
         from mailsync.providers.microsoft import MicrosoftProvider
 
-        return MicrosoftProvider(address, credentials, endpoints)
+        return MicrosoftProvider(
+            address,
+            credentials,
+            endpoints,
+            auth_state=auth_state,
+            folders=options.microsoft_folders,
+            page_size=options.microsoft_page_size,
+        )
     raise ValueError(f"unknown provider {provider!r}")
 
 

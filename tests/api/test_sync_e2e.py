@@ -166,9 +166,9 @@ def test_jobs_are_invisible_to_other_workspaces(
 def test_auth_failure_at_the_provider_fails_the_job_without_retrying(
     client: TestClient, tenant: Tenant, fakes: FakeProviders, prefect_stack: PrefectStack
 ) -> None:
-    """Revoked provider credentials end the job failed with provider_auth_failed, and the
-    error names no secret."""
-    fakes.call("gmail", "POST", "/_admin/faults", json={"operation": "token", "status": 400})
+    """Credentials revoked at the provider end the job failed with provider_auth_failed (once
+    the stored access token is refused), and the error names no secret."""
+    fakes.call("gmail", "POST", f"/_admin/mailboxes/{tenant.gmail_address}/revoke")
     final = wait(client, tenant, trigger(client, tenant, {"provider": "gmail"}))
     assert final["status"] == "failed"
     assert final["error"]["code"] == "provider_auth_failed"
@@ -213,10 +213,13 @@ def test_no_secret_reaches_logs_parameters_or_api_output(
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     outputs: list[str] = []
+    secrets = [tenant.writer, tenant.reader]
+    secrets += _secret_values(fakes.account("gmail", tenant.gmail_address)["credentials"])
+    secrets += _secret_values(fakes.account("microsoft", tenant.microsoft_address)["credentials"])
     job_id = trigger(client, tenant)
     final = wait(client, tenant, job_id)
     outputs.append(str(final))
-    fakes.call("gmail", "POST", "/_admin/faults", json={"operation": "token", "status": 400})
+    fakes.call("gmail", "POST", f"/_admin/mailboxes/{tenant.gmail_address}/revoke")
     failed = wait(client, tenant, trigger(client, tenant, {"provider": "gmail"}))
     assert failed["status"] == "failed"
     outputs.append(str(failed))
@@ -235,9 +238,6 @@ def test_no_secret_reaches_logs_parameters_or_api_output(
             assert logs, "the runs should have logged something"
             outputs.extend(log.message for log in logs)
     outputs.extend(p.read_text(errors="replace") for p in prefect_stack.stack.log_dir.glob("*.log"))
-    secrets = [tenant.writer, tenant.reader]
-    secrets += _secret_values(fakes.account("gmail", tenant.gmail_address)["credentials"])
-    secrets += _secret_values(fakes.account("microsoft", tenant.microsoft_address)["credentials"])
     assert len(secrets) >= 5
     haystack = "\n".join(outputs)
     for secret in secrets:

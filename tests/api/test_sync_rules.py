@@ -87,15 +87,13 @@ def tenant(prefect_stack: PrefectStack, fakes: FakeProviders) -> Tenant:
     return make_tenant(prefect_stack.settings, fakes)
 
 
-def slow_down(fakes: FakeProviders, provider: str, seconds: int, times: int) -> None:
-    """Make the provider throttle (429 + Retry-After) so a sync stays running for a while."""
-    operation = "delta" if provider == "microsoft" else "messages.list"
-    fakes.call(
-        provider,
-        "POST",
-        "/_admin/faults",
-        json={"operation": operation, "status": 429, "count": times, "retry_after": seconds},
-    )
+def slow_down(fakes: FakeProviders, provider: str, address: str, slow_ms: int) -> None:
+    """Make every provider call of the mailbox slow, so a sync stays running for a while."""
+    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": slow_ms})
+
+
+def speed_up(fakes: FakeProviders, provider: str, address: str) -> None:
+    fakes.call(provider, "DELETE", f"/_admin/mailboxes/{address}/faults")
 
 
 def test_50_parallel_full_syncs_admit_exactly_one(
@@ -103,7 +101,7 @@ def test_50_parallel_full_syncs_admit_exactly_one(
 ) -> None:
     """50 concurrent full-sync requests for one workspace and provider: exactly one 202, 49
     409 sync_in_progress naming that job, no 5xx; the 409s take no quota slot."""
-    slow_down(fakes, "gmail", 1, 2)  # the accepted sync must outlive the burst
+    slow_down(fakes, "gmail", tenant.gmail_address, 5000)  # outlive the burst
     started = time.monotonic()
     with ThreadPoolExecutor(50) as pool:
         responses = list(
@@ -119,6 +117,7 @@ def test_50_parallel_full_syncs_admit_exactly_one(
             assert response.headers["x-ratelimit-remaining"] == "5"
     assert len(api.jobs(tenant)) == 1
     assert api.wait(tenant, accepted)["status"] == "completed"
+    speed_up(fakes, "gmail", tenant.gmail_address)
     # Once it ended, the slot is free again.
     assert api.post(tenant, {"mode": "full", "provider": "gmail"}).status_code == 202
 
@@ -128,7 +127,7 @@ def test_incremental_is_refused_while_a_full_sync_runs(
 ) -> None:
     """Any request naming a provider with a full sync queued or running gets 409; other
     providers are unaffected."""
-    slow_down(fakes, "microsoft", 2, 2)
+    slow_down(fakes, "microsoft", tenant.microsoft_address, 1500)
     full = api.post(tenant, {"mode": "full", "provider": "microsoft"})
     assert full.status_code == 202
     job_id = full.json()["data"]["job_id"]
@@ -198,7 +197,7 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
 ) -> None:
     """A full sync started through Prefect (as the UI does) blocks an API full sync with 409
     naming it; and a UI-started full sync fails fast while an API one holds the slot."""
-    slow_down(fakes, "microsoft", 2, 2)
+    slow_down(fakes, "microsoft", tenant.microsoft_address, 1500)
     with SyncPrefectClient(api.stack.api_url) as prefect:
         deployment = prefect.read_deployment_by_name("sync-mailbox/sync")
         run = prefect.create_flow_run_from_deployment(
@@ -214,7 +213,7 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
         assert refused.status_code == 409 and refused.json()["error"]["job_id"] == ui_job.id
         assert api.wait(tenant, ui_job.id)["status"] == "completed"
 
-        slow_down(fakes, "microsoft", 4, 8)  # long enough for the UI run to start meanwhile
+        slow_down(fakes, "microsoft", tenant.microsoft_address, 4000)  # the UI run starts meanwhile
         accepted = api.post(tenant, {"mode": "full", "provider": "microsoft"})
         assert accepted.status_code == 202
         run = prefect.create_flow_run_from_deployment(
@@ -234,7 +233,7 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
         assert state is not None and state.is_failed(), state
         failed = api.get(tenant, prefect.read_flow_run(run.id).name)
         assert failed["error"]["code"] == "sync_in_progress"
-        fakes.reset_stats("microsoft")  # drop the remaining faults: let the API's run finish
+        speed_up(fakes, "microsoft", tenant.microsoft_address)  # let the API's run finish
         assert api.wait(tenant, accepted.json()["data"]["job_id"])["status"] == "completed"
 
 
@@ -252,7 +251,7 @@ def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakePr
     """SIGKILL the process running a full sync: a new full sync is accepted within the lease
     time (here sooner: the worker reports the crash, and admission sees it in Prefect); the
     killed job reads as failed."""
-    slow_down(fakes, "microsoft", 4, 6)
+    slow_down(fakes, "microsoft", tenant.microsoft_address, 4000)
     first = api.post(tenant, {"mode": "full", "provider": "microsoft"})
     assert first.status_code == 202
     job = _wait_for_running_job(api, tenant)
@@ -262,7 +261,7 @@ def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakePr
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    fakes.reset_stats("microsoft")  # drops the remaining injected faults
+    speed_up(fakes, "microsoft", tenant.microsoft_address)
     while True:
         retry = api.post(tenant, {"mode": "full", "provider": "microsoft"})
         if retry.status_code != 409 or time.monotonic() - killed > 90:
@@ -283,7 +282,7 @@ def test_order_of_checks(api: Api, prefect_stack: PrefectStack, fakes: FakeProvi
     key = str(uuid.uuid4())
     unknown = api.post(tenant, {"provider": "yahoo"}, **{"Idempotency-Key": key})
     assert unknown.status_code == 400  # validation came first: the key is still unused
-    slow_down(fakes, "microsoft", 4, 6)
+    slow_down(fakes, "microsoft", tenant.microsoft_address, 4000)
     first = api.post(tenant, {"mode": "full", "provider": "microsoft"}, **{"Idempotency-Key": key})
     assert first.status_code == 202, first.text
     assert first.headers["x-ratelimit-remaining"] == "5"
@@ -296,5 +295,5 @@ def test_order_of_checks(api: Api, prefect_stack: PrefectStack, fakes: FakeProvi
     assert api.post(tenant, {"provider": "gmail"}).status_code == 429
     still_busy = api.post(tenant, {})  # quota spent and microsoft busy: 409 comes first
     assert still_busy.status_code == 409 and still_busy.headers["x-ratelimit-remaining"] == "0"
-    fakes.reset_stats("microsoft")
+    speed_up(fakes, "microsoft", tenant.microsoft_address)
     assert api.wait(tenant, first.json()["data"]["job_id"])["status"] == "completed"

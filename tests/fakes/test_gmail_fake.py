@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -19,6 +20,7 @@ import pytest
 from google.oauth2 import service_account
 
 from mailsync.fakes.gmail import create_app
+from mailsync.fakes.gmail_state import Mailbox
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import FakeTLS, ensure_tls
 
@@ -223,11 +225,12 @@ def test_history_records_changes_and_expires(fake: Fake) -> None:
     address, creds = fake.mailbox(messages=5)
     token = fake.token(creds)
     start = fake.get("profile", token).json()["historyId"]
-    ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
+    listing = fake.client.get(f"/_admin/mailboxes/{address}/messages?labels=true").json()
+    ids = listing["ids"]
     added = fake.client.post(f"/_admin/mailboxes/{address}/messages", json={"count": 2}).json()
-    fake.client.patch(
+    fake.client.patch(  # every seeded message has a label to remove; Label_9 is never seeded
         f"/_admin/mailboxes/{address}/messages/{ids[0]}",
-        json={"add_labels": ["STARRED"], "remove_labels": ["INBOX"]},
+        json={"add_labels": ["Label_9"], "remove_labels": listing["labels"][ids[0]][:1]},
     )
     fake.client.delete(f"/_admin/mailboxes/{address}/messages/{ids[1]}")
 
@@ -242,7 +245,7 @@ def test_history_records_changes_and_expires(fake: Fake) -> None:
         "messagesDeleted",
     ]
     assert [r["messagesAdded"][0]["message"]["id"] for r in records[:2]] == added["ids"]
-    assert records[2]["labelsAdded"][0]["labelIds"] == ["STARRED"]
+    assert records[2]["labelsAdded"][0]["labelIds"] == ["Label_9"]
     record_ids = [int(r["id"]) for r in records]
     assert record_ids == sorted(record_ids) and record_ids[0] > int(start)
     assert body["historyId"] == fake.get("profile", token).json()["historyId"]
@@ -382,3 +385,119 @@ def test_service_account_jwt_grant_with_google_auth(fake: Fake) -> None:
     )
     with pytest.raises(google.auth.exceptions.RefreshError):
         forged_creds.refresh(request)
+
+
+def test_quota_charges_gmail_costs_and_refuses_in_googles_shape(fake: Fake) -> None:
+    """Facts: getProfile costs 1 unit, messages.list 5, history.list 2; a user over the quota
+    is refused with 429 rateLimitExceeded or 403 userRateLimitExceeded (domain usageLimits)
+    and a Retry-After; refused calls are not charged; the limit is per mailbox."""
+    address, creds = fake.mailbox(messages=3)
+    other, other_creds = fake.mailbox(messages=1)
+    token = fake.token(creds)
+    resp = fake.client.put(f"/_admin/mailboxes/{address}/quota", json={"units_per_minute": 12})
+    assert resp.json()["units_per_minute"] == 12 and resp.json()["window_seconds"] == 60
+    start = fake.get("profile", token).json()["historyId"]  # 1
+    assert fake.get("messages", token).status_code == 200  # 6
+    assert fake.get("history", token, startHistoryId=start).status_code == 200  # 8
+    assert fake.get("history", token, startHistoryId=start).status_code == 200  # 10
+    refused = fake.get("messages", token)  # 15 > 12
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    error = refused.json()["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    assert error["errors"][0]["reason"] == "rateLimitExceeded"
+    assert error["errors"][0]["domain"] == "usageLimits"
+    assert fake.get("history", token, startHistoryId=start).status_code == 200  # 12: fits
+    fake.client.put(
+        f"/_admin/mailboxes/{address}/quota", json={"units_per_minute": 12, "status": 403}
+    )
+    refused = fake.get("profile", token)
+    assert refused.status_code == 403 and refused.headers["retry-after"]
+    assert refused.json()["error"]["errors"][0]["reason"] == "userRateLimitExceeded"
+    usage = fake.client.get(f"/_admin/mailboxes/{address}/quota").json()
+    assert (usage["charged_total"], usage["in_window"], usage["rejected"]) == (12, 12, 2)
+    assert fake.get("profile", fake.token(other_creds)).status_code == 200  # another user
+    assert fake.client.put("/_admin/mailboxes/nobody@x.y/quota", json={}).status_code == 404
+
+
+def test_batch_parts_are_charged_and_throttled_one_by_one(fake: Fake) -> None:
+    """Fact: every part of a batch is charged (5 units per messages.get) and throttled on its
+    own: with room for 3 parts, a batch of 5 answers 3 messages and 2 refusals."""
+    address, creds = fake.mailbox(messages=5)
+    token = fake.token(creds)
+    ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
+    fake.client.put(f"/_admin/mailboxes/{address}/quota", json={"units_per_minute": 15})
+    parts = [
+        (f"p{i}", f"/gmail/v1/users/me/messages/{mid}?format=minimal") for i, mid in enumerate(ids)
+    ]
+    body, content_type = _batch_body(parts, token)
+    resp = fake.client.post("/batch/gmail/v1", content=body, headers={"Content-Type": content_type})
+    statuses = [status for status, _, _ in _batch_answers(resp).values()]
+    assert statuses == [200, 200, 200, 429, 429]
+    usage = fake.client.get(f"/_admin/mailboxes/{address}/quota").json()
+    assert (usage["charged_total"], usage["rejected"]) == (15, 2)
+
+
+def test_fault_share_is_seeded_per_mailbox_and_covers_batch_parts(fake: Fake) -> None:
+    """POST /_admin/mailboxes/{a}/faults fails `share` of that mailbox's calls (batch parts
+    too) with the given statuses in Google's shape, the same sequence for the same seed, slows
+    calls by slow_ms, touches no other mailbox, and DELETE clears it."""
+    address, creds = fake.mailbox(messages=4)
+    other, other_creds = fake.mailbox(messages=1)
+    token, other_token = fake.token(creds), fake.token(other_creds)
+    plan = {"share": 0.5, "statuses": [429, 503], "retry_after": 2, "seed": 7}
+
+    def statuses() -> list[int]:
+        return [fake.get("profile", token).status_code for _ in range(30)]
+
+    assert fake.client.post(f"/_admin/mailboxes/{address}/faults", json=plan).status_code == 200
+    first = statuses()
+    assert set(first) == {200, 429, 503} and 8 <= first.count(200) <= 22
+    fake.client.post(f"/_admin/mailboxes/{address}/faults", json=plan)  # re-armed: same draws
+    assert statuses() == first
+    assert all(fake.get("profile", other_token).status_code == 200 for _ in range(10))
+
+    fake.client.post(f"/_admin/mailboxes/{address}/faults", json={**plan, "share": 1.0})
+    refused = fake.get("profile", token)
+    assert refused.headers["retry-after"] == "2"
+    assert refused.json()["error"]["errors"][0]["reason"] in {"rateLimitExceeded", "backendError"}
+    ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
+    body, content_type = _batch_body(
+        [(mid, f"/gmail/v1/users/me/messages/{mid}") for mid in ids], token
+    )
+    resp = fake.client.post("/batch/gmail/v1", content=body, headers={"Content-Type": content_type})
+    assert resp.status_code == 200
+    assert all(status in (429, 503) for status, _, _ in _batch_answers(resp).values())
+    counters = fake.client.get(f"/_admin/mailboxes/{address}/faults").json()
+    assert counters["plan"]["share"] == 1.0 and counters["injected"] == counters["calls"] == 5
+
+    fake.client.post(f"/_admin/mailboxes/{address}/faults", json={"share": 0.0, "slow_ms": 300})
+    started = time.monotonic()
+    assert fake.get("profile", token).status_code == 200
+    assert time.monotonic() - started >= 0.3
+    assert fake.client.delete(f"/_admin/mailboxes/{address}/faults").json() == {"cleared": True}
+    assert statuses() == [200] * 30
+    assert fake.client.post("/_admin/mailboxes/nobody@x.y/faults", json=plan).status_code == 404
+
+
+def test_a_100k_message_mailbox_is_generated_fast() -> None:
+    """Generating 100,000 messages takes well under 5 s (details are derived lazily from a
+    per-message seed), and the mailbox pages newest first through all of them cheaply."""
+    started = time.perf_counter()
+    box = Mailbox.create("big@example.com", 0, 100_000)
+    generated = time.perf_counter() - started
+    assert generated < 5.0, f"generation took {generated:.2f}s"
+    assert box.profile()["messagesTotal"] == 100_000
+    started = time.perf_counter()
+    seen: list[str] = []
+    token = None
+    while True:
+        page = box.list_messages(500, token, [], include_spam_trash=True)
+        seen += [m["id"] for m in page["messages"]]
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    assert time.perf_counter() - started < 2.0
+    assert seen == [m.id for m in box.newest_first()] and len(set(seen)) == 100_000
+    again = Mailbox.create("big@example.com", 0, 100_000)
+    mid = seen[12_345]
+    assert again.messages[mid].resource("full") == box.messages[mid].resource("full")

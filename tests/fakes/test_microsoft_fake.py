@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,23 +418,224 @@ def test_injected_faults_use_graph_and_aad_shapes(fake: Fake) -> None:
     assert fake.stats() == {"token": 2, "delta": 2, "mailFolders": 1, "openid-configuration": 1}
 
 
-def test_mail_folders_lists_the_well_known_folders(fake: Fake) -> None:
-    """mailFolders lists the five well-known folders with Graph's properties and counts, and a
-    folder id from it works in place of the well-known name for delta."""
+def graph_get(fake: Fake, path: str, token: str, **params: Any) -> httpx.Response:
+    return fake.http.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_mail_folders_list_get_and_child_folders(fake: Fake) -> None:
+    """mailFolders lists the root's children (the five well-known folders and the user's own
+    top-level ones) with Graph's properties and counts; childFolders lists a folder's children
+    (nested two deep under Projects); GET mailFolders/{id or well-known name} returns one folder;
+    a folder id works in place of the well-known name for delta."""
     box = fake.mailbox(messages=6)
-    token = fake.app_token(box)
-    response = fake.http.get(
-        f"/v1.0/users/{box['address']}/mailFolders", headers={"Authorization": f"Bearer {token}"}
-    )
+    address, token = box["address"], fake.app_token(box)
+    response = graph_get(fake, f"/v1.0/users/{address}/mailFolders", token)
     folders = {f["displayName"]: f for f in response.json()["value"]}
 
-    assert set(folders) == {"Inbox", "Sent Items", "Drafts", "Deleted Items", "Archive"}
-    inbox = fake.ids(box["address"], "inbox")
+    assert set(folders) == {
+        *("Inbox", "Sent Items", "Drafts", "Deleted Items", "Archive"),
+        *("Projects", "Receipts"),
+    }
+    assert "@odata.nextLink" not in response.json()
+    inbox = fake.ids(address, "inbox")
     assert folders["Inbox"]["totalItemCount"] == len(inbox)
-    by_id = items(fake.round(delta_path(box["address"], folders["Inbox"]["id"]), token)[0])
+    assert (
+        folders["Inbox"]["childFolderCount"] == 1 and folders["Projects"]["childFolderCount"] == 2
+    )
+    assert {f["parentFolderId"] for f in folders.values()} == {
+        graph_get(fake, f"/v1.0/users/{address}/mailFolders/msgfolderroot", token).json()["id"]
+    }
+    projects = folders["Projects"]["id"]
+    children = graph_get(fake, f"/v1.0/users/{address}/mailFolders/{projects}/childFolders", token)
+    by_name = {f["displayName"]: f for f in children.json()["value"]}
+    assert set(by_name) == {"Falcon", "Roadmap"}
+    assert by_name["Falcon"]["parentFolderId"] == projects
+    design = graph_get(
+        fake, f"/v1.0/users/{address}/mailFolders/{by_name['Falcon']['id']}/childFolders", token
+    ).json()["value"]
+    assert [f["displayName"] for f in design] == ["Design"] and design[0]["childFolderCount"] == 0
+    one = graph_get(
+        fake, f"/v1.0/users/{address}/mailFolders/inbox", token, **{"$select": "totalItemCount"}
+    ).json()
+    assert one["id"] == folders["Inbox"]["id"] and one["totalItemCount"] == len(inbox)
+    assert "displayName" not in one
+    missing = graph_get(fake, f"/v1.0/users/{address}/mailFolders/AAMkADnosuch", token)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "ErrorItemNotFound"
+    by_id = items(fake.round(delta_path(address, folders["Inbox"]["id"]), token)[0])
     assert {i["id"] for i in by_id} == inbox
     assert {i["parentFolderId"] for i in by_id} == {folders["Inbox"]["id"]}
-    assert fake.stats()["mailFolders"] == 1
+    assert fake.stats()["mailFolders"] == 1 and fake.stats()["childFolders"] == 2
+
+
+def test_folder_lists_page_by_next_link(fake: Fake) -> None:
+    """Folder lists come 10 at a time by default ($top when asked), each page linking the next
+    with an absolute @odata.nextLink on this server that keeps $select; together the pages hold
+    every folder once."""
+    box = fake.mailbox(messages=0)
+    address, token = box["address"], fake.app_token(box)
+    for n in range(12):
+        made = fake.http.post(f"/_admin/mailboxes/{address}/folders", json={"name": f"Client {n}"})
+        assert made.status_code == 201
+    path = f"/v1.0/users/{address}/mailFolders"
+
+    for top, sizes in ((None, [10, 9]), (5, [5, 5, 5, 4])):
+        params = {"$select": "displayName"} | ({"$top": str(top)} if top else {})
+        page = graph_get(fake, path, token, **params).json()
+        names, seen_sizes = [], []
+        while True:
+            seen_sizes.append(len(page["value"]))
+            names += [f["displayName"] for f in page["value"]]
+            assert all(set(f) == {"id", "displayName"} for f in page["value"])
+            link = page.get("@odata.nextLink")
+            if not link:
+                break
+            assert link.startswith(f"{fake.base}/v1.0/") and "$skip=" in link
+            page = fake.http.get(link, headers={"Authorization": f"Bearer {token}"}).json()
+        assert seen_sizes == sizes
+        assert len(names) == len(set(names)) == 19 and "Client 11" in names
+
+
+def test_fifth_concurrent_request_for_a_mailbox_is_throttled(fake: Fake) -> None:
+    """At most 4 Graph requests per mailbox are served at once: with 5 in flight, one is
+    answered 429 ApplicationThrottled (MailboxConcurrency) with Retry-After in Graph's error
+    shape; another mailbox is unaffected, and the admin surface reports peak and rejections."""
+    box, other = fake.mailbox(messages=2), fake.mailbox(messages=2)
+    token = fake.app_token(box)
+    for target in (box, other):
+        fake.http.post(
+            f"/_admin/mailboxes/{target['address']}/faults", json={"share": 0, "slow_ms": 400}
+        ).raise_for_status()
+    barrier = threading.Barrier(6)
+
+    def call(address: str) -> httpx.Response:
+        barrier.wait()
+        return fake.delta(delta_path(address), token)
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(call, box["address"]) for _ in range(5)]
+        futures.append(pool.submit(call, other["address"]))
+        responses = [f.result() for f in futures]
+
+    statuses = sorted(r.status_code for r in responses[:5])
+    assert statuses == [200, 200, 200, 200, 429] and responses[5].status_code == 200
+    [throttled] = [r for r in responses if r.status_code == 429]
+    error = throttled.json()["error"]
+    assert error["code"] == "ApplicationThrottled" and "MailboxConcurrency" in error["message"]
+    assert int(throttled.headers["Retry-After"]) >= 1
+    stats = fake.http.get(f"/_admin/mailboxes/{box['address']}/concurrency").json()
+    assert stats == {"limit": 4, "in_flight": 0, "peak": 4, "rejected": 1}
+    assert fake.stats()["delta"] == 6
+
+
+def test_share_based_faults_use_graph_error_shapes(fake: Fake) -> None:
+    """A mailbox's fault plan answers that share of its Graph calls (and no other mailbox's)
+    with the plan's statuses in Graph's error shape (Graph error.code), with Retry-After; the
+    same seed gives the same sequence, and the admin surface counts calls and injections."""
+    box, other = fake.mailbox(messages=3), fake.mailbox(messages=3)
+    token = fake.app_token(box)
+    address = box["address"]
+    admin = f"/_admin/mailboxes/{address}/faults"
+    plan = {"share": 0.3, "statuses": [429, 500, 503], "retry_after": 2, "seed": 5}
+    fake.http.post(admin, json=plan).raise_for_status()
+
+    def run() -> list[int]:
+        statuses = []
+        for _ in range(40):
+            response = fake.delta(delta_path(address), token)
+            statuses.append(response.status_code)
+            if response.status_code != 200:
+                code = response.json()["error"]["code"]
+                expected = {
+                    429: "ApplicationThrottled",
+                    500: "generalException",
+                    503: "serviceNotAvailable",
+                }
+                assert code == expected[response.status_code]
+                assert response.headers["Retry-After"] == "2"
+        return statuses
+
+    first = run()
+    injected = [s for s in first if s != 200]
+    assert 4 <= len(injected) <= 20 and set(injected) <= {429, 500, 503}
+    assert fake.http.get(admin).json()["injected"] == len(injected)
+    fake.http.post(admin, json=plan).raise_for_status()  # re-armed: same seed, same sequence
+    assert run() == first
+    assert all(
+        fake.delta(delta_path(other["address"]), token).status_code == 200 for _ in range(10)
+    )
+    fake.http.delete(admin).raise_for_status()
+    assert fake.delta(delta_path(address), token).status_code == 200
+
+
+def test_expire_delta_also_invalidates_next_links(fake: Fake) -> None:
+    """After expire-delta a round's nextLink (skip token) is as dead as its deltaLink: 410
+    syncStateNotFound with a Location to restart from."""
+    box = fake.mailbox(messages=8)
+    address, token = box["address"], fake.app_token(box)
+    first = fake.delta(delta_path(address), token, page_size=2).json()
+    fake.http.post(f"/_admin/mailboxes/{address}/expire-delta").raise_for_status()
+
+    response = fake.delta(first["@odata.nextLink"], token, page_size=2)
+
+    assert response.status_code == 410
+    assert response.json()["error"]["code"] == "syncStateNotFound"
+    assert response.headers["Location"].endswith("/messages/delta")
+
+
+def test_admin_folders_messages_and_requests(fake: Fake) -> None:
+    """Admin folders can be listed and created (nested by parent key), messages added to any
+    folder by key or id, message placement read back as folder ids, and the mailbox's recent
+    Graph requests (path, query, Prefer) inspected."""
+    box = fake.mailbox(messages=4)
+    address, token = box["address"], fake.app_token(box)
+    made = fake.http.post(
+        f"/_admin/mailboxes/{address}/folders", json={"name": "Q3", "parent": "projects/roadmap"}
+    ).json()
+    assert made["key"] == "projects/roadmap/q3" and made["parent_key"] == "projects/roadmap"
+    again = fake.http.post(
+        f"/_admin/mailboxes/{address}/folders", json={"name": "q3", "parent": "projects/roadmap"}
+    )
+    assert again.status_code == 409
+    added = fake.http.post(
+        f"/_admin/mailboxes/{address}/messages", json={"count": 2, "folder": made["id"]}
+    ).json()["ids"]
+    listed = {
+        f["key"]: f for f in fake.http.get(f"/_admin/mailboxes/{address}/folders").json()["folders"]
+    }
+    assert listed["projects/roadmap/q3"]["total"] == 2 and listed["projects"]["well_known"] is False
+    placement = fake.http.get(
+        f"/_admin/mailboxes/{address}/messages", params={"with_folders": "true"}
+    ).json()["folders"]
+    assert {placement[i] for i in added} == {made["id"]} and len(placement) == 6
+
+    fake.delta(delta_path(address) + "?$select=subject", token, page_size=3)
+    [request] = fake.http.get(f"/_admin/mailboxes/{address}/requests").json()["requests"]
+    assert request["operation"] == "delta" and request["query"] == {"$select": "subject"}
+    assert request["prefer"] == [f"odata.maxpagesize=3, {IMMUTABLE}"]
+
+
+def test_100k_message_mailbox_is_generated_fast(fake: Fake) -> None:
+    """A 100,000-message mailbox spread over every folder is created in under 5 s (measured:
+    well under one), its folders' totalItemCount add up to 100,000, and delta pages over it
+    stay quick."""
+    address = f"big-{uuid.uuid4().hex[:8]}@contoso.com"
+    started = time.perf_counter()
+    response = fake.http.post(
+        "/_admin/mailboxes",
+        json={"address": address, "messages": 100_000, "spread": True},
+        timeout=30,
+    )
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 201
+    assert elapsed < 5, f"100k mailbox took {elapsed:.2f}s"
+    folders = fake.http.get(f"/_admin/mailboxes/{address}/folders").json()["folders"]
+    assert sum(f["total"] for f in folders) == 100_000
+    assert all(f["total"] > 0 for f in folders)
+    token = fake.app_token(response.json())
+    started = time.perf_counter()
+    page = fake.delta(delta_path(address, "archive"), token, page_size=1000).json()
+    assert len(page["value"]) == 1000 and "@odata.nextLink" in page
+    assert time.perf_counter() - started < 5
 
 
 def test_admin_mailboxes_are_idempotent_and_deterministic(fake: Fake, tmp_path: Path) -> None:
