@@ -77,17 +77,13 @@ class PrefectLimits:
         names = [s.name for s in specs]
         for _attempt in (1, 2):
             self.ensure(specs)
-            try:
-                response = self._client().increment_concurrency_slots_with_lease(
+            response = self._increment(
+                lambda: self._client().increment_concurrency_slots_with_lease(
                     names, 1, "concurrency", lease_seconds
                 )
-            except PrefectHTTPStatusError as exc:
-                if _status(exc) == 423:
-                    header = exc.response.headers.get("retry-after")
-                    return Refusal(float(header) if header else None)
-                raise LimitsUnavailableError("Prefect refused the concurrency slot") from exc
-            except httpx.HTTPError as exc:
-                raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+            )
+            if isinstance(response, Refusal):
+                return response
             body = response.json()
             if len(body.get("limits", [])) == len(names):
                 return str(body["lease_id"])
@@ -96,6 +92,19 @@ class PrefectLimits:
             self.release(str(body["lease_id"]))
             self._forget(names)
         raise LimitsUnavailableError(f"Prefect does not enforce the limits {names}")
+
+    @staticmethod
+    def _increment(call: Callable[[], httpx.Response]) -> httpx.Response | Refusal:
+        """A slot-taking call: its answer, or a Refusal when Prefect says 423 (limit full)."""
+        try:
+            return call()
+        except PrefectHTTPStatusError as exc:
+            if _status(exc) == 423:
+                header = exc.response.headers.get("retry-after")
+                return Refusal(float(header) if header else None)
+            raise LimitsUnavailableError("Prefect refused the slot") from exc
+        except httpx.HTTPError as exc:
+            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
 
     def renew(self, lease_id: str, lease_seconds: float) -> bool:
         """Extend a lease; False when it is gone (released, expired or reclaimed)."""
@@ -132,15 +141,11 @@ class PrefectLimits:
     def consume(self, spec: LimitSpec) -> Refusal | None:
         """Take one token of a rate limit (a decaying limit, no lease); a Refusal when empty."""
         self.ensure([spec])
-        try:
-            response = self._client().increment_concurrency_slots([spec.name], 1, mode="rate_limit")
-        except PrefectHTTPStatusError as exc:
-            if _status(exc) == 423:
-                header = exc.response.headers.get("retry-after")
-                return Refusal(float(header) if header else None)
-            raise LimitsUnavailableError("Prefect refused the rate-limit slot") from exc
-        except httpx.HTTPError as exc:
-            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+        response = self._increment(
+            lambda: self._client().increment_concurrency_slots([spec.name], 1, mode="rate_limit")
+        )
+        if isinstance(response, Refusal):
+            return response
         if not response.json():
             self._forget([spec.name])
             raise LimitsUnavailableError(f"Prefect does not enforce the limit {spec.name}")
