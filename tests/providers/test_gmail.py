@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import Any
 
-import httpx
 import pytest
 
-from mailsync.fakes.gmail import create_app
-from mailsync.fakes.server import free_port, serve_in_thread
+from mailsync.fakes.server import free_port
 from mailsync.fakes.tls import ensure_tls
 from mailsync.providers.base import (
     AuthError,
@@ -27,47 +23,11 @@ from mailsync.providers.base import (
     TransientProviderError,
 )
 from mailsync.providers.gmail import GmailProvider, validate_credentials
+from tests.providers.gmail_fake import GmailFake, serve_gmail
 
 
 @dataclass
-class Fake:
-    endpoints: ProviderEndpoints
-    admin: httpx.Client
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    def mailbox(self, messages: int | None = None) -> tuple[str, dict[str, Any]]:
-        address = f"user{next(self.counter)}@example.com"
-        resp = self.admin.post("/_admin/mailboxes", json={"address": address, "messages": messages})
-        resp.raise_for_status()
-        return address, resp.json()["credentials"]
-
-    def ids(self, address: str) -> list[str]:
-        ids: list[str] = self.admin.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
-        return ids
-
-    def add(self, address: str, count: int) -> list[str]:
-        resp = self.admin.post(f"/_admin/mailboxes/{address}/messages", json={"count": count})
-        ids: list[str] = resp.json()["ids"]
-        return ids
-
-    def stats(self) -> dict[str, int]:
-        stats: dict[str, int] = self.admin.get("/_admin/stats").json()["requests"]
-        return stats
-
-    def reset(self) -> None:
-        self.admin.post("/_admin/stats/reset").raise_for_status()
-
-    def fault(
-        self, operation: str, status: int, count: int = 1, retry_after: int | None = None
-    ) -> None:
-        spec = {
-            "operation": operation,
-            "status": status,
-            "count": count,
-            "retry_after": retry_after,
-        }
-        self.admin.post("/_admin/faults", json=spec).raise_for_status()
-
+class Fake(GmailFake):
     def expected_record(self, address: str, message_id: str) -> MessageRecord:
         """The record the fake's own view of a message calls for, built independently."""
         view = self.admin.get(f"/_admin/mailboxes/{address}/messages/{message_id}").json()
@@ -89,22 +49,12 @@ class Fake:
             size=view["sizeEstimate"],
         )
 
-    def provider(self, address: str, credentials: dict[str, Any], **kwargs: Any) -> GmailProvider:
-        return GmailProvider(address, credentials, self.endpoints, **kwargs)
-
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fake]:
     tls = ensure_tls(tmp_path_factory.mktemp("gmail-provider-tls"))
-    verify = ssl.create_default_context(cafile=str(tls.ca_path))
-    with (
-        serve_in_thread(create_app(seed_messages=45, seed=11), tls) as base,
-        httpx.Client(base_url=base, verify=verify, trust_env=False, timeout=30) as admin,
-    ):
-        endpoints = ProviderEndpoints(
-            google_token_uri=f"{base}/token", gmail_api_url=f"{base}/", ca_bundle=str(tls.ca_path)
-        )
-        yield Fake(endpoints, admin)
+    with serve_gmail(tls, Fake, seed_messages=45, seed=11) as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)
@@ -290,14 +240,11 @@ def test_refreshes_inside_batches_use_the_providers_transport(
     refreshed while batches serialize; that refresh must trust endpoints.ca_bundle too, not
     the bare httplib2.Http() googleapiclient would use."""
     tls = ensure_tls(tmp_path_factory.mktemp("gmail-short-token-tls"))
-    with serve_in_thread(create_app(seed_messages=5, token_lifetime=60), tls) as base:
-        verify = ssl.create_default_context(cafile=str(tls.ca_path))
-        with httpx.Client(base_url=base, verify=verify, trust_env=False) as admin:
-            creds = admin.post("/_admin/mailboxes", json={"address": "a@example.com"}).json()
-            endpoints = ProviderEndpoints(f"{base}/token", f"{base}/", ca_bundle=str(tls.ca_path))
-            with GmailProvider("a@example.com", creds["credentials"], endpoints) as provider:
-                assert len(_collect(provider.full_sync())[1]) == 5
-            assert admin.get("/_admin/stats").json()["requests"]["token"] >= 2
+    with serve_gmail(tls, seed_messages=5, token_lifetime=60) as short_lived:
+        address, creds = short_lived.mailbox()
+        with short_lived.provider(address, creds) as provider:
+            assert len(_collect(provider.full_sync())[1]) == 5
+        assert short_lived.stats()["token"] >= 2
 
 
 def test_rate_limited_batch_parts_are_retried_after_retry_after(fake: Fake) -> None:

@@ -14,26 +14,19 @@ Provider facts these tests pin down (Gmail API docs, developers.google.com/gmail
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import ssl
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 
-from mailsync.fakes.gmail import create_app
-from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import FakeTLS, ensure_tls
 from mailsync.providers.base import (
     CursorExpiredError,
     Page,
-    ProviderEndpoints,
     TransientProviderError,
 )
 from mailsync.providers.gmail import (
@@ -42,44 +35,19 @@ from mailsync.providers.gmail import (
     GmailProvider,
     Pacer,
 )
+from tests.providers.gmail_fake import GmailFake, serve_gmail
 
 UNPACED = 10**9  # quota_units_per_minute for tests that are not about pacing
 
 
 @dataclass
-class Fake:
-    base: str
-    endpoints: ProviderEndpoints
-    admin: httpx.Client
-    counter: Iterator[int] = field(default_factory=itertools.count)
-
-    def mailbox(self, messages: int | None = None) -> tuple[str, dict[str, Any]]:
-        address = f"prod{next(self.counter)}@example.com"
-        resp = self.admin.post("/_admin/mailboxes", json={"address": address, "messages": messages})
-        resp.raise_for_status()
-        return address, resp.json()["credentials"]
-
-    def ids(self, address: str) -> list[str]:
-        ids: list[str] = self.admin.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
-        return ids
+class Fake(GmailFake):
+    prefix: str = "prod"
 
     def labels(self, address: str) -> dict[str, list[str]]:
         body = self.admin.get(f"/_admin/mailboxes/{address}/messages?labels=true").json()
         labels: dict[str, list[str]] = body["labels"]
         return labels
-
-    def stats(self) -> dict[str, int]:
-        stats: dict[str, int] = self.admin.get("/_admin/stats").json()["requests"]
-        return stats
-
-    def reset(self) -> None:
-        self.admin.post("/_admin/stats/reset").raise_for_status()
-
-    def fault(
-        self, operation: str, status: int, count: int = 1, retry_after: int | None = None
-    ) -> None:
-        spec = {"operation": operation, "status": status, "count": count}
-        self.admin.post("/_admin/faults", json={**spec, "retry_after": retry_after})
 
     def quota(self, address: str) -> dict[str, Any]:
         usage: dict[str, Any] = self.admin.get(f"/_admin/mailboxes/{address}/quota").json()
@@ -87,20 +55,11 @@ class Fake:
 
     def provider(self, address: str, credentials: dict[str, Any], **kwargs: Any) -> GmailProvider:
         kwargs.setdefault("quota_units_per_minute", UNPACED)
-        return GmailProvider(address, credentials, self.endpoints, **kwargs)
+        return super().provider(address, credentials, **kwargs)
 
 
-@contextmanager
-def _serve(tls: FakeTLS, **app_kwargs: Any) -> Iterator[Fake]:
-    verify = ssl.create_default_context(cafile=str(tls.ca_path))
-    with (
-        serve_in_thread(create_app(**app_kwargs), tls) as base,
-        httpx.Client(base_url=base, verify=verify, trust_env=False, timeout=30) as admin,
-    ):
-        endpoints = ProviderEndpoints(
-            google_token_uri=f"{base}/token", gmail_api_url=f"{base}/", ca_bundle=str(tls.ca_path)
-        )
-        yield Fake(base, endpoints, admin)
+def _serve(tls: FakeTLS, **app_kwargs: Any) -> Any:
+    return serve_gmail(tls, Fake, **app_kwargs)
 
 
 @pytest.fixture(scope="module")
