@@ -12,7 +12,6 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from mailsync.fakes.microsoft import create_app
@@ -28,17 +27,11 @@ from mailsync.providers.base import (
     TransientProviderError,
 )
 from mailsync.providers.microsoft import MicrosoftProvider, validate_credentials
+from tests.providers.microsoft_fake import MicrosoftFake, serve_microsoft
 
 
 @dataclass
-class Fake:
-    base: str
-    admin: httpx.Client
-    endpoints: ProviderEndpoints
-
-    def stats(self) -> dict[str, int]:
-        return self.admin.get("/_admin/stats").json()["requests"]
-
+class Fake(MicrosoftFake):
     def fault(self, operation: str, status: int, count: int = 1, retry_after: int | None = None):
         spec = {"operation": operation, "status": status, "count": count}
         if retry_after is not None:
@@ -91,21 +84,13 @@ def drain(pages: Iterable[Page]) -> Run:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fake]:
     tls = ensure_tls(Path(tmp_path_factory.mktemp("microsoft-tls")))
-    with serve_in_thread(create_app(seed_messages=25, seed=7), tls) as base:
-        admin = httpx.Client(base_url=base, verify=str(tls.ca_path), trust_env=False)
-        endpoints = ProviderEndpoints(
-            microsoft_authority_host=base,
-            graph_api_url=f"{base}/v1.0",
-            ca_bundle=str(tls.ca_path),
-        )
-        yield Fake(base, admin, endpoints)
-        admin.close()
+    with serve_microsoft(tls, Fake, seed_messages=25, seed=7) as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)
 def _fresh_counters(fake: Fake) -> None:
-    # Counts and faults are per fake; each test starts from zero and no pending faults.
-    fake.admin.post("/_admin/stats/reset").raise_for_status()
+    fake.reset()
 
 
 def new_mailbox(fake: Fake, messages: int | None = None, domain: str = "contoso.com") -> Mailbox:

@@ -22,38 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from mailsync.fakes.microsoft import create_app
-from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import ensure_tls
 from mailsync.providers.base import (
     CursorExpiredError,
     Page,
-    ProviderEndpoints,
     ProviderError,
     TransientProviderError,
 )
 from mailsync.providers.microsoft import MicrosoftProvider
+from tests.providers.microsoft_fake import MicrosoftFake, serve_microsoft
 
-
-@dataclass
-class Fake:
-    base: str
-    admin: httpx.Client
-    endpoints: ProviderEndpoints
-
-    def stats(self) -> dict[str, int]:
-        return self.admin.get("/_admin/stats").json()["requests"]
-
-    def reset(self) -> None:
-        self.admin.post("/_admin/stats/reset").raise_for_status()
-
-    def ok(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.admin.request(method, path, **kwargs)
-        response.raise_for_status()
-        return response.json() if response.content else None
+Fake = MicrosoftFake
 
 
 @dataclass
@@ -109,15 +90,8 @@ class Box:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fake]:
     tls = ensure_tls(Path(tmp_path_factory.mktemp("microsoft-production-tls")))
-    with serve_in_thread(create_app(seed_messages=40, seed=11), tls) as base:
-        admin = httpx.Client(base_url=base, verify=str(tls.ca_path), trust_env=False, timeout=30)
-        endpoints = ProviderEndpoints(
-            microsoft_authority_host=base,
-            graph_api_url=f"{base}/v1.0",
-            ca_bundle=str(tls.ca_path),
-        )
-        yield Fake(base, admin, endpoints)
-        admin.close()
+    with serve_microsoft(tls, seed_messages=40, seed=11) as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)
