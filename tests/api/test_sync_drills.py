@@ -1,0 +1,184 @@
+"""Provider-sync drills through whole jobs: a killed full sync resumes, faults are absorbed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlmodel import Session, col, select
+
+from mailsync.db import get_engine
+from mailsync.models import Mailbox, Message
+from tests.api.conftest import Api, Tenant, make_tenant, slow_down, speed_up
+from tests.conftest import FakeProviders, PrefectStack
+from tests.test_drills import flow_run_pids
+
+pytestmark = pytest.mark.integration
+FAULTS = {"share": 0.2, "statuses": [429, 500, 503], "retry_after": 1, "seed": 11}
+MICROSOFT_FOLDERS = ("inbox", "sentitems")  # the default MAILSYNC_MICROSOFT_FOLDERS
+
+
+def mailbox_row(stack: PrefectStack, tenant: Tenant, provider: str) -> Mailbox:
+    with Session(get_engine(stack.settings.resolved_database_url)) as session:
+        return session.exec(
+            select(Mailbox).where(
+                Mailbox.workspace_id == tenant.workspace_id, Mailbox.provider == provider
+            )
+        ).one()
+
+
+def generation_rows(stack: PrefectStack, mailbox_id: str, generation: int) -> list[Message]:
+    with Session(get_engine(stack.settings.resolved_database_url)) as session:
+        return list(
+            session.exec(
+                select(Message).where(
+                    Message.mailbox_id == mailbox_id, col(Message.generation) == generation
+                )
+            )
+        )
+
+
+def live_index(stack: PrefectStack, tenant: Tenant, provider: str) -> dict[str, list[str]]:
+    """What readers see: message id -> labels (Gmail) or [folder id] (Microsoft); a duplicate
+    row fails the test here."""
+    mailbox = mailbox_row(stack, tenant, provider)
+    rows = generation_rows(stack, mailbox.id, mailbox.generation)
+    duplicates = [i for i, n in Counter(r.provider_message_id for r in rows).items() if n > 1]
+    assert not duplicates, f"duplicate index rows: {duplicates[:5]}"
+    return {r.provider_message_id: sorted(r.labels) for r in rows}
+
+
+def fake_index(fakes: FakeProviders, provider: str, address: str) -> dict[str, list[str]]:
+    """The same mapping as the fake knows it (Microsoft: the synced folders only)."""
+    admin = f"/_admin/mailboxes/{address}"
+    if provider == "gmail":
+        labels = fakes.call("gmail", "GET", f"{admin}/messages", params={"labels": "true"})
+        return {k: sorted(v) for k, v in labels["labels"].items()}
+    folders = fakes.call("microsoft", "GET", f"{admin}/folders")["folders"]
+    # Folders configured by well-known name are recorded under that name.
+    synced = {f["id"]: f["key"] for f in folders if f["key"] in MICROSOFT_FOLDERS}
+    placement = fakes.call("microsoft", "GET", f"{admin}/messages", params={"with_folders": "true"})
+    return {k: [synced[v]] for k, v in placement["folders"].items() if v in synced}
+
+
+def gmail_units(fakes: FakeProviders, address: str) -> int:
+    usage = fakes.call("gmail", "GET", f"/_admin/mailboxes/{address}/quota")
+    return int(usage["charged_total"])
+
+
+def test_killed_full_sync_resumes_from_its_checkpoint(
+    api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
+) -> None:
+    """SIGKILL the flow-run process of a full sync after it stored at least one page: the
+    next full sync (a new job) continues from the stored checkpoint instead of starting over
+    (the fake's per-mailbox Gmail quota charges show the stored pages were not fetched again),
+    the live index was untouched meanwhile, and the end result is exactly the fake's set."""
+    total, page = 2_000, 500
+    tenant = make_tenant(prefect_stack.settings, fakes, ("gmail",), messages=total)
+    address = tenant.gmail_address
+    slow_down(fakes, "gmail", address, 300)  # ~3 s per page of 500: time to kill mid-way
+    first = api.post(tenant, {"mode": "full", "provider": "gmail"})
+    assert first.status_code == 202, first.text
+    job_id = first.json()["data"]["job_id"]
+
+    deadline = time.monotonic() + 60
+    mailbox = mailbox_row(prefect_stack, tenant, "gmail")
+    while not mailbox.checkpoint and time.monotonic() < deadline:
+        time.sleep(0.2)
+        mailbox = mailbox_row(prefect_stack, tenant, "gmail")
+    assert mailbox.checkpoint, "no page was stored in time"
+    flow_run_id = api.jobs(tenant)[0].flow_run_id  # set by the run before its first page
+    assert flow_run_id
+    pids = flow_run_pids(flow_run_id)
+    assert pids, "the flow run's process was not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    speed_up(fakes, "gmail", address)
+
+    killed = mailbox_row(prefect_stack, tenant, "gmail")
+    assert killed.building_generation is not None and killed.checkpoint
+    stored = len(generation_rows(prefect_stack, killed.id, killed.building_generation))
+    assert page <= stored < total
+    assert live_index(prefect_stack, tenant, "gmail") == {}  # never synced: nothing visible
+    assert api.wait(tenant, job_id)["error"]["code"] == "job_crashed"
+
+    charged_before = gmail_units(fakes, address)
+    retry = api.post(tenant, {"mode": "full", "provider": "gmail"})
+    assert retry.status_code == 202, retry.text
+    done = api.wait(tenant, retry.json()["data"]["job_id"])
+    assert done["status"] == "completed" and done["mailboxes"][0]["resumed"] is True
+    resumed_units = gmail_units(fakes, address) - charged_before
+    # A fresh full sync costs getProfile + 4 list pages + 2,000 gets; the resumed one skips
+    # the stored pages' list calls and gets.
+    fresh_units = 1 + 5 * (total // page) + 5 * total
+    remaining = total - stored
+    assert resumed_units <= 1 + 5 * (remaining // page + 1) + 5 * remaining < fresh_units
+    assert live_index(prefect_stack, tenant, "gmail") == fake_index(fakes, "gmail", address)
+
+
+def _change_the_mailboxes(fakes: FakeProviders, tenant: Tenant) -> None:
+    gmail = f"/_admin/mailboxes/{tenant.gmail_address}/messages"
+    ids = sorted(fakes.ids("gmail", tenant.gmail_address))
+    fakes.call("gmail", "POST", gmail, json={"count": 7})
+    for message_id in ids[:4]:
+        fakes.call("gmail", "DELETE", f"{gmail}/{message_id}")
+    for message_id in ids[4:10]:
+        fakes.call(
+            "gmail",
+            "PATCH",
+            f"{gmail}/{message_id}",
+            json={"add_labels": ["Label_7", "STARRED"], "remove_labels": ["UNREAD", "INBOX"]},
+        )
+    microsoft = f"/_admin/mailboxes/{tenant.microsoft_address}/messages"
+    inbox = sorted(fakes.call("microsoft", "GET", microsoft, params={"folder": "inbox"})["ids"])
+    fakes.call("microsoft", "POST", microsoft, json={"count": 5, "folder": "inbox"})
+    fakes.call("microsoft", "POST", microsoft, json={"count": 2, "folder": "sentitems"})
+    for message_id in inbox[:3]:
+        fakes.call("microsoft", "DELETE", f"{microsoft}/{message_id}")
+    fakes.call("microsoft", "PATCH", f"{microsoft}/{inbox[3]}", json={"folder": "sentitems"})
+    fakes.call("microsoft", "PATCH", f"{microsoft}/{inbox[4]}", json={"folder": "archive"})
+
+
+def test_full_then_incremental_through_20_percent_faults(
+    api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
+) -> None:
+    """With a fifth of both mailboxes' provider calls failing (429/500/503 with Retry-After),
+    a full sync job and then, after adds, deletions, label changes and moves at the fakes, an
+    incremental job both complete, and the index holds exactly the fakes' messages with their
+    labels / folders, each once."""
+    tenant = make_tenant(prefect_stack.settings, fakes, messages=150)
+    for provider, address in (
+        ("gmail", tenant.gmail_address),
+        ("microsoft", tenant.microsoft_address),
+    ):
+        fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json=FAULTS)
+
+    def sync(mode: str) -> dict[str, Any]:
+        response = api.post(tenant, {"mode": mode})
+        assert response.status_code == 202, response.text
+        job = api.wait(tenant, response.json()["data"]["job_id"], timeout=150)
+        assert job["status"] == "completed", job
+        for provider, address in (
+            ("gmail", tenant.gmail_address),
+            ("microsoft", tenant.microsoft_address),
+        ):
+            assert live_index(prefect_stack, tenant, provider) == fake_index(
+                fakes, provider, address
+            ), provider
+        return job
+
+    full = sync("full")
+    assert {m["performed_mode"] for m in full["mailboxes"]} == {"full"}
+    _change_the_mailboxes(fakes, tenant)
+    increment = sync("incremental")
+    assert {m["performed_mode"] for m in increment["mailboxes"]} == {"incremental"}
+    for provider, address in (
+        ("gmail", tenant.gmail_address),
+        ("microsoft", tenant.microsoft_address),
+    ):
+        stats = fakes.call(provider, "GET", f"/_admin/mailboxes/{address}/faults")
+        assert stats["injected"] > 0, provider
