@@ -21,4 +21,4 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy mailsync flows tasks deployments
+	$(VENV)/bin/mypy mailsync flows tasks deployments bench

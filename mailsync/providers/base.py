@@ -56,6 +56,8 @@ class ProviderOptions:
     """How hard and how wide to sync: the quota to pace Gmail calls to, Graph folders and page."""
 
     gmail_quota_units_per_minute: int = 15_000
+    # Gmail's quota window is a minute; a shorter one only time-scales tests and benchmarks.
+    gmail_quota_window_seconds: float = 60.0
     microsoft_folders: tuple[str, ...] | None = ("inbox", "sentitems")  # None: every folder
     microsoft_page_size: int = 100
 

@@ -409,6 +409,7 @@ class GmailProvider:
         timeout: float = 30.0,
         auth_state: str | None = None,
         quota_units_per_minute: int = DEFAULT_QUOTA_UNITS_PER_MINUTE,
+        quota_window_s: float = 60.0,
         pacer: Pacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -421,7 +422,7 @@ class GmailProvider:
         self.address = address
         self.page_size = page_size
         self.batch_size = batch_size
-        self.pacer = pacer or Pacer(quota_units_per_minute, 60.0)
+        self.pacer = pacer or Pacer(quota_units_per_minute, quota_window_s)
         self._sleep = sleep
         valid = validate_credentials(credentials)
         # An explicit ca_certs wins over HTTPLIB2_CA_CERTS and friends in the environment; the same

@@ -28,6 +28,7 @@ def open_provider(
             endpoints,
             auth_state=auth_state,
             quota_units_per_minute=options.gmail_quota_units_per_minute,
+            quota_window_s=options.gmail_quota_window_seconds,
         )
     if provider == "microsoft":
         from mailsync.providers.microsoft import MicrosoftProvider

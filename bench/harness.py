@@ -1,0 +1,130 @@
+"""What every benchmark shares: the fakes to measure against, fresh processes, result files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mailsync.demo import Fakes
+from mailsync.fakes.server import serve_in_thread
+from mailsync.fakes.tls import ensure_tls
+from mailsync.providers.base import ProviderEndpoints
+
+RESULTS = Path(__file__).resolve().parent / "results"
+console = Console(width=200)
+
+
+def machine() -> dict[str, Any]:
+    memory_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory_kib = int(line.split()[1])
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kib / 1024**2, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation; values need not be sorted."""
+    if not values:
+        raise ValueError("no values")
+    if len(values) == 1:
+        return values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return values[0] if q <= 0 else max(values) if q >= 100 else cuts[int(q) - 1]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run `fn(*args)` in a newly spawned interpreter, so its peak RSS is its own."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(fn, args)
+    return result
+
+
+@contextmanager
+def running_fakes(
+    workdir: Path, gmail: dict[str, Any] | None = None, microsoft: dict[str, Any] | None = None
+) -> Iterator[Fakes]:
+    """Fake Gmail and Microsoft over HTTPS in this process's threads (not the measured one)."""
+    from mailsync.fakes import gmail as fake_gmail
+    from mailsync.fakes import microsoft as fake_microsoft
+
+    tls = ensure_tls(workdir / "tls")
+    with ExitStack() as stack:
+        gmail_url = stack.enter_context(
+            serve_in_thread(fake_gmail.create_app(seed_messages=0, **(gmail or {})), tls)
+        )
+        microsoft_url = stack.enter_context(
+            serve_in_thread(fake_microsoft.create_app(seed_messages=0, **(microsoft or {})), tls)
+        )
+        yield Fakes(gmail_url, microsoft_url, tls.ca_path)
+
+
+def endpoints(fakes: Fakes) -> ProviderEndpoints:
+    return ProviderEndpoints(
+        google_token_uri=f"{fakes.gmail_url}/token",
+        gmail_api_url=f"{fakes.gmail_url}/",
+        microsoft_authority_host=fakes.microsoft_url,
+        graph_api_url=f"{fakes.microsoft_url}/v1.0",
+        ca_bundle=str(fakes.ca_path),
+    )
+
+
+def save(name: str, size: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
+    """bench/results/<name>.json (a full run, the one BENCHMARKS.md reports; other sizes get
+    <name>-<size>.json): the rows with the command, the machine and the date."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / (f"{name}.json" if size == "full" else f"{name}-{size}.json")
+    document = {
+        "benchmark": name,
+        "size": size,
+        "command": "python -m bench " + shlex.join(sys.argv[1:]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "rows": rows,
+        **extra,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def show(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row.values()))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
