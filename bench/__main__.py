@@ -44,5 +44,13 @@ def quota(size: Size = SizeOption) -> None:
     _run("quota", "Gmail quota use", size, bench.run)
 
 
+@app.command()
+def e2e(size: Size = SizeOption) -> None:
+    """API trigger -> completed for an incremental sync of 100 new messages, p50/p95."""
+    from bench import e2e as bench
+
+    _run("e2e", "incremental sync, trigger -> completed", size, bench.run)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,87 @@
+"""End to end: API trigger -> completed job, for an incremental sync of 100 new messages.
+
+On the default local stack (one process worker polling every second, SQLite), each round adds
+100 messages to the fake Gmail mailbox, posts `{"provider": "gmail"}` and polls the job every
+20 ms until it is completed. Besides the total, the phases come from the job record: queued ->
+started (the worker picked the run and the flow process came up) -> finished (the sync itself)
+-> seen by the poller.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from sqlmodel import Session
+
+from bench import harness
+from bench.local_stack import job, local_stack
+from mailsync.db import get_engine
+from mailsync.models import SyncJob, as_utc
+
+SIZES = {"tiny": 2, "small": 8, "full": 20}
+NEW_MESSAGES = 100
+
+
+def _phases(url: str, job_id: str) -> tuple[float, float]:
+    with Session(get_engine(url)) as session:
+        row = session.get(SyncJob, job_id)
+        assert row is not None
+        queued, started, finished = (
+            as_utc(row.queued_at), as_utc(row.started_at), as_utc(row.finished_at)
+        )  # fmt: skip
+        assert queued and started and finished
+        return (started - queued).total_seconds(), (finished - started).total_seconds()
+
+
+def run(size: str) -> list[dict[str, Any]]:
+    samples: list[dict[str, float]] = []
+    with local_stack() as stack:
+        stack.connect("gmail", "e2e@gmail.example", 1_000)
+        url = f"{stack.api_url}/v1/email/sync"
+        with httpx.Client(headers=stack.auth(), timeout=30) as client:
+            first = client.post(url, json={}).raise_for_status().json()["data"]["job_id"]
+            while job(stack, first)["status"] not in ("completed", "failed"):
+                time.sleep(0.2)  # the initial full sync, not measured
+            with stack.admin("gmail") as admin:
+                for _ in range(SIZES[size]):
+                    admin.post(
+                        "/_admin/mailboxes/e2e@gmail.example/messages",
+                        json={"count": NEW_MESSAGES},
+                    ).raise_for_status()
+                    started = time.perf_counter()
+                    posted = client.post(url, json={"provider": "gmail"}).raise_for_status()
+                    accepted = time.perf_counter()
+                    job_id = posted.json()["data"]["job_id"]
+                    while True:
+                        data = client.get(f"{url}/{job_id}").raise_for_status().json()["data"]
+                        if data["status"] in ("completed", "failed"):
+                            break
+                        time.sleep(0.02)
+                    total = time.perf_counter() - started
+                    assert data["status"] == "completed", data
+                    assert data["counts"]["messages_added"] == NEW_MESSAGES, data
+                    to_start, sync = _phases(stack.settings.resolved_database_url, job_id)
+                    samples.append(
+                        {
+                            "total": total,
+                            "trigger": accepted - started,
+                            "to_start": to_start,
+                            "sync": sync,
+                        }
+                    )
+                    harness.console.log(f"trigger -> completed: {total:.2f} s")
+    rows = []
+    for name in ("total", "trigger", "to_start", "sync"):
+        values = [s[name] for s in samples]
+        rows.append(
+            {
+                "phase": name,
+                "runs": len(values),
+                "p50 s": harness.percentile(values, 50),
+                "p95 s": harness.percentile(values, 95),
+                "max s": max(values),
+            }
+        )
+    return rows

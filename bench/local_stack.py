@@ -1,0 +1,129 @@
+"""The default local stack, started for a benchmark: Prefect server, worker, API, fakes, a tenant.
+
+The same pieces `mailsync up` starts (SQLite app database, a local Prefect server with the
+deployments registered, process workers), with the API served by uvicorn in its own process so
+the benchmark's client does not share an interpreter with it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.fernet import Fernet
+
+from bench import harness
+from mailsync import apikeys, db, workspaces
+from mailsync.crypto import CredentialBox
+from mailsync.demo import Fakes
+from mailsync.fakes.server import free_port
+from mailsync.settings import Settings
+from mailsync.stack import (
+    Stack,
+    http_ok,
+    prefect_env,
+    start_prefect_server,
+    start_worker,
+    wait_for_workers,
+    wait_until,
+    worker_name,
+)
+
+WORKSPACE = "bench"
+UNLIMITED = str(10**7)  # the benchmarks measure speed, not the quotas
+
+
+@dataclass
+class LocalStack:
+    api_url: str
+    prefect_api_url: str
+    settings: Settings
+    fakes: Fakes
+    key: str
+    workdir: Path
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def admin(self, provider: str) -> httpx.Client:
+        base = self.fakes.gmail_url if provider == "gmail" else self.fakes.microsoft_url
+        return httpx.Client(base_url=base, verify=str(self.fakes.ca_path), timeout=600)
+
+    def connect(self, provider: str, address: str, messages: int) -> str:
+        """A new mailbox at the fake, connected to the bench workspace; returns its id."""
+        with self.admin(provider) as admin:
+            body = {"address": address, "messages": messages}
+            created = admin.post("/_admin/mailboxes", json=body).raise_for_status().json()
+        box = CredentialBox(self.settings.fernet_key())
+        with db.session_scope(self.settings.resolved_database_url) as session:
+            mailbox, _ = workspaces.connect_mailbox(
+                session, box, WORKSPACE, provider, address, created["credentials"]
+            )
+            return mailbox.id
+
+
+@contextmanager
+def local_stack(
+    workers: int = 1, api_app: str = "mailsync.api.app:create_app", **env: str
+) -> Iterator[LocalStack]:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailsync-bench-") as tmp,
+        harness.running_fakes(Path(tmp)) as fakes,
+    ):
+        workdir = Path(tmp)
+        prefect_port, api_port = free_port(), free_port()
+        prefect_api_url = f"http://127.0.0.1:{prefect_port}/api"
+        settings_env = {
+            **fakes.env(),
+            "MAILSYNC_DATA_DIR": str(workdir / "data"),
+            "MAILSYNC_DATABASE_URL": f"sqlite:///{workdir / 'mailsync.db'}",
+            "MAILSYNC_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "MAILSYNC_PREFECT_API_URL": prefect_api_url,
+            "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": UNLIMITED,
+            "MAILSYNC_SYNC_QUOTA": UNLIMITED,
+            "MAILSYNC_REQUEST_QUOTA_PER_MINUTE": UNLIMITED,
+            "MAILSYNC_ADDRESS_QUOTA_PER_MINUTE": UNLIMITED,
+            **env,
+        }
+        full_env = {**os.environ, **prefect_env(workdir / "prefect", prefect_api_url)}
+        full_env.update(settings_env)
+        settings = Settings(
+            **{k.removeprefix("MAILSYNC_").lower(): v for k, v in settings_env.items()}
+        )
+        db.upgrade(settings.resolved_database_url)
+        with db.session_scope(settings.resolved_database_url) as session:
+            workspaces.create_workspace(session, WORKSPACE)
+            scopes = ["write:email", "read:email"]
+            key = apikeys.create_api_key(session, WORKSPACE, scopes)[1]
+        stack = Stack(workdir / "logs", full_env)
+        try:
+            start_prefect_server(stack, prefect_port)
+            from deployments.register import register
+
+            register(prefect_api_url)
+            for index in range(workers):
+                start_worker(stack, settings.work_pool, index)
+            if workers:
+                names = [worker_name(i) for i in range(workers)]
+                wait_for_workers(stack, prefect_api_url, settings.work_pool, names)
+            argv = [sys.executable, "-m", "uvicorn", api_app, "--factory"]
+            argv += ["--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"]
+            stack.spawn("api", argv)
+            api_url = f"http://127.0.0.1:{api_port}"
+            wait_until(http_ok(f"{api_url}/health"), "the API", 60, stack)
+            yield LocalStack(api_url, prefect_api_url, settings, fakes, key, workdir)
+        finally:
+            stack.stop()
+
+
+def job(stack: LocalStack, job_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{stack.api_url}/v1/email/sync/{job_id}", headers=stack.auth())
+    data: dict[str, Any] = response.raise_for_status().json()["data"]
+    return data
