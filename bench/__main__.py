@@ -45,6 +45,14 @@ def quota(size: Size = SizeOption) -> None:
 
 
 @app.command()
+def trigger(size: Size = SizeOption) -> None:
+    """POST /v1/email/sync p50/p99 and req/s at concurrency 1, 16, 64, beside a bare insert."""
+    from bench import trigger as bench
+
+    _run("trigger", "trigger latency", size, bench.run)
+
+
+@app.command()
 def e2e(size: Size = SizeOption) -> None:
     """API trigger -> completed for an incremental sync of 100 new messages, p50/p95."""
     from bench import e2e as bench
