@@ -67,22 +67,20 @@ def _raw_gmail(endpoints: ProviderEndpoints, address: str, credentials: dict[str
 
     # The provider only builds the authorised client here; the loop is the library's own API.
     provider = GmailProvider(address, credentials, endpoints, quota_units_per_minute=UNPACED)
-    service, users = provider._service, provider._users
+    service, messages = provider._service, provider._users.messages()
     fetched, token = 0, None
     parts: list[Any] = []
     keep = parts.append  # bound once: the batch callbacks all feed the same list
     while True:
-        listing = (
-            users.messages()
-            .list(userId="me", maxResults=500, pageToken=token, includeSpamTrash=True)
-            .execute()
-        )
+        listing = messages.list(
+            userId="me", maxResults=500, pageToken=token, includeSpamTrash=True
+        ).execute()
         ids = [m["id"] for m in listing.get("messages", [])]
         for start in range(0, len(ids), 50):
             batch = service.new_batch_http_request(callback=lambda _i, r, _e: keep(r))
             for mid in ids[start : start + 50]:
                 batch.add(
-                    users.messages().get(
+                    messages.get(
                         userId="me", id=mid, format="metadata", metadataHeaders=METADATA_HEADERS
                     )
                 )

@@ -442,6 +442,10 @@ class GmailProvider:
             _discovery_for(endpoints.gmail_api_url), http=self._http
         )
         self._users = self._service.users()
+        # googleapiclient builds every method of a resource each time it is asked for one:
+        # asking once per message cost more than the HTTP traffic of a full sync.
+        self._messages = self._users.messages()
+        self._history = self._users.history()
 
     def __enter__(self) -> GmailProvider:
         return self
@@ -529,7 +533,7 @@ class GmailProvider:
         while True:
             listing = self._call(
                 "messages.list",
-                self._users.messages().list(
+                self._messages.list(
                     userId="me",
                     maxResults=self.page_size,
                     pageToken=token,
@@ -561,7 +565,7 @@ class GmailProvider:
         while True:
             response = self._call(
                 "history.list",
-                self._users.history().list(
+                self._history.list(
                     userId="me",
                     startHistoryId=cursor,
                     historyTypes=HISTORY_TYPES,
@@ -669,7 +673,7 @@ class GmailProvider:
         batch = self._service.new_batch_http_request(callback=collect)
         for mid in ids:
             batch.add(
-                self._users.messages().get(
+                self._messages.get(
                     userId="me", id=mid, format="metadata", metadataHeaders=METADATA_HEADERS
                 ),
                 request_id=mid,
