@@ -48,7 +48,7 @@ def _pipeline(
         options = ProviderOptions(
             gmail_quota_units_per_minute=UNPACED, microsoft_folders=MICROSOFT_FOLDERS
         )
-        baseline = harness.peak_rss_mb()
+        baseline = harness.current_rss_mb()
         started = time.perf_counter()
         result = sync_mailbox(
             url, mailbox.id, "full", box=box, endpoints=endpoints, options=options
@@ -119,7 +119,7 @@ def _raw(
     endpoints: ProviderEndpoints, provider: str, address: str, credentials: dict[str, Any]
 ) -> dict[str, Any]:
     fetch = _raw_gmail if provider == "gmail" else _raw_microsoft
-    baseline = harness.peak_rss_mb()
+    baseline = harness.current_rss_mb()
     started = time.perf_counter()
     count = fetch(endpoints, address, credentials)
     return {

@@ -8,8 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlmodel import Session
 
 _engines: dict[str, sa.Engine] = {}
@@ -66,6 +64,11 @@ def session_scope(url: str) -> Iterator[Session]:
 
 def upgrade(url: str) -> None:
     """Bring the schema to the newest revision (creates it on an empty database)."""
+    # Imported here: Alembic (with Mako and Pygments) would add half a second to every flow
+    # run's start, and only upgrades need it.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     engine = get_engine(url)

@@ -26,6 +26,7 @@ from mailsync.providers.base import (
     ProviderOptions,
 )
 from mailsync.providers.registry import open_provider
+from mailsync.readahead import read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class MailboxResult:
     reason: str | None = None  # why performed differs from requested, e.g. cursor_reset
     resumed: bool = False
     counts: index.Counts = field(default_factory=index.Counts)
+    # The provider's cursor before and after (for the run's summary; not in as_dict, which
+    # is what the job record and the API show).
+    cursor_before: str | None = None
+    cursor_after: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,7 +92,7 @@ def sync_mailbox(
         auth_state = box.open(mailbox.auth_state_encrypted) if mailbox.auth_state_encrypted else {}
         provider_name, address, cursor = mailbox.provider, mailbox.address, mailbox.cursor
 
-    result = MailboxResult(mailbox_id, provider_name, address, mode, mode)
+    result = MailboxResult(mailbox_id, provider_name, address, mode, mode, cursor_before=cursor)
     provider = factory(
         provider_name,
         address,
@@ -127,7 +132,7 @@ class _Run:
         # Pages are applied as they come: upserts and deletions are idempotent, so a sync that
         # dies half-way and is retried from the old cursor converges to the same index.
         final: str | None = None
-        for page in self.provider.incremental_sync(cursor):
+        for page in read_ahead(self.provider.incremental_sync(cursor)):
             with session_scope(self.database_url) as session:
                 live = _mailbox(session, self.mailbox_id).generation
                 self.result.counts += index.upsert(session, self.mailbox_id, page.upserts, live)
@@ -166,7 +171,7 @@ class _Run:
 
     def _build(self, checkpoint: str | None, building: int, live: int) -> None:
         final: str | None = None
-        for page in self.provider.full_sync(checkpoint):
+        for page in read_ahead(self.provider.full_sync(checkpoint)):
             # The page and the checkpoint after it are stored together: a resumed sync never
             # skips a page nor applies one twice.
             with session_scope(self.database_url) as session:
@@ -196,7 +201,7 @@ class _Run:
         self.progress(self.processed, estimate)
 
     def _finish(self, mailbox: Mailbox, cursor: str | None) -> None:
-        mailbox.cursor = cursor
+        mailbox.cursor = self.result.cursor_after = cursor
         mailbox.last_synced_at = utcnow()
         session = Session.object_session(mailbox)
         assert session is not None
