@@ -60,5 +60,13 @@ def e2e(size: Size = SizeOption) -> None:
     _run("e2e", "incremental sync, trigger -> completed", size, bench.run)
 
 
+@app.command()
+def fanout(size: Size = SizeOption) -> None:
+    """One scheduled refresh round over 1,000 connected mailboxes with no changes."""
+    from bench import fanout as bench
+
+    _run("fanout", "scheduled refresh round", size, bench.run)
+
+
 if __name__ == "__main__":
     app()

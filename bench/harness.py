@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -51,16 +50,21 @@ def percentile(values: list[float], q: float) -> float:
     return values[0] if q <= 0 else max(values) if q >= 100 else cuts[int(q) - 1]
 
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size since it exec'd. (Not getrusage's ru_maxrss:
+    that survives fork + exec, so a child spawned by a big parent inherits its peak.)"""
+    return _status_mb("VmHWM")
 
 
 def current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb("VmRSS")
 
 
 def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from mailsync import apikeys, db, workspaces
 from mailsync.crypto import CredentialBox
 from mailsync.demo import Fakes
 from mailsync.fakes.server import free_port
+from mailsync.models import Workspace
 from mailsync.settings import Settings
 from mailsync.stack import (
     Stack,
@@ -56,22 +57,28 @@ class LocalStack:
         base = self.fakes.gmail_url if provider == "gmail" else self.fakes.microsoft_url
         return httpx.Client(base_url=base, verify=str(self.fakes.ca_path), timeout=600)
 
-    def connect(self, provider: str, address: str, messages: int) -> str:
-        """A new mailbox at the fake, connected to the bench workspace; returns its id."""
+    def connect(
+        self, provider: str, address: str, messages: int, workspace: str = WORKSPACE
+    ) -> str:
+        """A new mailbox at the fake, connected to `workspace` (created if new); its id."""
         with self.admin(provider) as admin:
             body = {"address": address, "messages": messages}
             created = admin.post("/_admin/mailboxes", json=body).raise_for_status().json()
         box = CredentialBox(self.settings.fernet_key())
         with db.session_scope(self.settings.resolved_database_url) as session:
+            if session.get(Workspace, workspace) is None:
+                workspaces.create_workspace(session, workspace)
             mailbox, _ = workspaces.connect_mailbox(
-                session, box, WORKSPACE, provider, address, created["credentials"]
+                session, box, workspace, provider, address, created["credentials"]
             )
             return mailbox.id
 
 
 @contextmanager
 def local_stack(
-    workers: int = 1, api_app: str = "mailsync.api.app:create_app", **env: str
+    workers: int = 1,
+    api_app: str = "mailsync.api.app:create_app",
+    env: dict[str, str] | None = None,
 ) -> Iterator[LocalStack]:
     with (
         tempfile.TemporaryDirectory(prefix="mailsync-bench-") as tmp,
@@ -90,12 +97,12 @@ def local_stack(
             "MAILSYNC_SYNC_QUOTA": UNLIMITED,
             "MAILSYNC_REQUEST_QUOTA_PER_MINUTE": UNLIMITED,
             "MAILSYNC_ADDRESS_QUOTA_PER_MINUTE": UNLIMITED,
-            **env,
+            **(env or {}),
         }
         full_env = {**os.environ, **prefect_env(workdir / "prefect", prefect_api_url)}
         full_env.update(settings_env)
-        settings = Settings(
-            **{k.removeprefix("MAILSYNC_").lower(): v for k, v in settings_env.items()}
+        settings = Settings.model_validate(
+            {k.removeprefix("MAILSYNC_").lower(): v for k, v in settings_env.items()}
         )
         db.upgrade(settings.resolved_database_url)
         with db.session_scope(settings.resolved_database_url) as session:
@@ -107,7 +114,7 @@ def local_stack(
             start_prefect_server(stack, prefect_port)
             from deployments.register import register
 
-            register(prefect_api_url)
+            register(prefect_api_url, activate_schedules=False)
             for index in range(workers):
                 start_worker(stack, settings.work_pool, index)
             if workers:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlmodel import col, select
 
 from mailsync import apikeys, db, jobstore, workspaces
@@ -56,24 +56,57 @@ def db_upgrade() -> None:
     console.print("database schema is up to date")
 
 
+_NIGHTLY_HELP = "Rebuild every mailbox with a full sync each night (nightly-full-sync deployment)."
+
+
 @workspace_app.command("create")
 def workspace_create(
-    workspace_id: str, name: Annotated[str | None, typer.Option(help="Display name.")] = None
+    workspace_id: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    nightly_full_sync: Annotated[bool, typer.Option(help=_NIGHTLY_HELP)] = False,
 ) -> None:
     """Create a workspace (no-op when it exists)."""
     settings = _ready_settings()
     with db.session_scope(settings.resolved_database_url) as session:
         try:
-            workspace = workspaces.create_workspace(session, workspace_id, name)
+            workspace = workspaces.create_workspace(
+                session, workspace_id, name, nightly_full_sync=nightly_full_sync
+            )
         except ValueError as exc:
             raise _fail(str(exc)) from exc
         console.print(f"workspace [bold]{workspace.id}[/bold] ready")
 
 
+@workspace_app.command("update")
+def workspace_update(
+    workspace_id: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    nightly_full_sync: Annotated[bool | None, typer.Option(help=_NIGHTLY_HELP)] = None,
+) -> None:
+    """Change a workspace's settings (only those given)."""
+    settings = _ready_settings()
+    with db.session_scope(settings.resolved_database_url) as session:
+        try:
+            workspace = workspaces.update_workspace(
+                session, workspace_id, name=name, nightly_full_sync=nightly_full_sync
+            )
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        nightly = "on" if workspace.nightly_full_sync else "off"
+        console.print(f"workspace [bold]{workspace.id}[/bold] updated, nightly full sync {nightly}")
+
+
 @key_app.command("create")
 def key_create(
     workspace: Annotated[str, typer.Option("--workspace", "-w")],
-    scope: Annotated[list[str], typer.Option("--scope", "-s", help="Repeat for each scope.")] = [  # noqa: B006
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope",
+            "-s",
+            help="Repeat for each scope: write:email, read:email, write:webhooks, read:webhooks.",
+        ),
+    ] = [  # noqa: B006
         "write:email",
         "read:email",
     ],
@@ -225,7 +258,11 @@ def jobs(
 ) -> None:
     """A table of recent sync jobs."""
     settings = _ready_settings()
-    table = Table("job", "workspace", "mode", "providers", "status", "queued", "finished", "counts")
+    # Job ids are what people copy from here: never shortened, however narrow the terminal.
+    job_column = Column("job", no_wrap=True, min_width=len("sync_") + 26)
+    table = Table(
+        job_column, "workspace", "mode", "providers", "status", "queued", "finished", "counts"
+    )
     with db.session_scope(settings.resolved_database_url) as session:
         query = select(SyncJob).order_by(col(SyncJob.queued_at).desc()).limit(limit)
         if workspace:
@@ -236,7 +273,7 @@ def jobs(
                 job.id, job.workspace_id, job.mode, ",".join(job.providers), job.status,
                 iso(job.queued_at), iso(job.finished_at) or "", counts or job.error_code or "",
             )  # fmt: skip
-    console.print(table)
+    Console().print(table)  # sized to the terminal (COLUMNS) of this invocation
 
 
 @app.command()

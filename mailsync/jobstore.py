@@ -7,6 +7,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from mailsync.models import JobStatus, Mailbox, SyncJob, Workspace, iso, utcnow
+from mailsync.webhooks import outbox
 
 
 class NoMailboxError(Exception):
@@ -69,6 +70,8 @@ def mark_finished(
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> None:
+    """Record the job's end, and its webhook event in the same transaction (the outbox)."""
+    previous = job.status
     job.status = (JobStatus.failed if error_code else JobStatus.completed).value
     job.started_at = job.started_at or utcnow()
     job.finished_at = utcnow()
@@ -77,6 +80,8 @@ def mark_finished(
     job.error_code = error_code
     job.error_message = error_message
     session.add(job)
+    if previous != job.status:  # an ending recorded twice is announced once
+        outbox.record_job_event(session, job, public_view(job))
 
 
 def mark_failed(session: Session, job: SyncJob, code: str, message: str) -> None:

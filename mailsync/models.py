@@ -55,6 +55,8 @@ class Workspace(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
     )
+    # Opted in to the `nightly-full-sync` deployment (a full rebuild of every mailbox).
+    nightly_full_sync: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 class ApiKey(SQLModel, table=True):
@@ -176,3 +178,76 @@ def iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a Z, to the second, as the spec's example shows."""
     value = as_utc(value)
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+# --- Webhooks (mailsync/webhooks/) -------------------------------------------------------
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A receiver URL of a workspace and the events it subscribed to."""
+
+    id: str = Field(default_factory=lambda: new_id("wh"), primary_key=True, max_length=40)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=64)
+    url: str = Field(sa_column=Column(sa.Text, nullable=False))
+    events: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Signing secrets must be recoverable to sign, so they are encrypted (never hashed).
+    secret_encrypted: str = Field(sa_column=Column(sa.Text, nullable=False))
+    # After a rotation the old secret keeps signing too until it expires (overlap).
+    previous_secret_encrypted: str | None = Field(
+        default=None, sa_column=Column(sa.Text, nullable=True)
+    )
+    previous_secret_expires_at: datetime | None = _ts()
+    status: str = Field(default="active", max_length=16)  # active | disabled
+    failing_since: datetime | None = _ts()  # first failed attempt since the last success
+    disabled_at: datetime | None = _ts()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+
+
+class WebhookEvent(SQLModel, table=True):
+    """The outbox: written in the transaction that causes the event, so it cannot be lost."""
+
+    id: str = Field(default_factory=lambda: new_id("msg"), primary_key=True, max_length=40)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=64)
+    type: str = Field(max_length=64)
+    # What the event is about (a job id, an endpoint id): one event per job outcome.
+    subject_id: str | None = Field(default=None, max_length=40, index=True)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one endpoint; the retry schedule lives in next_attempt_at."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", "endpoint_id", name="uq_webhookdelivery_event_endpoint"),
+    )
+
+    id: str = Field(default_factory=lambda: new_id("whd"), primary_key=True, max_length=40)
+    event_id: str = Field(foreign_key="webhookevent.id", max_length=40)
+    endpoint_id: str = Field(foreign_key="webhookendpoint.id", index=True, max_length=40)
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(index=True)
+    retry_until: datetime | None = _ts()  # end of the retry horizon (reset by a replay)
+    last_status_code: int | None = None
+    delivered_at: datetime | None = _ts()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """The delivery log: one row per HTTP attempt."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: str = Field(foreign_key="webhookdelivery.id", index=True, max_length=40)
+    started_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    status_code: int | None = None
+    latency_ms: int = 0
+    error: str | None = Field(default=None, max_length=300)

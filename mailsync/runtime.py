@@ -125,23 +125,32 @@ def close_job(
     error_message: str | None,
     settings: Settings | None = None,
 ) -> None:
+    close_jobs([(job_id, results, error_code, error_message)], settings)
+
+
+JobEnd = tuple[str, list[dict[str, Any]], str | None, str | None]  # id, results, error
+
+
+def close_jobs(ends: list[JobEnd], settings: Settings | None = None) -> None:
+    """Record the end of several jobs in one transaction (a refresh round closes many)."""
     settings = settings or get_settings()
-    totals: dict[str, int] = {}
-    for result in results:
-        for key, value in result.get("counts", {}).items():
-            totals[key] = totals.get(key, 0) + value
     with session_scope(settings.resolved_database_url) as session:
-        job = session.get(SyncJob, job_id)
-        if job is None:
-            raise JobNotFoundError(f"sync job {job_id} does not exist")
-        jobstore.mark_finished(
-            session,
-            job,
-            counts=totals,
-            mailboxes=results,
-            error_code=error_code,
-            error_message=error_message,
-        )
+        for job_id, results, error_code, error_message in ends:
+            totals: dict[str, int] = {}
+            for result in results:
+                for key, value in result.get("counts", {}).items():
+                    totals[key] = totals.get(key, 0) + value
+            job = session.get(SyncJob, job_id)
+            if job is None:
+                raise JobNotFoundError(f"sync job {job_id} does not exist")
+            jobstore.mark_finished(
+                session,
+                job,
+                counts=totals,
+                mailboxes=results,
+                error_code=error_code,
+                error_message=error_message,
+            )
 
 
 @contextmanager

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     work_pool: str = "mailsync"
+    # Flow runs one worker runs at once (`prefect worker start --limit`); unset: no limit.
+    worker_limit: int | None = Field(default=None, ge=1)
     encryption_key: SecretStr | None = None
 
     google_token_uri: str = "https://oauth2.googleapis.com/token"
@@ -34,6 +36,8 @@ class Settings(BaseSettings):
     # Gmail's per-user quota the sync paces itself to (6,000 for projects created after
     # 2026-05-01); Graph folders to sync ("all" for every mail folder) and delta page size.
     gmail_quota_units_per_minute: int = Field(default=15_000, ge=1)
+    # The quota's window: a minute at Gmail; shorter only to time-scale tests and benchmarks.
+    gmail_quota_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     microsoft_folders: str = "inbox,sentitems"
     microsoft_page_size: int = Field(default=100, ge=1, le=1000)
 
@@ -47,6 +51,25 @@ class Settings(BaseSettings):
     request_quota_per_minute: int = 600
     address_quota_per_minute: int = 120
     idempotency_ttl_seconds: int = 24 * 3600
+    # Scheduled refreshes: a connected mailbox is due when its last sync is older than this
+    # (the `refresh` deployment's schedule in prefect.yaml runs at the same interval), and
+    # one refresh round syncs at most this many mailboxes at once.
+    refresh_interval_seconds: int = Field(default=300, ge=60)
+    refresh_concurrency: int = Field(default=16, ge=1, le=64)
+
+    # Webhooks (mailsync/webhooks/): a failed delivery is retried after base, 2*base, 4*base
+    # ... seconds (capped at max) until the horizon has passed since it was first due.
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_horizon_seconds: int = Field(default=24 * 3600, ge=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long a delivery run holds a delivery it is sending, so no other run sends it too;
+    # longer than an attempt can take.
+    webhook_claim_seconds: int = Field(default=60, ge=1)
+    # Loopback receivers (and plain http) for local development and tests only.
+    webhook_allow_loopback: bool = False
+    webhook_disable_after_seconds: int = Field(default=3 * 24 * 3600, ge=0)
+    webhook_secret_overlap_seconds: int = Field(default=24 * 3600, ge=0)
 
     @property
     def resolved_database_url(self) -> str:
@@ -79,6 +102,7 @@ class Settings(BaseSettings):
         folders = self.microsoft_folders.strip().lower()
         return ProviderOptions(
             gmail_quota_units_per_minute=self.gmail_quota_units_per_minute,
+            gmail_quota_window_seconds=self.gmail_quota_window_seconds,
             microsoft_folders=None
             if folders == "all"
             else tuple(f.strip() for f in folders.split(",") if f.strip()),

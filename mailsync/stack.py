@@ -142,11 +142,13 @@ def worker_name(index: int) -> str:
     return f"mailsync-{socket.gethostname()}-{os.getpid()}-{index}"
 
 
-def start_worker(stack: Stack, pool: str, index: int = 0) -> Child:
+def start_worker(stack: Stack, pool: str, index: int = 0, limit: int | None = None) -> Child:
+    """A process worker serving `pool`; `limit` caps the flow runs it runs at once."""
     argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
-    return stack.spawn(
-        f"worker-{index}", [*argv, "--type", "process", "--name", worker_name(index)]
-    )
+    argv += ["--type", "process", "--name", worker_name(index)]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
+    return stack.spawn(f"worker-{index}", argv)
 
 
 def wait_for_workers(

@@ -78,7 +78,7 @@ def run_stack(
 
         register(api_url, work_pool=settings.work_pool)
         for index in range(workers):
-            start_worker(stack, settings.work_pool, index)
+            start_worker(stack, settings.work_pool, index, settings.worker_limit)
         with console.status("waiting for the Prefect workers"):
             names = [worker_name(i) for i in range(workers)]
             wait_for_workers(stack, api_url, settings.work_pool, names)

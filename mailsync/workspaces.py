@@ -14,13 +14,41 @@ from mailsync.providers.registry import PROVIDERS, validate_credentials
 _WORKSPACE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
-def create_workspace(session: Session, workspace_id: str, name: str | None = None) -> Workspace:
+def create_workspace(
+    session: Session,
+    workspace_id: str,
+    name: str | None = None,
+    *,
+    nightly_full_sync: bool = False,
+) -> Workspace:
     if not _WORKSPACE_ID.match(workspace_id):
         raise ValueError("workspace ids are 1-64 of a-z, 0-9, '_' and '-', starting alphanumeric")
     existing = session.get(Workspace, workspace_id)
     if existing is not None:
         return existing
-    workspace = Workspace(id=workspace_id, name=name or workspace_id)
+    workspace = Workspace(
+        id=workspace_id, name=name or workspace_id, nightly_full_sync=nightly_full_sync
+    )
+    session.add(workspace)
+    session.flush()
+    return workspace
+
+
+def update_workspace(
+    session: Session,
+    workspace_id: str,
+    *,
+    name: str | None = None,
+    nightly_full_sync: bool | None = None,
+) -> Workspace:
+    """Change a workspace's settings; None leaves a setting as it is."""
+    workspace = session.get(Workspace, workspace_id)
+    if workspace is None:
+        raise ValueError(f"workspace {workspace_id!r} does not exist")
+    if name is not None:
+        workspace.name = name
+    if nightly_full_sync is not None:
+        workspace.nightly_full_sync = nightly_full_sync
     session.add(workspace)
     session.flush()
     return workspace

@@ -12,6 +12,7 @@ from prefect.client.schemas.objects import State, TaskRun
 
 from mailsync import runtime
 from mailsync.providers.base import TransientProviderError
+from mailsync.webhooks import dispatch
 
 
 def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
@@ -49,9 +50,11 @@ def sync_one_mailbox(
         if estimate:
             update_progress_artifact(artifact, min(100.0, 100.0 * processed / estimate))
 
-    result = runtime.run_mailbox(mailbox_id, mode, progress=report).as_dict()
+    result = runtime.run_mailbox(mailbox_id, mode, progress=report)
     update_progress_artifact(artifact, 100.0)
-    return result
+    # The cursors are for the run's summary artifact; the flow leaves them out of the job.
+    return {**result.as_dict(), "cursor_before": result.cursor_before,
+            "cursor_after": result.cursor_after}  # fmt: skip
 
 
 @task(name="open-job", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -70,3 +73,6 @@ def close_job(
     job_id: str, results: list[dict[str, Any]], error_code: str | None, error_message: str | None
 ) -> None:
     runtime.close_job(job_id, results, error_code, error_message)
+    # The job's webhook event is recorded with its end; start delivering it now (failing
+    # that, the delivery deployment's schedule picks it up).
+    dispatch.kick_after_job(job_id)

@@ -48,6 +48,23 @@ def _postgres_problem() -> str | None:
 PG_PROBLEM = _postgres_problem()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`@pytest.mark.only_database("postgresql")`: a test whose subject does not depend on the
+    application database runs on that one only (the suite's time budget), deselected for the
+    other rather than skipped."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("only_database")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if marker and "database_url" in params and params["database_url"] not in marker.args:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if PG_PROBLEM:
         return f"postgresql: tests SKIPPED ({PG_PROBLEM})"
@@ -186,7 +203,7 @@ def prefect_stack(
     stack = Stack(home / "logs", env)
     try:
         start_prefect_server(stack, port)
-        register(api_url)
+        register(api_url, activate_schedules=False)
         start_worker(stack, "mailsync")
         wait_for_workers(stack, api_url, "mailsync", [worker_name(0)])
         yield PrefectStack(api_url, stack, settings.model_copy(update={"prefect_api_url": api_url}))

@@ -36,7 +36,8 @@ def flow_run_pids(flow_run_id: str) -> list[int]:
 def test_prefect_restart_leaves_no_stuck_full_sync_slot(tmp_path: Path) -> None:
     """With the filesystem lease storage `mailsync up` configures, a lease taken before a
     Prefect server restart survives it and then expires: the slot frees within the lease time
-    plus Prefect's reclaim loop (seen: the in-memory default keeps it taken forever)."""
+    plus Prefect's reclaim loop (seen: the in-memory default keeps it taken forever). 60 s is
+    the shortest lease Prefect grants, so this drill cannot be made shorter."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     stack = Stack(tmp_path / "logs", {**os.environ, **prefect_env(tmp_path / "home", api_url)})

@@ -15,7 +15,7 @@ from mailsync.api.middleware import (
     RequestIdMiddleware,
     UnhandledErrorMiddleware,
 )
-from mailsync.api.routes import health, sync
+from mailsync.api.routes import health, sync, webhooks
 from mailsync.jobs import Orchestrator
 from mailsync.settings import Settings, get_settings
 
@@ -45,6 +45,7 @@ def create_app(
     errors.install(app)
     app.include_router(sync.router)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     # Added last = outermost: the request id exists before anything can fail, so even the
     # rate limiter's 429s carry it; the rate limiter is outside the body cap, so an
     # over-quota client is refused before its body is read and 413s carry the figures.

@@ -70,6 +70,7 @@ def gmail_units(fakes: FakeProviders, address: str) -> int:
     return int(usage["charged_total"])
 
 
+@pytest.mark.only_database("postgresql")  # tests/test_sync.py resumes on both
 def test_killed_full_sync_resumes_from_its_checkpoint(
     api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
 ) -> None:
@@ -143,6 +144,7 @@ def _change_the_mailboxes(fakes: FakeProviders, tenant: Tenant) -> None:
     fakes.call("microsoft", "PATCH", f"{microsoft}/{inbox[4]}", json={"folder": "archive"})
 
 
+@pytest.mark.only_database("sqlite")  # provider faults; the index paths run on both elsewhere
 def test_full_then_incremental_through_20_percent_faults(
     api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
 ) -> None:

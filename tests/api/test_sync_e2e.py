@@ -163,6 +163,7 @@ def test_jobs_are_invisible_to_other_workspaces(
     wait(client, tenant, job_id)
 
 
+@pytest.mark.only_database("postgresql")  # retry policy is the flow's
 def test_auth_failure_at_the_provider_fails_the_job_without_retrying(
     client: TestClient, tenant: Tenant, fakes: FakeProviders, prefect_stack: PrefectStack
 ) -> None:
@@ -175,6 +176,7 @@ def test_auth_failure_at_the_provider_fails_the_job_without_retrying(
     assert tenant.writer not in str(final)
 
 
+@pytest.mark.only_database("sqlite")  # the run path is Prefect's
 def test_run_started_like_the_prefect_ui_becomes_a_job(
     client: TestClient, tenant: Tenant, prefect_stack: PrefectStack
 ) -> None:
@@ -205,6 +207,7 @@ def _secret_values(document: dict[str, Any]) -> list[str]:
     ]
 
 
+@pytest.mark.only_database("postgresql")  # one full run suffices
 def test_no_secret_reaches_logs_parameters_or_api_output(
     client: TestClient, tenant: Tenant, fakes: FakeProviders, prefect_stack: PrefectStack
 ) -> None:

@@ -52,6 +52,7 @@ def test_50_parallel_full_syncs_admit_exactly_one(
     assert api.post(tenant, {"mode": "full", "provider": "gmail"}).status_code == 202
 
 
+@pytest.mark.only_database("postgresql")  # the slot is Prefect's
 def test_incremental_is_refused_while_a_full_sync_runs(
     api: Api, tenant: Tenant, fakes: FakeProviders
 ) -> None:
@@ -95,6 +96,7 @@ def test_idempotency_key_under_concurrency(api: Api, tenant: Tenant, fakes: Fake
     assert fresh.status_code == 202 and "idempotent-replayed" not in fresh.headers
 
 
+@pytest.mark.only_database("postgresql")  # Prefect holds the quota; the rows are incidental
 def test_quota_is_six_per_rolling_hour(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
     """30 requests in a row: exactly 6 accepted with Remaining 5..0, then 429 with a correct
     Retry-After; another workspace is unaffected; once the hour has passed, accepted again."""
@@ -122,6 +124,7 @@ def test_quota_is_six_per_rolling_hour(api: Api, tenant: Tenant, fakes: FakeProv
     assert again.headers["x-ratelimit-remaining"] == "5"
 
 
+@pytest.mark.only_database("sqlite")  # the slot is Prefect's; the 50-way race covers both
 def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
     api: Api, tenant: Tenant, fakes: FakeProviders
 ) -> None:
@@ -177,6 +180,7 @@ def _wait_for_running_job(api: Api, tenant: Tenant, timeout: float = 60) -> Sync
     raise AssertionError("no job started running")
 
 
+@pytest.mark.only_database("postgresql")  # crash handling is Prefect's
 def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
     """SIGKILL the process running a full sync: a new full sync is accepted within the lease
     time (here sooner: the worker reports the crash, and admission sees it in Prefect); the
@@ -204,6 +208,7 @@ def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakePr
     assert api.wait(tenant, retry.json()["data"]["job_id"])["status"] == "completed"
 
 
+@pytest.mark.only_database("sqlite")  # the order is the API's
 def test_order_of_checks(api: Api, prefect_stack: PrefectStack, fakes: FakeProviders) -> None:
     """Authentication, validation, idempotency, 409, 429, create: a 403 does not consume an
     Idempotency-Key; a replay wins over a running full sync's 409; a 409 wins over an

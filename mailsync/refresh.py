@@ -1,0 +1,362 @@
+"""Scheduled syncs: which mailboxes a refresh round syncs, and the nightly full syncs.
+
+A refresh round (flows/refresh.py, deployment `refresh-mailboxes/refresh`, every
+`MAILSYNC_REFRESH_INTERVAL_SECONDS`) syncs incrementally every connected mailbox that is due,
+inside its own flow run: one job per workspace (trigger `schedule`), readable through
+`GET /v1/email/sync/{job_id}` like any other. It takes no on-demand quota slot. A mailbox is
+skipped while Prefect shows a sync of its workspace and provider in progress: a flow run of
+`sync-mailbox` tagged `workspace:<id>` (and `provider:<p>`, or no provider tag at all) in a
+non-terminal state, or a taken `mailsync-full-sync:<workspace>:<provider>` slot. Two rounds
+never overlap: the deployment's Prefect concurrency limit (1, CANCEL_NEW) cancels a round
+that starts while the previous one still runs.
+
+Everything here but `read_busy` works without Prefect, on plain values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlmodel import Session, col, or_, select
+
+from mailsync import jobstore
+from mailsync.admission import SyncInProgressError
+from mailsync.models import JobStatus, Mailbox, SyncJob, SyncMode, Workspace, as_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+FULL_SYNC_LIMIT_PREFIX = "mailsync-full-sync:"
+SYNC_FLOW = "sync-mailbox"
+ANY_PROVIDER = "*"
+
+
+# -- which mailboxes are due -----------------------------------------------------------------
+def due_cutoff(now: datetime, interval_seconds: int) -> datetime:
+    """Mailboxes last synced at or before this are due.
+
+    A tenth of the interval is forgiven: a round's own syncs end a few seconds after the
+    round started, so an exact cutoff would skip those mailboxes in the next round and
+    refresh them only every other interval.
+    """
+    return now - timedelta(seconds=interval_seconds - interval_seconds // 10)
+
+
+def due_mailboxes(
+    session: Session,
+    now: datetime,
+    interval_seconds: int,
+    workspaces: Iterable[str] | None = None,
+) -> list[Mailbox]:
+    """Connected mailboxes never synced, or last synced at or before the cutoff."""
+    cutoff = due_cutoff(now, interval_seconds)
+    query = select(Mailbox).where(
+        or_(col(Mailbox.last_synced_at).is_(None), col(Mailbox.last_synced_at) <= cutoff)
+    )
+    if workspaces is not None:
+        query = query.where(col(Mailbox.workspace_id).in_(list(workspaces)))
+    query = query.order_by(col(Mailbox.workspace_id), col(Mailbox.provider), col(Mailbox.address))
+    return list(session.exec(query))
+
+
+# -- what is busy, from Prefect -------------------------------------------------------------
+@dataclass(frozen=True)
+class ActiveRun:
+    """A flow run Prefect shows as scheduled, pending, running, paused or cancelling."""
+
+    name: str
+    tags: list[str]
+    scheduled_for: datetime | None = None  # only for runs still waiting to start
+
+
+Busy = dict[tuple[str, str], str]  # (workspace, provider or "*") -> why
+
+
+def busy_from_runs(runs: Iterable[ActiveRun], now: datetime, horizon: timedelta) -> Busy:
+    """Workspace+provider pairs with a sync queued or running, from the runs' tags.
+
+    A run tagged with a workspace but no provider (a UI run that has not started yet is not
+    tagged at all; one that has started carries every tag) blocks all of its providers. A run
+    scheduled beyond the horizon (e.g. tomorrow) does not block today's refreshes.
+    """
+    busy: Busy = {}
+    for run in runs:
+        if run.scheduled_for is not None and as_utc(run.scheduled_for) > now + horizon:  # type: ignore[operator]
+            continue
+        workspaces = [t.split(":", 1)[1] for t in run.tags if t.startswith("workspace:")]
+        providers = [t.split(":", 1)[1] for t in run.tags if t.startswith("provider:")]
+        for workspace in workspaces:
+            for provider in providers or [ANY_PROVIDER]:
+                busy.setdefault((workspace, provider), f"sync {run.name} is queued or running")
+    return busy
+
+
+def busy_from_limits(limits: Iterable[tuple[str, int]]) -> Busy:
+    """Workspace+provider pairs whose full-sync slot is taken: (limit name, active slots)."""
+    busy: Busy = {}
+    for name, active in limits:
+        if active > 0 and name.startswith(FULL_SYNC_LIMIT_PREFIX):
+            workspace, _, provider = name.removeprefix(FULL_SYNC_LIMIT_PREFIX).rpartition(":")
+            if workspace and provider:
+                busy[(workspace, provider)] = "a full sync is in progress"
+    return busy
+
+
+def read_busy(client: Any, now: datetime, horizon: timedelta, page: int = 200) -> Busy:
+    """Ask Prefect which workspace+provider pairs have a sync in progress (two listings).
+
+    `client` is a SyncPrefectClient (or anything with its read_flow_runs and
+    read_global_concurrency_limits).
+    """
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    active = [
+        StateType.SCHEDULED,
+        StateType.PENDING,
+        StateType.RUNNING,
+        StateType.PAUSED,
+        StateType.CANCELLING,
+    ]
+    runs: list[ActiveRun] = []
+    offset = 0
+    while True:
+        batch = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[SYNC_FLOW])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active))
+            ),
+            limit=page,
+            offset=offset,
+        )
+        for run in batch:
+            waiting = run.state is not None and run.state.type == StateType.SCHEDULED
+            scheduled = run.state.state_details.scheduled_time if waiting else None
+            runs.append(ActiveRun(run.name, list(run.tags), scheduled))
+        if len(batch) < page:
+            break
+        offset += page
+    limits: list[tuple[str, int]] = []
+    offset = 0
+    while True:
+        gcls = client.read_global_concurrency_limits(limit=page, offset=offset)
+        limits.extend((g.name, int(g.active_slots)) for g in gcls)
+        if len(gcls) < page:
+            break
+        offset += page
+    # A taken full-sync slot is the stronger reason; it wins where both apply.
+    return {**busy_from_runs(runs, now, horizon), **busy_from_limits(limits)}
+
+
+# -- the round's plan and its jobs -------------------------------------------------------------
+@dataclass(frozen=True)
+class MailboxRef:
+    mailbox_id: str
+    workspace_id: str
+    provider: str
+    address: str
+
+    def as_job_entry(self) -> dict[str, str]:
+        return {"mailbox_id": self.mailbox_id, "provider": self.provider, "address": self.address}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    mailbox: MailboxRef
+    reason: str
+
+
+@dataclass
+class RefreshPlan:
+    groups: dict[str, list[MailboxRef]] = field(default_factory=dict)  # workspace -> mailboxes
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def mailbox_count(self) -> int:
+        return sum(len(g) for g in self.groups.values())
+
+
+def plan_refresh(mailboxes: Iterable[Mailbox], busy: Busy) -> RefreshPlan:
+    """Group the due mailboxes by workspace, leaving out those with a sync in progress."""
+    plan = RefreshPlan()
+    for m in mailboxes:
+        ref = MailboxRef(m.id, m.workspace_id, m.provider, m.address)
+        reason = busy.get((m.workspace_id, m.provider)) or busy.get((m.workspace_id, ANY_PROVIDER))
+        if reason:
+            plan.skipped.append(Skipped(ref, reason))
+        else:
+            plan.groups.setdefault(m.workspace_id, []).append(ref)
+    return plan
+
+
+def open_refresh_jobs(
+    session: Session, plan: RefreshPlan, flow_run_id: str | None
+) -> list[dict[str, Any]]:
+    """One running job per workspace (trigger `schedule`), bound to the round's flow run, so
+    its state reads as failed should the round crash. No quota slot is taken."""
+    now = utcnow()
+    jobs: list[dict[str, Any]] = []
+    for workspace_id, refs in plan.groups.items():
+        job = SyncJob(
+            workspace_id=workspace_id,
+            mode=SyncMode.incremental.value,
+            providers=sorted({r.provider for r in refs}),
+            trigger="schedule",
+            status=JobStatus.running.value,
+            queued_at=now,
+            started_at=now,
+            flow_run_id=flow_run_id,
+        )
+        session.add(job)
+        jobs.append(
+            {
+                "job_id": job.id,
+                "workspace_id": workspace_id,
+                "providers": list(job.providers),
+                "mode": job.mode,
+                "mailboxes": [r.as_job_entry() for r in refs],
+            }
+        )
+    session.flush()
+    return jobs
+
+
+def job_outcome(
+    mailboxes: list[dict[str, Any]], outcomes: list[dict[str, Any] | BaseException]
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """A job's mailbox results and its first error (code, message), as the sync flow does."""
+    from mailsync.providers.base import ProviderError
+
+    results: list[dict[str, Any]] = []
+    error: tuple[str, str] | None = None
+    for mailbox, outcome in zip(mailboxes, outcomes, strict=True):
+        if isinstance(outcome, ProviderError):
+            error = error or (
+                outcome.code,
+                f"{mailbox['provider']} {mailbox['address']}: {outcome}",
+            )
+        elif isinstance(outcome, BaseException):
+            error = error or ("internal_error", f"{mailbox['provider']}: {type(outcome).__name__}")
+        else:
+            results.append(outcome)
+    return results, error
+
+
+# -- the nightly full sync -------------------------------------------------------------------
+def nightly_workspaces(session: Session, workspaces: Iterable[str] | None = None) -> list[str]:
+    """Workspaces opted in to the nightly full sync (optionally only among `workspaces`)."""
+    query = select(Workspace.id).where(col(Workspace.nightly_full_sync).is_(True))
+    if workspaces is not None:
+        query = query.where(col(Workspace.id).in_(list(workspaces)))
+    return list(session.exec(query.order_by(col(Workspace.id))))
+
+
+class Trigger(Protocol):
+    def trigger(
+        self,
+        session: Session,
+        workspace_id: str,
+        mode: str,
+        provider: str | None,
+        *,
+        trigger: str = ...,
+        idempotency_key: str | None = ...,
+    ) -> SyncJob: ...
+
+
+@dataclass(frozen=True)
+class NightlyOutcome:
+    workspace_id: str
+    provider: str | None  # None: all of the workspace's providers in one job
+    job_id: str | None  # None: skipped
+    reason: str | None = None
+
+
+def start_nightly_full_syncs(
+    session: Session, orchestrator: Trigger, workspace_ids: Iterable[str]
+) -> list[NightlyOutcome]:
+    """Start one full sync per workspace through the sync rules (it takes the full-sync slot).
+
+    When a provider's slot is taken, the workspace's other providers are synced in jobs of
+    their own and the busy one is skipped: a skip, not an error.
+    """
+    outcomes: list[NightlyOutcome] = []
+    for workspace_id in workspace_ids:
+        try:
+            job = orchestrator.trigger(session, workspace_id, "full", None, trigger="schedule")
+            outcomes.append(NightlyOutcome(workspace_id, None, job.id))
+            continue
+        except jobstore.NoMailboxError as exc:
+            outcomes.append(NightlyOutcome(workspace_id, None, None, str(exc)))
+            continue
+        except SyncInProgressError:
+            pass
+        providers = sorted(
+            {m.provider for m in jobstore.connected_mailboxes(session, workspace_id, None)}
+        )
+        for provider in providers:
+            try:
+                job = orchestrator.trigger(
+                    session, workspace_id, "full", provider, trigger="schedule"
+                )
+                outcomes.append(NightlyOutcome(workspace_id, provider, job.id))
+            except SyncInProgressError as exc:
+                outcomes.append(NightlyOutcome(workspace_id, provider, None, str(exc)))
+    return outcomes
+
+
+# -- run summaries (markdown artifacts) ------------------------------------------------------
+def artifact_key(prefix: str, identifier: str) -> str:
+    """Prefect artifact keys hold only lowercase letters, digits and dashes."""
+    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in identifier.lower())
+    return f"{prefix}-{cleaned}"
+
+
+def _short(cursor: str | None, keep: int = 24) -> str:
+    if not cursor:
+        return "-"
+    return f"`{cursor[:keep]}…`" if len(cursor) > keep else f"`{cursor}`"
+
+
+def summary_markdown(
+    job_id: str,
+    mode: str,
+    results: list[dict[str, Any]],
+    duration_s: float,
+    error: tuple[str, str] | None,
+) -> str:
+    """The end-of-run summary of one job: counts, duration, cursors and resets per mailbox."""
+    status = f"failed: `{error[0]}` {error[1]}" if error else "completed"
+    lines = [
+        f"# Sync {job_id}",
+        "",
+        f"**{status}** · mode {mode} · {duration_s:.1f} s",
+        "",
+        "| mailbox | performed | reason | cursor_reset | added | updated | deleted "
+        "| cursor before | cursor after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        counts = r.get("counts", {})
+        lines.append(
+            f"| {r['provider']} {r['address']} | {r['performed_mode']} | {r.get('reason') or '-'} "
+            f"| {'yes' if r.get('reason') == 'cursor_reset' else 'no'} "
+            f"| {counts.get('messages_added', 0)} | {counts.get('messages_updated', 0)} "
+            f"| {counts.get('messages_deleted', 0)} "
+            f"| {_short(r.get('cursor_before'))} | {_short(r.get('cursor_after'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def strip_cursors(result: dict[str, Any]) -> dict[str, Any]:
+    """A task's result as the job records it (cursors are for the summary only)."""
+    return {k: v for k, v in result.items() if k not in ("cursor_before", "cursor_after")}

@@ -1,0 +1,160 @@
+"""What the deliver-webhooks flow and its callers run: one attempt end to end, and the Prefect
+calls that start delivery runs (right after a job ends, or at the next retry time).
+
+Starting a run never blocks or fails its caller: if Prefect cannot be reached the
+deployment's 60 s schedule finds the pending deliveries anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.deployments import run_deployment
+from sqlmodel import col, select
+
+from mailsync.crypto import CredentialBox
+from mailsync.db import session_scope
+from mailsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
+from mailsync.settings import Settings, get_settings
+from mailsync.webhooks import delivery, outbox, ssrf, store
+
+log = logging.getLogger(__name__)
+
+DELIVER_DEPLOYMENT = "deliver-webhooks/deliver"
+
+
+def due_deliveries(settings: Settings | None = None, limit: int = 100) -> list[str]:
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        return outbox.due(session, utcnow(), limit)
+
+
+def next_due_at(settings: Settings | None = None) -> datetime | None:
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        return outbox.next_due_at(session)
+
+
+def _prepare(settings: Settings, delivery_id: str) -> delivery.Outgoing | None:
+    with session_scope(settings.resolved_database_url) as session:
+        row = session.get(WebhookDelivery, delivery_id)
+        if row is None:
+            return None
+        endpoint = session.get(WebhookEndpoint, row.endpoint_id)
+        event = session.get(WebhookEvent, row.event_id)
+        if endpoint is None or event is None or endpoint.status != "active":
+            row.status, row.next_attempt_at = "failed", None
+            session.add(row)
+            return None
+        box = CredentialBox(settings.fernet_key())
+        return delivery.Outgoing(
+            delivery_id=row.id,
+            event_id=event.id,
+            url=endpoint.url,
+            body=delivery.encode(event.payload),
+            secrets=store.signing_secrets(box, endpoint),
+        )
+
+
+def deliver_one(
+    delivery_id: str,
+    settings: Settings | None = None,
+    *,
+    resolver: ssrf.Resolver = ssrf.system_resolver,
+) -> dict[str, Any]:
+    """Claim a due delivery, make one attempt and record it; a claimed-elsewhere or no longer
+    deliverable one is skipped. Returns what happened (ids and figures, no secrets)."""
+    settings = settings or get_settings()
+    policy = outbox.RetryPolicy.from_settings(settings)
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        if not outbox.claim(session, delivery_id, utcnow(), policy.claim_seconds):
+            return {"delivery_id": delivery_id, "status": "skipped"}
+    outgoing = _prepare(settings, delivery_id)
+    if outgoing is None:
+        return {"delivery_id": delivery_id, "status": "skipped"}
+    result = delivery.send(
+        outgoing,
+        timeout=settings.webhook_timeout_seconds,
+        allow_loopback=settings.webhook_allow_loopback,
+        resolver=resolver,
+    )
+    with session_scope(url) as session:
+        status = outbox.complete(session, delivery_id, result, policy)
+    return {
+        "delivery_id": delivery_id,
+        "event_id": outgoing.event_id,
+        "status": status,
+        "status_code": result.status_code,
+        "latency_ms": result.latency_ms,
+        "error": result.error,
+    }
+
+
+def deliver_due(settings: Settings | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every delivery due now, one after the other, in this process (no Prefect)."""
+    return [deliver_one(i, settings, **kwargs) for i in due_deliveries(settings)]
+
+
+def _run_key(at: datetime) -> str:
+    return f"deliver-webhooks@{at:%Y%m%dT%H%M%S}"
+
+
+def schedule_run(at: datetime) -> None:
+    """A delivery run at `at` (to the second): runs racing to schedule the same retry time
+    share the idempotency key, so they make one run."""
+    at = max(at, utcnow()).replace(microsecond=0) + timedelta(seconds=1)
+    run_deployment(
+        DELIVER_DEPLOYMENT,
+        parameters={},
+        scheduled_time=at,
+        timeout=0,
+        idempotency_key=_run_key(at),
+        as_subflow=False,
+    )
+
+
+def job_has_deliveries(job_id: str, settings: Settings | None = None) -> bool:
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        query = (
+            select(WebhookDelivery.id)
+            .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
+            .where(WebhookEvent.subject_id == job_id, WebhookDelivery.status == "pending")
+            .limit(1)
+        )
+        return session.exec(query).first() is not None
+
+
+def kick_after_job(job_id: str, settings: Settings | None = None) -> bool:
+    """Start a delivery run now if the job's event has somewhere to go; never raises."""
+    try:
+        if not job_has_deliveries(job_id, settings):
+            return False
+        run_deployment(
+            DELIVER_DEPLOYMENT,
+            parameters={},
+            timeout=0,
+            idempotency_key=f"deliver-webhooks:after:{job_id}",
+            as_subflow=False,
+        )
+        return True
+    except Exception:
+        log.warning("could not start a webhook delivery run; the schedule will", exc_info=True)
+        return False
+
+
+def kick(client: SyncPrefectClient, key: str) -> bool:
+    """Start a delivery run now through an existing client (the API's); never raises."""
+    try:
+        deployment = client.read_deployment_by_name(DELIVER_DEPLOYMENT)
+        client.create_flow_run_from_deployment(
+            deployment.id, parameters={}, idempotency_key=f"deliver-webhooks:{key}"
+        )
+        return True
+    except Exception:
+        log.warning("could not start a webhook delivery run; the schedule will", exc_info=True)
+        return False
