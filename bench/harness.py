@@ -9,6 +9,8 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from rich.table import Table
 from mailsync.demo import Fakes
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import ensure_tls
-from mailsync.providers.base import ProviderEndpoints
+from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console(width=200)
@@ -92,6 +94,49 @@ def running_fakes(
             serve_in_thread(fake_microsoft.create_app(seed_messages=0, **(microsoft or {})), tls)
         )
         yield Fakes(gmail_url, microsoft_url, tls.ca_path)
+
+
+def timed_full_sync(
+    endpoints: ProviderEndpoints,
+    provider: str,
+    address: str,
+    credentials: dict[str, Any],
+    options: ProviderOptions,
+) -> dict[str, Any]:
+    """A full sync as a job runs it (`mailsync.sync.sync_mailbox`) into a throwaway SQLite
+    index: messages added, seconds, RSS just before and peak; a provider error that ends the
+    sync is reported in `failed` instead of raised."""
+    from cryptography.fernet import Fernet
+
+    from mailsync import db, workspaces
+    from mailsync.crypto import CredentialBox
+    from mailsync.providers.base import ProviderError
+    from mailsync.sync import sync_mailbox
+
+    with tempfile.TemporaryDirectory() as workdir:
+        url = f"sqlite:///{Path(workdir) / 'bench.db'}"
+        db.upgrade(url)
+        box = CredentialBox(Fernet.generate_key())
+        with db.session_scope(url) as session:
+            workspaces.create_workspace(session, "bench")
+            mailbox, _ = workspaces.connect_mailbox(
+                session, box, "bench", provider, address, credentials
+            )
+        baseline, started = current_rss_mb(), time.perf_counter()
+        try:
+            result = sync_mailbox(
+                url, mailbox.id, "full", box=box, endpoints=endpoints, options=options
+            )
+            failed, count = None, result.counts.added
+        except ProviderError as exc:
+            failed, count = f"{exc.code}: {exc}", 0
+        return {
+            "messages": count,
+            "seconds": time.perf_counter() - started,
+            "failed": failed,
+            "baseline_rss_mb": baseline,
+            "peak_rss_mb": peak_rss_mb(),
+        }
 
 
 def endpoints(fakes: Fakes) -> ProviderEndpoints:

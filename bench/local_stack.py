@@ -79,6 +79,7 @@ def local_stack(
     workers: int = 1,
     api_app: str = "mailsync.api.app:create_app",
     env: dict[str, str] | None = None,
+    prefect: dict[str, str] | None = None,
 ) -> Iterator[LocalStack]:
     with (
         tempfile.TemporaryDirectory(prefix="mailsync-bench-") as tmp,
@@ -99,7 +100,11 @@ def local_stack(
             "MAILSYNC_ADDRESS_QUOTA_PER_MINUTE": UNLIMITED,
             **(env or {}),
         }
-        full_env = {**os.environ, **prefect_env(workdir / "prefect", prefect_api_url)}
+        full_env = {
+            **os.environ,
+            **prefect_env(workdir / "prefect", prefect_api_url),
+            **(prefect or {}),
+        }
         full_env.update(settings_env)
         settings = Settings.model_validate(
             {k.removeprefix("MAILSYNC_").lower(): v for k, v in settings_env.items()}

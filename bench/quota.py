@@ -12,14 +12,13 @@ refusals, and failed syncs (must be 0). The sync is the unit a job runs
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench import harness
-from mailsync.providers.base import ProviderEndpoints
+from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 UNITS, WINDOW_S = 15_000, 10.0
 SIZES = {"tiny": [300], "small": [5_000], "full": [20_000]}
@@ -28,35 +27,10 @@ SIZES = {"tiny": [300], "small": [5_000], "full": [20_000]}
 def _paced_full_sync(
     endpoints: ProviderEndpoints, address: str, credentials: dict[str, Any]
 ) -> dict[str, Any]:
-    from cryptography.fernet import Fernet
-
-    from mailsync import db, workspaces
-    from mailsync.crypto import CredentialBox
-    from mailsync.db import session_scope
-    from mailsync.providers.base import ProviderError, ProviderOptions
-    from mailsync.sync import sync_mailbox
-
-    with tempfile.TemporaryDirectory() as workdir:
-        url = f"sqlite:///{Path(workdir) / 'bench.db'}"
-        db.upgrade(url)
-        box = CredentialBox(Fernet.generate_key())
-        with session_scope(url) as session:
-            workspaces.create_workspace(session, "bench")
-            mailbox, _ = workspaces.connect_mailbox(
-                session, box, "bench", "gmail", address, credentials
-            )
-        options = ProviderOptions(
-            gmail_quota_units_per_minute=UNITS, gmail_quota_window_seconds=WINDOW_S
-        )
-        started = time.perf_counter()
-        try:
-            result = sync_mailbox(
-                url, mailbox.id, "full", box=box, endpoints=endpoints, options=options
-            )
-            failed, count = None, result.counts.added
-        except ProviderError as exc:
-            failed, count = f"{exc.code}: {exc}", 0
-        return {"messages": count, "seconds": time.perf_counter() - started, "failed": failed}
+    options = ProviderOptions(
+        gmail_quota_units_per_minute=UNITS, gmail_quota_window_seconds=WINDOW_S
+    )
+    return harness.timed_full_sync(endpoints, "gmail", address, credentials, options)
 
 
 def run(size: str) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from bench import harness
-from mailsync.providers.base import ProviderEndpoints
+from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 SIZES = {"tiny": [300], "small": [10_000], "full": [10_000, 100_000]}
 UNPACED = 10**9
@@ -28,38 +28,12 @@ MICROSOFT_FOLDERS = ("inbox", "sentitems")
 def _pipeline(
     endpoints: ProviderEndpoints, provider: str, address: str, credentials: dict[str, Any]
 ) -> dict[str, Any]:
-    from cryptography.fernet import Fernet
-
-    from mailsync import db, workspaces
-    from mailsync.crypto import CredentialBox
-    from mailsync.db import session_scope
-    from mailsync.providers.base import ProviderOptions
-    from mailsync.sync import sync_mailbox
-
-    with tempfile.TemporaryDirectory() as workdir:
-        url = f"sqlite:///{Path(workdir) / 'bench.db'}"
-        db.upgrade(url)
-        box = CredentialBox(Fernet.generate_key())
-        with session_scope(url) as session:
-            workspaces.create_workspace(session, "bench")
-            mailbox, _ = workspaces.connect_mailbox(
-                session, box, "bench", provider, address, credentials
-            )
-        options = ProviderOptions(
-            gmail_quota_units_per_minute=UNPACED, microsoft_folders=MICROSOFT_FOLDERS
-        )
-        baseline = harness.current_rss_mb()
-        started = time.perf_counter()
-        result = sync_mailbox(
-            url, mailbox.id, "full", box=box, endpoints=endpoints, options=options
-        )
-        elapsed = time.perf_counter() - started
-    return {
-        "messages": result.counts.added,
-        "seconds": elapsed,
-        "baseline_rss_mb": baseline,
-        "peak_rss_mb": harness.peak_rss_mb(),
-    }
+    options = ProviderOptions(
+        gmail_quota_units_per_minute=UNPACED, microsoft_folders=MICROSOFT_FOLDERS
+    )
+    outcome = harness.timed_full_sync(endpoints, provider, address, credentials, options)
+    assert outcome["failed"] is None, outcome["failed"]
+    return outcome
 
 
 def _raw_gmail(endpoints: ProviderEndpoints, address: str, credentials: dict[str, Any]) -> int:
