@@ -224,7 +224,7 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
     address = tenant.microsoft_address
     # Every Graph call of this mailbox takes 5 s: the full sync runs long enough for a second
     # request and for a UI-style run to start on the other worker.
-    fakes.call("microsoft", "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": 5000})
+    fakes.call("microsoft", "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": 10000})
     try:
         first = scaled.post(tenant, {"mode": "full", "provider": "microsoft"})
         assert first.status_code == 202, first.text
