@@ -28,11 +28,13 @@ key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 mailbox_app = typer.Typer(help="Connected mailboxes.", no_args_is_help=True)
 connect_app = typer.Typer(help="Connect a mailbox.", no_args_is_help=True)
 db_app = typer.Typer(help="The application database.", no_args_is_help=True)
+encryption_app = typer.Typer(help="The encryption key of stored secrets.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(key_app, name="key")
 app.add_typer(mailbox_app, name="mailbox")
 mailbox_app.add_typer(connect_app, name="connect")
 app.add_typer(db_app, name="db")
+app.add_typer(encryption_app, name="encryption")
 
 console = Console()
 err = Console(stderr=True)
@@ -54,6 +56,30 @@ def db_upgrade() -> None:
     """Create or upgrade the schema to the newest revision."""
     _ready_settings()
     console.print("database schema is up to date")
+
+
+@encryption_app.command("rotate")
+def encryption_rotate() -> None:
+    """Re-encrypt every stored secret with the first key of MAILSYNC_ENCRYPTION_KEY.
+
+    Set MAILSYNC_ENCRYPTION_KEY="new,old" on every process first; afterwards drop "old".
+    """
+    from mailsync.crypto import CredentialsUnreadableError
+    from mailsync.keyrotation import reencrypt_all, unrotated
+
+    settings = _ready_settings()
+    box = CredentialBox(settings.fernet_key())
+    with db.session_scope(settings.resolved_database_url) as session:
+        try:
+            report = reencrypt_all(session, box)
+        except CredentialsUnreadableError as exc:
+            raise _fail(str(exc)) from exc
+        left = unrotated(session, box)
+    for column, count in report.reencrypted.items():
+        console.print(f"{column}: {count} re-encrypted")
+    if left:
+        raise _fail(f"{len(left)} values still need an old key (written meanwhile?): run again")
+    console.print(f"done: {report.total} values now need only the first key")
 
 
 _NIGHTLY_HELP = "Rebuild every mailbox with a full sync each night (nightly-full-sync deployment)."

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     work_pool: str = "mailsync"
     # Flow runs one worker runs at once (`prefect worker start --limit`); unset: no limit.
     worker_limit: int | None = Field(default=None, ge=1)
+    # One Fernet key, or a comma-separated list during a rotation: the first encrypts, all
+    # decrypt (mailsync/crypto.py, `mailsync encryption rotate`).
     encryption_key: SecretStr | None = None
 
     google_token_uri: str = "https://oauth2.googleapis.com/token"
