@@ -51,15 +51,19 @@ PG_PROBLEM = _postgres_problem()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`@pytest.mark.only_database("postgresql")`: a test whose subject does not depend on the
     application database runs on that one only (the suite's time budget), deselected for the
-    other rather than skipped."""
+    other rather than skipped. Tests on a shared Prefect stack are grouped by database."""
     kept, dropped = [], []
     for item in items:
         marker = item.get_closest_marker("only_database")
         params = getattr(getattr(item, "callspec", None), "params", {})
         if marker and "database_url" in params and params["database_url"] not in marker.args:
             dropped.append(item)
-        else:
-            kept.append(item)
+            continue
+        kept.append(item)
+        if "prefect_stack" in getattr(item, "fixturenames", ()) and "database_url" in params:
+            # Under `--dist loadgroup` (pytest-xdist) every test on one database's Prefect
+            # stack runs in one worker: each stack starts once, not once per worker.
+            item.add_marker(pytest.mark.xdist_group(f"prefect-{params['database_url']}"))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

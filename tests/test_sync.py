@@ -69,7 +69,10 @@ def test_interrupted_rebuild_leaves_the_index_intact_and_resumes(
             broken.append(processed)
             fakes.call(
                 provider, "POST", "/_admin/faults",
-                json={"operation": LIST_OPERATION[provider], "status": 503, "count": 50},
+                # A Retry-After beyond what a sync waits out: the run fails at once
+                # instead of backing off for ~15 s first.
+                json={"operation": LIST_OPERATION[provider], "status": 503, "count": 50,
+                      "retry_after": 60},
             )  # fmt: skip
 
     broken: list[int] = []
