@@ -35,7 +35,7 @@ from mailsync.models import Mailbox
 from mailsync.refresh import artifact_key
 from mailsync.settings import Settings
 from mailsync.stack import Stack, prefect_env, start_prefect_server
-from tests.api.conftest import Tenant, make_tenant
+from tests.api.conftest import Tenant, make_tenant, start_ui_run, wait_final
 from tests.conftest import (
     ENCRYPTION_KEY,
     FAST_QUOTA,
@@ -235,21 +235,8 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
         assert refused.json()["error"] == {**refused.json()["error"], "code": "sync_in_progress",
                                            "job_id": job_id}  # fmt: skip
         with SyncPrefectClient(scaled.prefect_api) as prefect:
-            deployment = prefect.read_deployment_by_name("sync-mailbox/sync")
-            ui_run = prefect.create_flow_run_from_deployment(
-                deployment.id,
-                parameters={
-                    "workspace": tenant.workspace_id,
-                    "providers": ["microsoft"],
-                    "mode": "full",
-                },
-            )
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                ui_run = prefect.read_flow_run(ui_run.id)
-                if ui_run.state is not None and ui_run.state.is_final():
-                    break
-                time.sleep(0.3)
+            ui_run = start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full")
+            ui_run = wait_final(prefect, ui_run)
             assert scaled.get(tenant, job_id)["status"] == "running"
             full_run = _runs(prefect, [job_id])[job_id]
     finally:

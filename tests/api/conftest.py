@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import FlowRun
 from sqlmodel import Session, select
 
 from mailsync import apikeys, workspaces
@@ -127,6 +129,26 @@ def api(prefect_stack: PrefectStack) -> Iterator[Api]:
     orchestrator = Orchestrator(prefect_stack.api_url, settings, clock=clock)
     with serve_in_thread(create_app(settings, orchestrator), None) as url:
         yield Api(url, clock, prefect_stack)
+
+
+def start_ui_run(
+    prefect: SyncPrefectClient, workspace_id: str, providers: list[str], mode: str
+) -> FlowRun:
+    """Start a sync flow run the way the Prefect UI does: from the deployment, no job first."""
+    deployment = prefect.read_deployment_by_name("sync-mailbox/sync")
+    parameters = {"workspace": workspace_id, "providers": providers, "mode": mode}
+    return prefect.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+
+
+def wait_final(prefect: SyncPrefectClient, run: FlowRun, timeout: float = 60) -> FlowRun:
+    """The flow run once Prefect reports a final state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = prefect.read_flow_run(run.id)
+        if run.state is not None and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"flow run {run.name} not final after {timeout} s"
+        time.sleep(0.3)
 
 
 def slow_down(fakes: FakeProviders, provider: str, address: str, slow_ms: int) -> None:

@@ -13,7 +13,15 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
 from mailsync.models import SyncJob, utcnow
-from tests.api.conftest import Api, Tenant, make_tenant, slow_down, speed_up
+from tests.api.conftest import (
+    Api,
+    Tenant,
+    make_tenant,
+    slow_down,
+    speed_up,
+    start_ui_run,
+    wait_final,
+)
 from tests.conftest import FakeProviders, PrefectStack
 from tests.test_drills import flow_run_pids
 
@@ -132,39 +140,19 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
     naming it; and a UI-started full sync fails fast while an API one holds the slot."""
     slow_down(fakes, "microsoft", tenant.microsoft_address, 1500)
     with SyncPrefectClient(api.stack.api_url) as prefect:
-        deployment = prefect.read_deployment_by_name("sync-mailbox/sync")
-        run = prefect.create_flow_run_from_deployment(
-            deployment.id,
-            parameters={
-                "workspace": tenant.workspace_id,
-                "providers": ["microsoft"],
-                "mode": "full",
-            },
-        )
+        start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full")
         ui_job = _wait_for_running_job(api, tenant)
         refused = api.post(tenant, {"mode": "full", "provider": "microsoft"})
         assert refused.status_code == 409 and refused.json()["error"]["job_id"] == ui_job.id
+        speed_up(fakes, "microsoft", tenant.microsoft_address)
         assert api.wait(tenant, ui_job.id)["status"] == "completed"
 
         slow_down(fakes, "microsoft", tenant.microsoft_address, 4000)  # the UI run starts meanwhile
         accepted = api.post(tenant, {"mode": "full", "provider": "microsoft"})
         assert accepted.status_code == 202
-        run = prefect.create_flow_run_from_deployment(
-            deployment.id,
-            parameters={
-                "workspace": tenant.workspace_id,
-                "providers": ["microsoft"],
-                "mode": "full",
-            },
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            state = prefect.read_flow_run(run.id).state
-            if state is not None and state.is_final():
-                break
-            time.sleep(0.3)
-        assert state is not None and state.is_failed(), state
-        failed = api.get(tenant, prefect.read_flow_run(run.id).name)
+        run = wait_final(prefect, start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full"))
+        assert run.state is not None and run.state.is_failed(), run.state
+        failed = api.get(tenant, run.name)
         assert failed["error"]["code"] == "sync_in_progress"
         speed_up(fakes, "microsoft", tenant.microsoft_address)  # let the API's run finish
         assert api.wait(tenant, accepted.json()["data"]["job_id"])["status"] == "completed"
