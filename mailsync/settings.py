@@ -43,7 +43,27 @@ class Settings(BaseSettings):
     microsoft_folders: str = "inbox,sentitems"
     microsoft_page_size: int = Field(default=100, ge=1, le=1000)
 
+    # Input limits (mailsync/api/middleware.py): a body over max_body_bytes gets 413, one
+    # that has not fully arrived body_timeout_seconds after the request's head gets 408, a
+    # head with more than max_header_count fields or max_header_bytes of them gets 431.
     max_body_bytes: int = 64 * 1024
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=8 * 1024, ge=1024)
+    max_header_count: int = Field(default=100, ge=10)
+    # Served by `mailsync up` (up.py, uvicorn): an idle keep-alive connection is closed after
+    # this; past max_connections open connections (or requests) uvicorn itself answers a plain
+    # 503 (its --limit-concurrency, a backstop far above the in-flight caps below).
+    api_keep_alive_seconds: int = Field(default=5, ge=1)
+    api_max_connections: int = Field(default=512, ge=1)
+
+    # Load shedding (mailsync/api/overload.py), per API process: at most max_in_flight
+    # requests are served at once, of which at most max_in_flight_sync are POST
+    # /v1/email/sync (two Prefect writes each); /health has health_max_in_flight of its own.
+    # A request waits up to overload_wait_seconds for a slot, then gets 503 with Retry-After.
+    max_in_flight: int = Field(default=16, ge=1)
+    max_in_flight_sync: int = Field(default=4, ge=1)
+    health_max_in_flight: int = Field(default=2, ge=1)
+    overload_wait_seconds: float = Field(default=2.0, ge=0)
 
     # The sync rules (enforced with Prefect global concurrency limits).
     sync_quota: int = 6  # accepted on-demand syncs per workspace per window

@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -32,6 +33,53 @@ console = Console()
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def api_server_options(settings: Settings) -> dict[str, Any]:
+    """How the API is served: `uvicorn.Config` keyword arguments (`api_command` passes the
+    same as flags; the input-limit tests serve the app with them).
+
+    - `http="h11"`, explicitly: "auto" would pick httptools whenever it happens to be
+      installed (uvicorn[standard]), with other limits and error behaviour.
+    - `h11_max_incomplete_event_size`: how much of an incomplete request head (request line
+      and header fields) uvicorn buffers; 4x `max_header_bytes`, at least 32 KiB, so every
+      head up to that size reaches HeaderLimitMiddleware and gets the JSON 431 when it is
+      over our limits. When more than that is buffered without the head being complete,
+      the app never sees the request: uvicorn answers a plain-text `400 Invalid HTTP request
+      received.` and closes the connection. (h11 checks only incomplete heads: a longer head
+      that arrives whole in one socket read, at most 256 KiB, is parsed and gets the 431.)
+    - `timeout_keep_alive`: an idle connection after a response is closed after this.
+    - `limit_concurrency`: past this many open connections or running requests uvicorn
+      answers a plain-text 503 itself; a backstop far above the in-flight caps of
+      mailsync/api/overload.py, which answer first with a JSON 503 and Retry-After.
+
+    Not bounded in time by uvicorn: a request head that never completes (a new connection
+    that sends nothing, or a head trickled a byte at a time; any byte received also cancels
+    the keep-alive timer). Such connections hold a file descriptor and count towards
+    `limit_concurrency`, so enough of them make uvicorn refuse everyone with its 503; in
+    front of the internet, a reverse proxy's header timeout (e.g. nginx
+    `client_header_timeout`) is what ends them. A slow body is bounded: 408 after
+    `body_timeout_seconds` (mailsync/api/middleware.py).
+    """
+    return {
+        "http": "h11",
+        "h11_max_incomplete_event_size": max(32 * 1024, 4 * settings.max_header_bytes),
+        "timeout_keep_alive": settings.api_keep_alive_seconds,
+        "limit_concurrency": settings.api_max_connections,
+    }
+
+
+def api_command(settings: Settings, port: int) -> list[str]:
+    """The `uvicorn` command `mailsync up` runs the API with (`api_server_options` as flags)."""
+    options = api_server_options(settings)
+    return [
+        sys.executable, "-m", "uvicorn", "mailsync.api.app:create_app", "--factory",
+        "--host", settings.api_host, "--port", str(port), "--no-access-log",
+        "--http", str(options["http"]),
+        "--h11-max-incomplete-event-size", str(options["h11_max_incomplete_event_size"]),
+        "--timeout-keep-alive", str(options["timeout_keep_alive"]),
+        "--limit-concurrency", str(options["limit_concurrency"]),
+    ]  # fmt: skip
 
 
 def _prefect(stack: Stack, settings: Settings) -> str:
@@ -82,12 +130,7 @@ def run_stack(
         with console.status("waiting for the Prefect workers"):
             names = [worker_name(i) for i in range(workers)]
             wait_for_workers(stack, api_url, settings.work_pool, names)
-        stack.spawn(
-            "api",
-            [sys.executable, "-m", "uvicorn", "mailsync.api.app:create_app", "--factory",
-             "--host", settings.api_host, "--port", str(port), "--no-access-log"],
-            {"MAILSYNC_PREFECT_API_URL": api_url},
-        )  # fmt: skip
+        stack.spawn("api", api_command(settings, port), {"MAILSYNC_PREFECT_API_URL": api_url})
         api = f"http://{settings.api_host}:{port}"
         with console.status("waiting for the API"):
             wait_until(http_ok(f"{api}/health"), "the API", 60, stack)

@@ -11,10 +11,13 @@ from mailsync import __version__
 from mailsync.api import errors
 from mailsync.api.middleware import (
     BodyLimitMiddleware,
+    HeaderLimitMiddleware,
     RateLimitMiddleware,
     RequestIdMiddleware,
     UnhandledErrorMiddleware,
 )
+from mailsync.api.openapi import document_limits
+from mailsync.api.overload import Gates, OverloadMiddleware
 from mailsync.api.routes import health, sync, webhooks
 from mailsync.jobs import Orchestrator
 from mailsync.settings import Settings, get_settings
@@ -42,15 +45,30 @@ def create_app(
     app.state.settings = settings
     app.state.orchestrator = orchestrator
     app.state.limits = orchestrator.limits  # the request quotas (ratelimit.py)
+    app.state.overload = gates = Gates.from_settings(settings)  # overload.py
     errors.install(app)
     app.include_router(sync.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
-    # Added last = outermost: the request id exists before anything can fail, so even the
-    # rate limiter's 429s carry it; the rate limiter is outside the body cap, so an
-    # over-quota client is refused before its body is read and 413s carry the figures.
+    # Added last = outermost. From the outside in:
+    # - the request id exists before anything can fail, so every refusal below carries it;
+    # - oversized heads (431) are refused before any work;
+    # - load shedding (503) comes before anything reads the body or asks the database or
+    #   Prefect (the rate limiter does), so a shed request costs nothing and counts nowhere;
+    # - the rate limiter is outside the body limits, so an over-quota client is refused
+    #   before its body is read, and 413s and 408s carry the figures;
+    # - unexpected errors become the 500 envelope inside all of them.
     app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
     app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(OverloadMiddleware, gates=gates)
+    app.add_middleware(
+        HeaderLimitMiddleware,
+        max_bytes=settings.max_header_bytes,
+        max_count=settings.max_header_count,
+    )
     app.add_middleware(RequestIdMiddleware)
+    document_limits(app, settings)
     return app

@@ -1,7 +1,8 @@
-"""ASGI middleware: request ids and rate-limit figures on every response, a cap on body size."""
+"""ASGI middleware: request ids and rate-limit figures on every response, input limits."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -127,21 +128,79 @@ class RateLimitMiddleware:
         await send_error(scope, send, error.status, error.code, error.message, headers)
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over `limit` bytes with 413 before they are read into memory."""
+class HeaderLimitMiddleware:
+    """Refuse a request whose header section is too big with 431, before any work is done.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    Too big: more than `max_count` header fields, or more than `max_bytes` of them, counted
+    as on the wire (`name: value` plus CRLF per field; the request line is not counted). The
+    answer is 431 `request_header_fields_too_large` in the error envelope, with
+    `Connection: close` (the body, if any, is not read).
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    This sees only heads the server parsed. uvicorn (h11, as `mailsync up` runs it, up.py)
+    buffers an incomplete head up to its `h11_max_incomplete_event_size` (4x `max_bytes`, at
+    least 32 KiB) and past that answers itself: a plain-text 400 "Invalid HTTP request
+    received." and a closed connection; the app never sees that request.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_count: int) -> None:
+        self.app, self.max_bytes, self.max_count = app, max_bytes, max_count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        problem = None
+        if len(headers) > self.max_count:
+            problem = f"{len(headers)} header fields, more than the {self.max_count} allowed"
+        else:
+            size = sum(len(name) + len(value) + 4 for name, value in headers)
+            if size > self.max_bytes:
+                problem = f"{size} bytes of header fields, more than the {self.max_bytes} allowed"
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
         await send_error(
             scope,
             send,
-            413,
-            "payload_too_large",
-            f"request body exceeds {self.limit} bytes",
+            431,
+            "request_header_fields_too_large",
+            f"the request has {problem}",
             {"Connection": "close"},
         )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Read the whole request body before the app runs, within a size and a time limit.
+
+    - 413 `payload_too_large` for a body over `limit` bytes: at once when Content-Length
+      says so (nothing is read), otherwise (chunked) as soon as the bytes read pass it; at
+      most `limit` bytes are ever held.
+    - 408 `request_timeout` when the body has not fully arrived `timeout` seconds after the
+      request reached the app. The deadline is for the whole body, so a client trickling a
+      byte at a time cannot stretch it.
+
+    Both answers carry `Connection: close`. The app then gets the body in one message. A
+    client that disconnects before its body is complete gets no answer (and the app is not
+    called).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, timeout: float | None = None) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
+
+    async def _refuse(self, scope: Scope, send: Send, status: int = 413) -> None:
+        if status == 408:
+            code, message = (
+                "request_timeout",
+                f"the request body did not arrive within {self.timeout:g} s",
+            )
+        else:
+            code, message = "payload_too_large", f"request body exceeds {self.limit} bytes"
+        await send_error(scope, send, status, code, message, {"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,33 +210,42 @@ class BodyLimitMiddleware:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             await self._refuse(scope, send)
             return
-        if length is not None:
-            await self.app(scope, receive, send)
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await self._read(receive)
+        except TimeoutError:
+            await self._refuse(scope, send, 408)
             return
-        # Chunked upload: buffer up to the limit, then replay it to the app.
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            seen += len(chunks[-1])
-            if seen > self.limit:
-                await self._refuse(scope, send)
-                return
-            if not message.get("more_body", False):
-                break
+        except _BodyTooLarge:
+            await self._refuse(scope, send)
+            return
+        if body is None:
+            return  # the client went away mid-body: nobody to answer
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
 
 class UnhandledErrorMiddleware:
