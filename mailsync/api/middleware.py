@@ -12,12 +12,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ulid import ULID
 
 from mailsync.api.errors import ApiError
-from mailsync.api.ratelimit import HEADER_NAMES, get_rate_limit, key_was_checked, meter_address
+from mailsync.api.ratelimit import (
+    HEADER_NAMES,
+    get_rate_limit,
+    key_was_checked,
+    meter_address,
+    uncounted,
+)
 
 log = logging.getLogger(__name__)
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _RATE_HEADERS = {name.lower().encode() for name in HEADER_NAMES}
+
+
+def uncounted_headers(scope: Scope, headers: dict[str, str]) -> dict[str, str]:
+    """`headers` plus the not-counted X-RateLimit-* figures (ratelimit.uncounted)."""
+    info = uncounted(scope)
+    return {**(info.headers() if info else {}), **headers}
 
 
 async def send_error(
@@ -166,7 +178,7 @@ class HeaderLimitMiddleware:
             431,
             "request_header_fields_too_large",
             f"the request has {problem}",
-            {"Connection": "close"},
+            uncounted_headers(scope, {"Connection": "close"}),
         )
 
 

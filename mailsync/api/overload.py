@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mailsync.api.middleware import send_error
+from mailsync.api.middleware import send_error, uncounted_headers
 from mailsync.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class OverloadMiddleware:
             "service_unavailable",
             f"the server is busy ({gate.capacity} {gate.name} in flight, none finished within "
             f"{self.gates.wait_seconds:g} s); retry in {retry_after} s",
-            {"Retry-After": str(retry_after), "Connection": "close"},
+            uncounted_headers(scope, {"Retry-After": str(retry_after), "Connection": "close"}),
         )
 
     def _note_shed(self, gate: Gate) -> None:

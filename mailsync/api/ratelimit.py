@@ -237,6 +237,16 @@ def _settings(target: HTTPConnection | Scope) -> Any:
     return _scope(target)["app"].state.settings
 
 
+def uncounted(target: HTTPConnection | Scope) -> RateLimitInfo | None:
+    """The figures of a refusal answered before the request was identified or counted (431,
+    a shed 503): the address quota, not counted (Limit N, Remaining N, Reset now), as when
+    Prefect cannot be asked. The spec wants X-RateLimit-* on every response."""
+    per_minute = int(_settings(target).address_quota_per_minute)
+    if per_minute <= 0:
+        return None
+    return RateLimitInfo(per_minute, per_minute, math.floor(time.time()))
+
+
 def meter_key(target: HTTPConnection | Scope, key_id: str) -> RateLimitInfo | None:
     """Count a request against its API key's quota; ApiError 429 when the quota is spent.
 

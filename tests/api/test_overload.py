@@ -236,6 +236,7 @@ def test_overload_sheds_quickly_and_shed_requests_leave_nothing(drill: Drill) ->
         assert error["code"] == "service_unavailable" and error["message"]
         assert error["request_id"] == outcome.headers["x-request-id"]
         assert outcome.headers["retry-after"] in ("1", "2")
+        assert outcome.headers["x-ratelimit-limit"] == outcome.headers["x-ratelimit-remaining"]
         assert outcome.seconds < WAIT_S + 1.0, summary
 
     # Nothing left behind by a shed request: jobs and quota slots are the accepted ones'.
