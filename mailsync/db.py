@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,29 @@ def get_engine(url: str) -> sa.Engine:
                 engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
             _engines[url] = engine
         return engine
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Did a statement fail because the connection to the database went away (a restart, a
+    failover, `pg_terminate_backend`) or could not be made again yet? Retrying such work is
+    safe: the transaction in flight was rolled back, and the pool (pool_pre_ping) replaces the
+    dead connection. SQL errors and SQLite's errors are not. (psycopg reports no SQLSTATE for
+    any failed connect, so a wrong password or database name counts too; a job meets those
+    first in its open-job step, which fails the job.)"""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # psycopg is only loaded by a PostgreSQL engine (importing it costs a flow run ~0.3 s).
+    psycopg = sys.modules.get("psycopg")
+    if (
+        psycopg is not None
+        and isinstance(exc, sa.exc.OperationalError)
+        and isinstance(exc.orig, psycopg.OperationalError)
+    ):
+        # No SQLSTATE: the server could not be reached (refused, reset). Class 08: connection
+        # exceptions; 57P0x: the server is shutting down, was terminated, or is starting up.
+        sqlstate = exc.orig.sqlstate
+        return sqlstate is None or sqlstate.startswith(("08", "57P"))
+    return False
 
 
 def dispose_engines() -> None:

@@ -11,18 +11,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
 from mailsync import runtime
+from mailsync.db import connection_lost
 from mailsync.providers.base import TransientProviderError
 from mailsync.webhooks import dispatch
 
 
 def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
-    """Retry throttling, outages and timeouts; never bad credentials or bugs."""
+    """Retry throttling, outages and timeouts; never bad credentials or bugs.
+
+    A lost app-database connection counts too (tests/test_drills.py drops it mid-sync): the
+    page being written was rolled back with its checkpoint, so the retry resumes from the last
+    stored page and converges to the same index. Before, one killed backend failed the job."""
     try:
         state.result()
     except TransientProviderError:
         return True
-    except Exception:
-        return False
+    except Exception as exc:
+        return connection_lost(exc)
     return False
 
 
