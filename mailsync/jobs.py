@@ -18,6 +18,7 @@ from sqlmodel import Session, col, update
 
 from mailsync import jobstore
 from mailsync.admission import Admission, Clock
+from mailsync.deadline import DeadlineTransport
 from mailsync.limits import LimitsUnavailableError, PrefectLimits
 from mailsync.models import JobStatus, SyncJob, SyncMode, utcnow
 from mailsync.settings import Settings, get_settings
@@ -65,7 +66,8 @@ class Orchestrator:
         self._deployment_id: UUID | None = None
         self._lock = threading.Lock()
         self.limits = PrefectLimits(lambda: self.client)
-        self.admission = Admission(self.limits, settings or get_settings(), clock)
+        self.settings = settings or get_settings()
+        self.admission = Admission(self.limits, self.settings, clock)
 
     @property
     def client(self) -> SyncPrefectClient:
@@ -73,9 +75,13 @@ class Orchestrator:
             if self._client is None:
                 # Our own transport: Prefect's default retries a refused connection with
                 # backoff (~1.5 s), and its client retries 5 more times; the API would rather
-                # answer 503 at once and let its caller retry.
+                # answer 503 soon and let its caller retry. Each call gets a time budget
+                # across those retries (deadline.py).
+                budget = self.settings.prefect_call_budget_seconds
+                transport = DeadlineTransport(httpx.HTTPTransport(retries=1), budget)
                 client = SyncPrefectClient(
-                    self.api_url, httpx_settings={"transport": httpx.HTTPTransport(retries=1)}
+                    self.api_url,
+                    httpx_settings={"transport": transport, "timeout": httpx.Timeout(budget)},
                 )
                 client.__enter__()
                 self._client = client

@@ -15,12 +15,16 @@ from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
 from mailsync.leases import FullSyncSlot
 from mailsync.limits import LimitsUnavailableError, PrefectLimits
-from mailsync.models import SyncJob
+from mailsync.models import JobStatus, SyncJob
 from mailsync.settings import Settings, get_settings
 from mailsync.sync import MailboxResult, Progress, sync_mailbox
 
 
 class JobNotFoundError(Exception):
+    pass
+
+
+class JobEndedError(Exception):
     pass
 
 
@@ -42,6 +46,11 @@ def open_job(
             job = session.get(SyncJob, job_id)
             if job is None:
                 raise JobNotFoundError(f"sync job {job_id} does not exist")
+            if JobStatus(job.status).terminal:
+                # A run created for a job that already ended (the API gave up waiting on
+                # Prefect and failed it; a UI "retry" of an ended run): the job's outcome
+                # and its webhook event stand, and it must not run without its slot.
+                raise JobEndedError(f"sync job {job_id} already ended ({job.status})")
         else:
             if not workspace:
                 raise ValueError("a run started without job_id needs the workspace parameter")
@@ -143,6 +152,11 @@ def close_jobs(ends: list[JobEnd], settings: Settings | None = None) -> None:
             job = session.get(SyncJob, job_id)
             if job is None:
                 raise JobNotFoundError(f"sync job {job_id} does not exist")
+            if JobStatus(job.status).terminal:
+                # A run created for a job that already ended (the API gave up waiting on
+                # Prefect and failed it; a UI "retry" of an ended run): the job's outcome
+                # and its webhook event stand, and it must not run without its slot.
+                raise JobEndedError(f"sync job {job_id} already ended ({job.status})")
             jobstore.mark_finished(
                 session,
                 job,

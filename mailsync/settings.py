@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".data"))
     database_url: str | None = None
     prefect_api_url: str | None = None
+    # The longest one Prefect API call of the API process may take, the Prefect client's own
+    # retries included (mailsync/deadline.py); past it the request gets 503 + Retry-After.
+    prefect_call_budget_seconds: float = Field(default=10.0, gt=0)
     prefect_port: int = 4200
     api_host: str = "127.0.0.1"
     api_port: int = 8000

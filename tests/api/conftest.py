@@ -100,6 +100,15 @@ class Api:
             f"{self.url}{URL}", json=body, headers={**tenant.auth(), **headers}, timeout=60
         )
 
+    def post_retrying(self, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
+        """POST as a well-behaved client does under a burst: a 503 (load shed, nothing done)
+        is sent again after its Retry-After."""
+        while True:
+            response = self.post(tenant, body, **headers)
+            if response.status_code != 503:
+                return response
+            time.sleep(float(response.headers["retry-after"]))
+
     def get(self, tenant: Tenant, job_id: str) -> dict[str, Any]:
         response = httpx.get(f"{self.url}{URL}/{job_id}", headers=tenant.auth(), timeout=30)
         assert response.status_code == 200, response.text

@@ -38,12 +38,16 @@ def test_50_parallel_full_syncs_admit_exactly_one(
     api: Api, tenant: Tenant, fakes: FakeProviders
 ) -> None:
     """50 concurrent full-sync requests for one workspace and provider: exactly one 202, 49
-    409 sync_in_progress naming that job, no 5xx; the 409s take no quota slot."""
+    409 sync_in_progress naming that job, no 5xx (a request shed with 503 is sent again);
+    the 409s take no quota slot."""
     slow_down(fakes, "gmail", tenant.gmail_address, 5000)  # outlive the burst
     started = time.monotonic()
     with ThreadPoolExecutor(50) as pool:
         responses = list(
-            pool.map(lambda _: api.post(tenant, {"mode": "full", "provider": "gmail"}), range(50))
+            pool.map(
+                lambda _: api.post_retrying(tenant, {"mode": "full", "provider": "gmail"}),
+                range(50),
+            )
         )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [202] + [409] * 49, (statuses, time.monotonic() - started)
@@ -80,12 +84,15 @@ def test_incremental_is_refused_while_a_full_sync_runs(
 
 def test_idempotency_key_under_concurrency(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
     """20 concurrent requests with one Idempotency-Key create exactly one job and all get
-    the identical body; a different body with that key is 422; replays take no quota."""
+    the identical body (a request shed with 503 under the burst gets it when retried after
+    its Retry-After); a different body with that key is 422; replays take no quota."""
     key = str(uuid.uuid4())
     with ThreadPoolExecutor(20) as pool:
         responses = list(
             pool.map(
-                lambda _: api.post(tenant, {"provider": "gmail"}, **{"Idempotency-Key": key}),
+                lambda _: api.post_retrying(
+                    tenant, {"provider": "gmail"}, **{"Idempotency-Key": key}
+                ),
                 range(20),
             )
         )
