@@ -18,6 +18,8 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
+from deployments.automations import ensure_zombie_automation
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
 
@@ -97,7 +99,8 @@ def register(
     *,
     activate_schedules: bool = True,
 ) -> dict[str, str]:
-    """Create or update every deployment of prefect.yaml; returns {"flow/name": id}.
+    """Create or update every deployment of prefect.yaml, and the automation that crashes
+    runs whose heartbeats stopped (automations.py); returns {"flow/name": id}.
 
     Schedules are active, as `prefect deploy` makes them; test and benchmark stacks pass
     `activate_schedules=False` so that no refresh runs behind their backs.
@@ -130,6 +133,7 @@ def register(
                 concurrency_options=options,
             )
             registered[f"{flow.name}/{spec['name']}"] = str(deployment_id)
+        ensure_zombie_automation(client)
     return registered
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -56,6 +57,9 @@ class Outcome:
     headers: httpx.Headers
     key: str | None = None
     shed: int = 0  # 503s answered (and retried) before this outcome
+    # When the answered attempt was sent and its answer received (UTC, this machine's clock).
+    sent: datetime = field(default_factory=lambda: datetime.now(UTC))
+    received: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass
@@ -67,14 +71,14 @@ class Traffic:
 
     def send(
         self, method: str, tenant: Tenant, path: str, **kwargs: Any
-    ) -> tuple[httpx.Response, int]:
+    ) -> tuple[httpx.Response, int, datetime]:
         """A well-behaved client: a 503 is retried after its Retry-After for up to a minute;
         a request the server leaves unanswered for 60 s fails the drill."""
         shed = 0
         give_up = time.monotonic() + 60
         with httpx.Client(base_url=self.api.url, headers=tenant.auth(), timeout=60) as client:
             while True:
-                sent = time.monotonic()
+                sent, sent_at = time.monotonic(), datetime.now(UTC)
                 try:
                     response = client.request(method, path, **kwargs)
                 except httpx.TimeoutException as exc:
@@ -83,20 +87,24 @@ class Traffic:
                         f"{method} {path} unanswered after {waited:.0f} s"
                     ) from exc
                 if response.status_code != 503 or time.monotonic() > give_up:
-                    return response, shed
+                    return response, shed, sent_at
                 assert "retry-after" in response.headers, response.text
                 shed += 1
                 time.sleep(float(response.headers["retry-after"]) * random.uniform(1, 1.5))
 
     def trigger(self, workspace: int, body: dict[str, str], key: str | None) -> Outcome:
         headers = {"Idempotency-Key": key} if key else {}
-        response, shed = self.send("POST", self.tenants[workspace], URL, json=body, headers=headers)
+        response, shed, sent = self.send(
+            "POST", self.tenants[workspace], URL, json=body, headers=headers
+        )
         data = response.json()
         if response.status_code == 202:
             with self.lock:
                 self.job_ids[workspace].append(data["data"]["job_id"])
         kind = "replay" if response.headers.get("idempotent-replayed") == "true" else "trigger"
-        return Outcome(kind, workspace, response.status_code, data, response.headers, key, shed)
+        return Outcome(
+            kind, workspace, response.status_code, data, response.headers, key, shed, sent
+        )
 
     def poll(self, workspace: int, foreign: bool) -> Outcome:
         """GET a job of this workspace, or (foreign) another workspace's job with this key."""
@@ -104,7 +112,7 @@ class Traffic:
         with self.lock:
             known = list(self.job_ids[owner])
         job_id = random.choice(known) if known else "sync_unknown"
-        response, shed = self.send("GET", self.tenants[workspace], f"{URL}/{job_id}")
+        response, shed, sent = self.send("GET", self.tenants[workspace], f"{URL}/{job_id}")
         kind = "foreign-poll" if foreign else "poll" if known else "unknown-poll"
         return Outcome(
             kind, workspace, response.status_code, response.json(), response.headers, shed=shed
@@ -129,11 +137,17 @@ def plan(rng: random.Random) -> list[tuple[str, int, dict[str, str], str | None]
     return ops
 
 
-def overlaps(full: SyncJob, other: SyncJob) -> bool:
-    """`other` was accepted while the full sync `full` held its provider's slot."""
+def utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def accepted_during(full: SyncJob, made_full: Outcome, job: SyncJob, made: Outcome) -> bool:
+    """`job` was surely admitted while the full sync held its provider's slot: its request
+    was sent after the full sync's 202 came back (the slot is taken before that 202) and
+    answered before the full sync's job ended (the slot is released after that)."""
     assert full.finished_at is not None
-    shared = set(full.providers) & set(other.providers)
-    return bool(shared) and full.queued_at < other.queued_at < full.finished_at
+    shared = set(full.providers) & set(job.providers)
+    return bool(shared) and made_full.received < made.sent and made.received < utc(full.finished_at)
 
 
 def wait_until_all_end(api: Api, tenants: list[Tenant], timeout: float = 240) -> list[SyncJob]:
@@ -205,12 +219,13 @@ def test_mixed_traffic_keeps_every_rule(
             if o.key and o.status == 202:
                 keyed[o.key].add(o.body["data"]["job_id"])
         assert all(len(ids) == 1 for ids in keyed.values()), "one key, several jobs"
-        fulls = [by_id[i] for i in accepted if by_id[i].mode == "full"]
-        for full in fulls:
+        created_by = [o for o in mine if o.kind == "trigger" and o.status == 202]
+        made = {o.body["data"]["job_id"]: o for o in created_by}
+        for full in (by_id[i] for i in accepted if by_id[i].mode == "full"):
             clashes = [
-                j.id
-                for j in by_id.values()
-                if j is not full and j.id in accepted and overlaps(full, j)
+                i
+                for i in accepted
+                if i != full.id and accepted_during(full, made[full.id], by_id[i], made[i])
             ]
             assert not clashes, f"accepted while full sync {full.id} ran: {clashes}"
         assert all(o.status == 404 for o in mine if o.kind in ("foreign-poll", "unknown-poll"))

@@ -13,6 +13,7 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
+from deployments import automations
 from deployments.register import (
     PROJECT_DIR,
     concurrency_of,
@@ -159,3 +160,13 @@ def test_prefect_deploy_and_register_create_the_same_deployments(
     register(api, activate_schedules=False)
     inactive = _snapshot(api)
     assert all(not s[1] for d in inactive.values() for s in d["schedules"])
+
+    # One zombie-run automation however often register() runs, and every deployment's runs
+    # beat more often than it waits (otherwise it would crash healthy runs).
+    with SyncPrefectClient(api) as client:
+        (automation,) = client.read_automations_by_name(automations.NAME)
+    assert automation.enabled and automation.trigger.posture == "Proactive"
+    window = automation.trigger.within.total_seconds()
+    for got in by_code.values():
+        beat = int(got["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+        assert beat >= 30 and 2 * beat < window
