@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server(app: FastAPI, tls: FakeTLS | None, port: int) -> uvicorn.Server:
+def _server(app: FastAPI, tls: FakeTLS | None, port: int, **options: Any) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -29,15 +30,19 @@ def _server(app: FastAPI, tls: FakeTLS | None, port: int) -> uvicorn.Server:
         ssl_keyfile=str(tls.key_path) if tls else None,
         log_level="warning",
         access_log=False,
+        **options,
     )
     return uvicorn.Server(config)
 
 
 @contextmanager
-def serve_in_thread(app: FastAPI, tls: FakeTLS | None, port: int | None = None) -> Iterator[str]:
-    """Run `app` on 127.0.0.1:<port> (https with `tls`) until the block exits; yields the URL."""
+def serve_in_thread(
+    app: FastAPI, tls: FakeTLS | None, port: int | None = None, **options: Any
+) -> Iterator[str]:
+    """Run `app` on 127.0.0.1:<port> (https with `tls`) until the block exits; yields the URL.
+    `options` are more uvicorn.Config settings (the API's, as `mailsync up` serves it)."""
     port = port or free_port()
-    server = _server(app, tls, port)
+    server = _server(app, tls, port, **options)
     thread = threading.Thread(target=server.run, name=f"fake-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

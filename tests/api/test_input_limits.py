@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from mailsync.api.app import create_app
-from mailsync.fakes.server import free_port
+from mailsync.fakes.server import serve_in_thread
 from mailsync.settings import Settings
 from mailsync.up import api_server_options
 
@@ -35,28 +33,9 @@ KEEP_ALIVE_S = 1
 def serve_like_up(app: Any, settings: Settings) -> Iterator[tuple[str, int]]:
     """Serve `app` with uvicorn in a thread, with the options `mailsync up` uses; yields
     (host, port)."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        **api_server_options(settings),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the API on port {port} did not start")
-        time.sleep(0.02)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app, None, **api_server_options(settings)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port)
 
 
 @dataclass
