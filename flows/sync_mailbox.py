@@ -61,7 +61,7 @@ def _sync_all(job: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[str, str
     for mailbox, future in zip(job["mailboxes"], futures, strict=True):
         try:
             results.append(future.result())
-        except ProviderError as exc:
+        except (ProviderError, runtime.MailboxBusyError) as exc:
             error = error or (exc.code, f"{mailbox['provider']} {mailbox['address']}: {exc}")
         except Exception as exc:
             error = error or ("internal_error", f"{mailbox['provider']}: {type(exc).__name__}")

@@ -70,6 +70,11 @@ def full_sync_limit(workspace_id: str, provider: str) -> LimitSpec:
     return LimitSpec(f"mailsync-full-sync:{workspace_id}:{provider}", 1)
 
 
+def mailbox_limit(mailbox_id: str) -> LimitSpec:
+    """One sync of a mailbox at a time, whatever started it (runtime.mailbox_turn)."""
+    return LimitSpec(f"mailsync-mailbox:{mailbox_id}", 1)
+
+
 class Admission:
     def __init__(self, limits: PrefectLimits, settings: Settings, clock: Clock = utcnow) -> None:
         self.limits, self.settings, self.clock = limits, settings, clock

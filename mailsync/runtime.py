@@ -8,9 +8,11 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from prefect import get_client
+from prefect.concurrency.sync import concurrency
 from sqlmodel import col, select, update
 
 from mailsync import jobstore
+from mailsync.admission import mailbox_limit
 from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
 from mailsync.leases import FullSyncSlot
@@ -115,16 +117,55 @@ def run_mailbox(
     progress: Progress | None = None,
     settings: Settings | None = None,
 ) -> MailboxResult:
+    """Sync one mailbox, in its turn: never two syncs of one mailbox at once."""
     settings = settings or get_settings()
-    return sync_mailbox(
-        settings.resolved_database_url,
-        mailbox_id,
-        mode,
-        box=CredentialBox(settings.fernet_key()),
-        endpoints=settings.provider_endpoints,
-        options=settings.provider_options,
-        progress=progress,
-    )
+    with mailbox_turn(mailbox_id, settings):
+        return sync_mailbox(
+            settings.resolved_database_url,
+            mailbox_id,
+            mode,
+            box=CredentialBox(settings.fernet_key()),
+            endpoints=settings.provider_endpoints,
+            options=settings.provider_options,
+            progress=progress,
+        )
+
+
+class MailboxBusyError(Exception):
+    """Another sync of the mailbox held it for longer than this one would wait."""
+
+    code = "sync_in_progress"
+
+
+@contextmanager
+def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
+    """Hold the mailbox's Prefect slot (limit 1, on any worker) while it syncs; wait for it.
+
+    Why: the sync rules let an incremental run beside a full sync, and two incrementals run at
+    once; but two builds of one mailbox at once (an explicit full sync beside a first or
+    cursor-reset incremental, which becomes a full build) overwrite each other's generation
+    and can leave an empty index (seen in tests/api/test_load_drill.py). Waiting, not
+    refusing: the second sync then runs on what the first left (a cursor, a fresh index).
+    Prefect renews the lease while the sync runs and lets it lapse if the process dies.
+    """
+    spec = mailbox_limit(mailbox_id)
+    with get_client(sync_client=True) as client:
+        PrefectLimits(lambda: client).ensure([spec])
+    try:
+        with concurrency(
+            spec.name,
+            occupy=1,
+            timeout_seconds=settings.mailbox_wait_seconds,
+            lease_duration=settings.full_sync_lease_seconds,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ):
+            yield
+    except TimeoutError as exc:
+        raise MailboxBusyError(
+            f"another sync of mailbox {mailbox_id} held it for over "
+            f"{settings.mailbox_wait_seconds} s; this one did not start"
+        ) from exc
 
 
 def close_job(

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     sync_quota: int = 6  # accepted on-demand syncs per workspace per window
     sync_quota_window_seconds: int = Field(default=3600, ge=60)  # Prefect leases last >= 60 s
     full_sync_lease_seconds: int = Field(default=60, ge=60)  # renewed while the sync runs
+    # How long a sync waits for another sync of the same mailbox to end (runtime.mailbox_turn).
+    mailbox_wait_seconds: float = Field(default=1800.0, gt=0)
     # The general request quota of every other endpoint, per API key and per client address.
     request_quota_per_minute: int = 600
     address_quota_per_minute: int = 120

@@ -96,15 +96,12 @@ class Api:
     stack: PrefectStack
 
     def post(self, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
-        return httpx.post(
-            f"{self.url}{URL}", json=body, headers={**tenant.auth(), **headers}, timeout=60
-        )
-
-    def post_retrying(self, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
-        """POST as a well-behaved client does under a burst: a 503 (load shed, nothing done)
-        is sent again after its Retry-After."""
+        """POST as a well-behaved client does: a 503 (load shed, or Prefect slower than the
+        API's budget; nothing done, nothing held) is sent again after its Retry-After."""
         while True:
-            response = self.post(tenant, body, **headers)
+            response = httpx.post(
+                f"{self.url}{URL}", json=body, headers={**tenant.auth(), **headers}, timeout=60
+            )
             if response.status_code != 503:
                 return response
             time.sleep(float(response.headers["retry-after"]))

@@ -185,3 +185,5 @@ def test_full_then_incremental_through_20_percent_faults(
     ):
         stats = fakes.call(provider, "GET", f"/_admin/mailboxes/{address}/faults")
         assert stats["injected"] > 0, provider
+        indexed = len(fake_index(fakes, provider, address))
+        print(f"{provider}: {stats['injected']} faults injected, {indexed} messages indexed")

@@ -22,6 +22,7 @@ from tests.api.conftest import (
     start_ui_run,
     wait_final,
 )
+from tests.api.test_sync_drills import fake_index, live_index
 from tests.conftest import FakeProviders, PrefectStack
 from tests.test_drills import flow_run_pids
 
@@ -45,7 +46,7 @@ def test_50_parallel_full_syncs_admit_exactly_one(
     with ThreadPoolExecutor(50) as pool:
         responses = list(
             pool.map(
-                lambda _: api.post_retrying(tenant, {"mode": "full", "provider": "gmail"}),
+                lambda _: api.post(tenant, {"mode": "full", "provider": "gmail"}),
                 range(50),
             )
         )
@@ -90,9 +91,7 @@ def test_idempotency_key_under_concurrency(api: Api, tenant: Tenant, fakes: Fake
     with ThreadPoolExecutor(20) as pool:
         responses = list(
             pool.map(
-                lambda _: api.post_retrying(
-                    tenant, {"provider": "gmail"}, **{"Idempotency-Key": key}
-                ),
+                lambda _: api.post(tenant, {"provider": "gmail"}, **{"Idempotency-Key": key}),
                 range(20),
             )
         )
@@ -227,3 +226,34 @@ def test_order_of_checks(api: Api, prefect_stack: PrefectStack, fakes: FakeProvi
     assert still_busy.status_code == 409 and still_busy.headers["x-ratelimit-remaining"] == "0"
     speed_up(fakes, "microsoft", tenant.microsoft_address)
     assert api.wait(tenant, first.json()["data"]["job_id"])["status"] == "completed"
+
+
+@pytest.mark.only_database("postgresql")  # the turn is Prefect's
+def test_two_syncs_of_one_mailbox_take_turns(
+    api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
+) -> None:
+    """A first incremental sync (which builds the index like a full one) and a full sync of
+    the same mailbox, both accepted (an incremental does not block a full sync): the second
+    waits for the mailbox's turn and makes no progress while the first runs, then both
+    complete and the index equals the fake's (two builds at once could leave it empty)."""
+    tenant = make_tenant(prefect_stack.settings, fakes, providers=("gmail",), messages=1200)
+    slow_down(fakes, "gmail", tenant.gmail_address, 300)
+    first = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
+    deadline = time.monotonic() + 60
+    while not (api.get(tenant, first).get("progress") or {}).get("processed"):
+        assert time.monotonic() < deadline, "the first sync never progressed"
+        time.sleep(0.2)
+    second = api.post(tenant, {"mode": "full", "provider": "gmail"})
+    assert second.status_code == 202, second.text
+    second_id = second.json()["data"]["job_id"]
+    for _ in range(10):  # ~3 s while the first still runs (a page takes ~3 s here)
+        assert api.get(tenant, first)["status"] == "running"
+        assert not (api.get(tenant, second_id).get("progress") or {}).get("processed")
+        time.sleep(0.3)
+    speed_up(fakes, "gmail", tenant.gmail_address)
+    assert api.wait(tenant, first)["status"] == "completed"
+    done = api.wait(tenant, second_id)
+    assert done["status"] == "completed", done
+    assert live_index(prefect_stack, tenant, "gmail") == fake_index(
+        fakes, "gmail", tenant.gmail_address
+    )
