@@ -77,6 +77,7 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
             view = httpx.get(
                 f"http://127.0.0.1:{api_port}/v1/email/sync/{data['job_id']}",
                 headers={"Authorization": f"Bearer {key}"},
+                timeout=30,  # a GET asks Prefect twice; on a loaded CI box that took > 5 s
             ).json()["data"]
             statuses.append(view["status"])
             if view["status"] in ("completed", "failed"):

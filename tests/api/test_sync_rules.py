@@ -237,7 +237,7 @@ def test_two_syncs_of_one_mailbox_take_turns(
     waits for the mailbox's turn and makes no progress while the first runs, then both
     complete and the index equals the fake's (two builds at once could leave it empty)."""
     tenant = make_tenant(prefect_stack.settings, fakes, providers=("gmail",), messages=1200)
-    slow_down(fakes, "gmail", tenant.gmail_address, 300)
+    slow_down(fakes, "gmail", tenant.gmail_address, 1000)  # ~10 s a page of 500
     first = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
     deadline = time.monotonic() + 60
     while not (api.get(tenant, first).get("progress") or {}).get("processed"):
@@ -246,10 +246,15 @@ def test_two_syncs_of_one_mailbox_take_turns(
     second = api.post(tenant, {"mode": "full", "provider": "gmail"})
     assert second.status_code == 202, second.text
     second_id = second.json()["data"]["job_id"]
-    for _ in range(10):  # ~3 s while the first still runs (a page takes ~3 s here)
-        assert api.get(tenant, first)["status"] == "running"
-        assert not (api.get(tenant, second_id).get("progress") or {}).get("processed")
+    overlapping = 0  # looks at the second while the first was still running
+    for _ in range(10):
+        second_progress = (api.get(tenant, second_id).get("progress") or {}).get("processed")
+        if api.get(tenant, first)["status"] != "running":
+            break
+        assert not second_progress, "the second sync ran beside the first"
+        overlapping += 1
         time.sleep(0.3)
+    assert overlapping >= 2, "the first sync ended too soon to tell"
     speed_up(fakes, "gmail", tenant.gmail_address)
     assert api.wait(tenant, first)["status"] == "completed"
     done = api.wait(tenant, second_id)
