@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
+import httpx
 from prefect import get_client
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from sqlmodel import col, select, update
 
@@ -149,23 +151,34 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
     Prefect renews the lease while the sync runs and lets it lapse if the process dies.
     """
     spec = mailbox_limit(mailbox_id)
-    with get_client(sync_client=True) as client:
-        PrefectLimits(lambda: client).ensure([spec])
-    try:
-        with concurrency(
-            spec.name,
-            occupy=1,
-            timeout_seconds=settings.mailbox_wait_seconds,
-            lease_duration=settings.full_sync_lease_seconds,
-            strict=True,
-            raise_on_lease_renewal_failure=False,
-        ):
-            yield
-    except TimeoutError as exc:
-        raise MailboxBusyError(
-            f"another sync of mailbox {mailbox_id} held it for over "
-            f"{settings.mailbox_wait_seconds} s; this one did not start"
-        ) from exc
+    with ExitStack() as held:
+        try:
+            with get_client(sync_client=True) as client:
+                PrefectLimits(lambda: client).ensure([spec])
+            held.enter_context(
+                concurrency(
+                    spec.name,
+                    occupy=1,
+                    timeout_seconds=settings.mailbox_wait_seconds,
+                    lease_duration=settings.full_sync_lease_seconds,
+                    strict=True,
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+        except TimeoutError as exc:
+            raise MailboxBusyError(
+                f"another sync of mailbox {mailbox_id} held it for over "
+                f"{settings.mailbox_wait_seconds} s; this one did not start"
+            ) from exc
+        except (LimitsUnavailableError, ConcurrencySlotAcquisitionError, httpx.HTTPError) as exc:
+            raise TurnUnavailableError(
+                f"Prefect could not give mailbox {mailbox_id} its turn"
+            ) from exc
+        yield
+
+
+class TurnUnavailableError(Exception):
+    """Prefect could not be asked for the mailbox's turn: worth retrying (tasks/sync_mailbox)."""
 
 
 def close_job(

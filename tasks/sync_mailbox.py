@@ -24,7 +24,7 @@ def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> boo
     stored page and converges to the same index. Before, one killed backend failed the job."""
     try:
         state.result()
-    except TransientProviderError:
+    except (TransientProviderError, runtime.TurnUnavailableError):
         return True
     except Exception as exc:
         return connection_lost(exc)
