@@ -32,6 +32,7 @@ WORKSPACES = int(os.environ.get("LOAD_DRILL_WORKSPACES", "2"))
 TRIGGERS = int(os.environ.get("LOAD_DRILL_TRIGGERS", "12"))  # per workspace
 CONCURRENCY = int(os.environ.get("LOAD_DRILL_CONCURRENCY", "16"))
 QUOTA = 6
+CI_SIZE = not any(name.startswith("LOAD_DRILL_") for name in os.environ)
 PROVIDERS = ("gmail", "microsoft")
 # Mostly incremental, so the quota is reached; the full syncs make 409s along the way.
 BODIES: list[dict[str, str]] = [
@@ -165,6 +166,8 @@ def wait_until_all_end(api: Api, tenants: list[Tenant], timeout: float = 240) ->
         time.sleep(0.5)
 
 
+# At CI size on PostgreSQL only (the suite's time); sized by hand, on both.
+@pytest.mark.only_database(*(("postgresql",) if CI_SIZE else ("sqlite", "postgresql")))
 def test_mixed_traffic_keeps_every_rule(
     api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
 ) -> None:

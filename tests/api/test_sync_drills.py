@@ -71,7 +71,7 @@ def gmail_units(fakes: FakeProviders, address: str) -> int:
     return int(usage["charged_total"])
 
 
-@pytest.mark.only_database("postgresql")  # tests/test_sync.py resumes on both
+@pytest.mark.only_database("sqlite")  # tests/test_sync.py resumes on both; balances the groups
 def test_killed_full_sync_resumes_from_its_checkpoint(
     api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
 ) -> None:

@@ -352,9 +352,15 @@ def test_api_triggered_sync_sends_a_verified_email_sync_completed(
     assert data["job_id"] == job_id and data["status"] == "completed"
     assert data["counts"] == job["counts"] and data["cursor_reset"] is False
     assert isinstance(data["duration_seconds"], float | int) and data["duration_seconds"] >= 0
-    [delivery] = stack_client.get(f"{URL}/{endpoint['id']}/deliveries", headers=hooks).json()[
-        "data"
-    ]
+    # The receiver has answered; the delivery is recorded just after, by the sending task.
+    deadline = time.monotonic() + 30
+    while True:
+        [delivery] = stack_client.get(f"{URL}/{endpoint['id']}/deliveries", headers=hooks).json()[
+            "data"
+        ]
+        if delivery["status"] != "pending" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert delivery["event_id"] == received.webhook_id and delivery["status"] == "delivered"
     assert [a["status_code"] for a in delivery["attempt_log"]] == [200]
     assert delivery["attempt_log"][0]["latency_ms"] >= 0
