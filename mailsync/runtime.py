@@ -122,15 +122,23 @@ def run_mailbox(
     """Sync one mailbox, in its turn: never two syncs of one mailbox at once."""
     settings = settings or get_settings()
     with mailbox_turn(mailbox_id, settings):
-        return sync_mailbox(
-            settings.resolved_database_url,
-            mailbox_id,
-            mode,
-            box=CredentialBox(settings.fernet_key()),
-            endpoints=settings.provider_endpoints,
-            options=settings.provider_options,
-            progress=progress,
-        )
+        return sync_now(mailbox_id, mode, settings, progress=progress)
+
+
+def sync_now(
+    mailbox_id: str, mode: str, settings: Settings, progress: Progress | None = None
+) -> MailboxResult:
+    """Sync one mailbox with the configured providers, without asking for its turn (the
+    caller holds it, or is alone: tests of the sync itself)."""
+    return sync_mailbox(
+        settings.resolved_database_url,
+        mailbox_id,
+        mode,
+        box=CredentialBox(settings.fernet_key()),
+        endpoints=settings.provider_endpoints,
+        options=settings.provider_options,
+        progress=progress,
+    )
 
 
 class MailboxBusyError(Exception):

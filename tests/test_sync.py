@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from mailsync import index, workspaces
+from mailsync import index, runtime, workspaces
 from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
 from mailsync.providers.base import ProviderError
 from mailsync.settings import Settings
-from mailsync.sync import sync_mailbox
 from tests.conftest import FakeProviders
 
 LIST_OPERATION = {"gmail": "messages.list", "microsoft": "delta"}
@@ -33,15 +32,7 @@ def connect(
 
 
 def run(settings: Settings, mailbox_id: str, mode: str, **kwargs: Any) -> Any:
-    return sync_mailbox(
-        settings.resolved_database_url,
-        mailbox_id,
-        mode,
-        box=CredentialBox(settings.fernet_key()),
-        endpoints=settings.provider_endpoints,
-        options=settings.provider_options,
-        **kwargs,
-    )
+    return runtime.sync_now(mailbox_id, mode, settings, **kwargs)
 
 
 def live_ids(settings: Settings, mailbox_id: str) -> set[str]:
