@@ -214,11 +214,6 @@ def close_jobs(ends: list[JobEnd], settings: Settings | None = None) -> None:
             job = session.get(SyncJob, job_id)
             if job is None:
                 raise JobNotFoundError(f"sync job {job_id} does not exist")
-            if JobStatus(job.status).terminal:
-                # A run created for a job that already ended (the API gave up waiting on
-                # Prefect and failed it; a UI "retry" of an ended run): the job's outcome
-                # and its webhook event stand, and it must not run without its slot.
-                raise JobEndedError(f"sync job {job_id} already ended ({job.status})")
             jobstore.mark_finished(
                 session,
                 job,
