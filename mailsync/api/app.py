@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -19,13 +20,17 @@ from mailsync.api.middleware import (
 from mailsync.api.openapi import document_limits
 from mailsync.api.overload import Gates, OverloadMiddleware
 from mailsync.api.routes import health, sync, webhooks
+from mailsync.core.token_buckets import TokenBuckets
 from mailsync.jobs import Orchestrator
 from mailsync.settings import Settings, get_settings
 
 
 def create_app(
-    settings: Settings | None = None, orchestrator: Orchestrator | None = None
+    settings: Settings | None = None,
+    orchestrator: Orchestrator | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
+    """The app; `clock` (epoch seconds) drives the general request quotas (ratelimit.py)."""
     settings = settings or get_settings()
     orchestrator = orchestrator or Orchestrator(
         settings.resolved_prefect_api_url, settings=settings
@@ -44,7 +49,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.orchestrator = orchestrator
-    app.state.limits = orchestrator.limits  # the request quotas (ratelimit.py)
+    app.state.request_quotas = TokenBuckets(clock)  # the general request quotas (ratelimit.py)
     app.state.overload = gates = Gates.from_settings(settings)  # overload.py
     errors.install(app)
     app.include_router(sync.router)
@@ -54,7 +59,7 @@ def create_app(
     # - the request id exists before anything can fail, so every refusal below carries it;
     # - oversized heads (431) are refused before any work;
     # - load shedding (503) comes before anything reads the body or asks the database or
-    #   Prefect (the rate limiter does), so a shed request costs nothing and counts nowhere;
+    #   Prefect, so a shed request costs nothing and counts nowhere;
     # - the rate limiter is outside the body limits, so an over-quota client is refused
     #   before its body is read, and 413s and 408s carry the figures;
     # - unexpected errors become the 500 envelope inside all of them.

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ulid import ULID
 
@@ -105,7 +104,7 @@ class RateLimitMiddleware:
         has_key = any(k.lower() == b"authorization" for k, _ in scope["headers"])
         if not has_key and get_rate_limit(scope) is None:
             try:
-                await run_in_threadpool(meter_address, scope)
+                meter_address(scope)
             except ApiError as exc:
                 await self._refuse(scope, send, exc)
                 return
@@ -118,7 +117,7 @@ class RateLimitMiddleware:
             if message["type"] == "http.response.start":
                 if get_rate_limit(scope) is None and not key_was_checked(scope):
                     try:
-                        await run_in_threadpool(meter_address, scope)
+                        meter_address(scope)
                     except ApiError as exc:
                         replaced = True
                         await self._refuse(scope, send, exc)

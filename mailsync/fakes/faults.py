@@ -7,7 +7,7 @@ can use them; the fake decides what an injected fault or a quota refusal looks l
     faults.set("a@example.com", FaultPlan(share=0.2, statuses=[429, 500, 503], seed=1))
     draw = faults.draw("a@example.com")       # once per API call of that mailbox
     draw.fault                                  # None, or InjectedFault(status, retry_after)
-    draw.delay_s                                # slow_ms / 1000 (0.0 without a plan)
+    draw.pause.wait()                           # slow_ms, then a hold until the plan is cleared
 
     quota = QuotaMeter(units_per_window=None, window_s=60.0)   # None: count, never refuse
     quota.set_limit("a@example.com", 15_000)
@@ -43,13 +43,21 @@ class FaultPlan(BaseModel):
     """Fail `share` of a mailbox's API calls with a status drawn from `statuses`, seeded.
 
     `retry_after` (seconds) goes out as a Retry-After header when not None; `slow_ms` delays
-    every call of the mailbox (failed or not)."""
+    every call of the mailbox (failed or not); `hold` makes every call wait until the plan is
+    cleared or replaced (at most HOLD_MAX_S), so a test keeps a sync running exactly as long
+    as it needs, whatever the machine's speed."""
 
     share: float = Field(default=0.0, ge=0.0, le=1.0)
     statuses: list[int] = Field(default_factory=lambda: [429, 500, 503], min_length=1)
     retry_after: int | None = Field(default=1, ge=0)
     slow_ms: int = Field(default=0, ge=0)
+    hold: bool = False
     seed: int = 0
+
+
+# A held call is answered after this at the latest: under the provider clients' 30 s timeout,
+# so a held sync crawls (one call per 20 s) instead of failing, and a forgotten hold ends.
+HOLD_MAX_S = 20.0
 
 
 @dataclass
@@ -61,9 +69,30 @@ class InjectedFault:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """How long a call of a troubled mailbox waits before it is answered."""
+
+    seconds: float = 0.0
+    hold: threading.Event | None = None  # set when the plan is cleared or replaced
+
+    def __bool__(self) -> bool:
+        return bool(self.seconds) or self.hold is not None
+
+    def longest(self, other: Pause) -> Pause:
+        """One wait standing for two (a batch's parts answer together)."""
+        return Pause(max(self.seconds, other.seconds), self.hold or other.hold)
+
+    def wait(self) -> None:
+        if self.seconds:
+            time.sleep(self.seconds)
+        if self.hold is not None:
+            self.hold.wait(HOLD_MAX_S)
+
+
+@dataclass(frozen=True)
 class Draw:
     fault: InjectedFault | None = None
-    delay_s: float = 0.0
+    pause: Pause = Pause()
 
 
 @dataclass
@@ -72,6 +101,7 @@ class _Armed:
     rng: random.Random
     calls: int = 0
     injected: int = 0
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 class MailboxFaults:
@@ -83,15 +113,24 @@ class MailboxFaults:
 
     def set(self, address: str, plan: FaultPlan) -> None:
         with self._lock:
+            old = self._plans.get(address.lower())
             self._plans[address.lower()] = _Armed(plan, random.Random(plan.seed))
+        if old is not None:
+            old.released.set()
 
     def clear(self, address: str) -> bool:
         with self._lock:
-            return self._plans.pop(address.lower(), None) is not None
+            old = self._plans.pop(address.lower(), None)
+        if old is not None:
+            old.released.set()
+        return old is not None
 
     def clear_all(self) -> None:
         with self._lock:
+            plans = list(self._plans.values())
             self._plans.clear()
+        for armed in plans:
+            armed.released.set()
 
     def plan(self, address: str) -> FaultPlan | None:
         with self._lock:
@@ -112,7 +151,7 @@ class MailboxFaults:
             if roll < plan.share:
                 armed.injected += 1
                 fault = InjectedFault(plan.statuses[pick], plan.retry_after)
-            return Draw(fault, plan.slow_ms / 1000)
+            return Draw(fault, Pause(plan.slow_ms / 1000, armed.released if plan.hold else None))
 
     def stats(self, address: str) -> dict[str, Any]:
         with self._lock:

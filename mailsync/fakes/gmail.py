@@ -32,7 +32,6 @@ import json
 import re
 import secrets
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -44,6 +43,7 @@ from pydantic import BaseModel
 from mailsync.fakes.control import FakeControl
 from mailsync.fakes.faults import (
     MailboxFaults,
+    Pause,
     QuotaMeter,
     mailbox_admin_router,
     retry_after_header,
@@ -220,40 +220,39 @@ class FakeGmail:
     ) -> ApiResponse:
         """Answer one standalone Gmail REST call (`path` below /gmail/v1/)."""
         response, delay = self._dispatch(method, path, query, authorization)
-        if delay:
-            time.sleep(delay)
+        delay.wait()
         return response
 
-    def _gate(self, box: Mailbox, op: str) -> tuple[ApiResponse | None, float]:
+    def _gate(self, box: Mailbox, op: str) -> tuple[ApiResponse | None, Pause]:
         """The mailbox's fault plan, then its quota: a refusal (or None) and a delay."""
         draw = self.faults.draw(box.address)
         if draw.fault is not None:
-            return _fault_response(draw.fault), draw.delay_s
+            return _fault_response(draw.fault), draw.pause
         wait = self.quota.charge(box.address, QUOTA_COSTS[op])
         if wait is not None:
-            return _quota_response(self.quota.status(box.address), wait), draw.delay_s
-        return None, draw.delay_s
+            return _quota_response(self.quota.status(box.address), wait), draw.pause
+        return None, draw.pause
 
     def _dispatch(
         self, method: str, path: str, query: list[tuple[str, str]], authorization: str | None
-    ) -> tuple[ApiResponse, float]:
+    ) -> tuple[ApiResponse, Pause]:
         """One call, standalone or from a batch: the answer and how long it should take."""
         rel = unquote(path.split("/gmail/v1/", 1)[-1]).strip("/")
         found = _route(rel)
         if found is None:
-            return google_error(404, "Method not found.", "notFound"), 0.0
+            return google_error(404, "Method not found.", "notFound"), Pause()
         match, op = found
         if method != "GET":
-            return google_error(405, "Method not allowed in this fake.", "badRequest"), 0.0
+            return google_error(405, "Method not allowed in this fake.", "badRequest"), Pause()
         fault = self.control.record(op)
         if fault is not None:
-            return _fault_response(fault), 0.0
+            return _fault_response(fault), Pause()
         box = self.oauth.authenticate(authorization)
         if box is None:
-            return _unauthenticated(), 0.0
+            return _unauthenticated(), Pause()
         user_id = match.group(1)
         if user_id != "me" and user_id.lower() != box.address.lower():
-            return google_error(403, f"Delegation denied for {box.address}", "forbidden"), 0.0
+            return google_error(403, f"Delegation denied for {box.address}", "forbidden"), Pause()
         refusal, delay = self._gate(box, op)
         if refusal is not None:
             return refusal, delay
@@ -345,7 +344,7 @@ class FakeGmail:
                 400, f"Too many requests in batch; the limit is {MAX_PARTS}.", "badRequest"
             )
         answers = []
-        delay = 0.0
+        delay = Pause()
         for part in parts:
             if not part.path.startswith("/gmail/v1/"):
                 answers.append((part.content_id, google_error(404, "Not Found", "notFound")))
@@ -353,9 +352,8 @@ class FakeGmail:
             auth = part.headers.get("authorization") or authorization
             answer, part_delay = self._dispatch(part.method, part.path, part.query, auth)
             answers.append((part.content_id, answer))
-            delay = max(delay, part_delay)
-        if delay:
-            time.sleep(delay)
+            delay = delay.longest(part_delay)
+        delay.wait()
         return render_batch(answers)
 
 

@@ -631,8 +631,7 @@ def create_app(
         try:
             limits.record(mailbox.address, operation, request)
             draw = faults.draw(mailbox.address)
-            if draw.delay_s:
-                time.sleep(draw.delay_s)
+            draw.pause.wait()
             if draw.fault is not None:
                 return _graph_fault_response(
                     request, draw.fault.status, draw.fault.retry_after, location

@@ -162,5 +162,11 @@ def slow_down(fakes: FakeProviders, provider: str, address: str, slow_ms: int) -
     fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": slow_ms})
 
 
+def hold(fakes: FakeProviders, provider: str, address: str) -> None:
+    """Keep every provider call of the mailbox waiting until `speed_up` (a call waits 20 s at
+    most): a sync stays running exactly as long as the test needs, on any machine."""
+    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json={"hold": True})
+
+
 def speed_up(fakes: FakeProviders, provider: str, address: str) -> None:
     fakes.call(provider, "DELETE", f"/_admin/mailboxes/{address}/faults")

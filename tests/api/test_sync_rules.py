@@ -16,6 +16,7 @@ from mailsync.models import SyncJob, utcnow
 from tests.api.conftest import (
     Api,
     Tenant,
+    hold,
     make_tenant,
     slow_down,
     speed_up,
@@ -41,7 +42,7 @@ def test_50_parallel_full_syncs_admit_exactly_one(
     """50 concurrent full-sync requests for one workspace and provider: exactly one 202, 49
     409 sync_in_progress naming that job, no 5xx (a request shed with 503 is sent again);
     the 409s take no quota slot."""
-    slow_down(fakes, "gmail", tenant.gmail_address, 5000)  # outlive the burst
+    hold(fakes, "gmail", tenant.gmail_address)  # outlive the burst
     started = time.monotonic()
     with ThreadPoolExecutor(50) as pool:
         responses = list(
@@ -71,7 +72,7 @@ def test_incremental_is_refused_while_a_full_sync_runs(
 ) -> None:
     """Any request naming a provider with a full sync queued or running gets 409; other
     providers are unaffected."""
-    slow_down(fakes, "microsoft", tenant.microsoft_address, 1500)
+    hold(fakes, "microsoft", tenant.microsoft_address)
     full = api.post(tenant, {"mode": "full", "provider": "microsoft"})
     assert full.status_code == 202
     job_id = full.json()["data"]["job_id"]
@@ -80,6 +81,7 @@ def test_incremental_is_refused_while_a_full_sync_runs(
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"]["job_id"] == job_id
     assert api.post(tenant, {"provider": "gmail"}).status_code == 202
+    speed_up(fakes, "microsoft", tenant.microsoft_address)
     assert api.wait(tenant, job_id)["status"] == "completed"
 
 
@@ -144,7 +146,7 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
 ) -> None:
     """A full sync started through Prefect (as the UI does) blocks an API full sync with 409
     naming it; and a UI-started full sync fails fast while an API one holds the slot."""
-    slow_down(fakes, "microsoft", tenant.microsoft_address, 1500)
+    hold(fakes, "microsoft", tenant.microsoft_address)
     with SyncPrefectClient(api.stack.api_url) as prefect:
         start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full")
         ui_job = _wait_for_running_job(api, tenant)
@@ -153,7 +155,7 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
         speed_up(fakes, "microsoft", tenant.microsoft_address)
         assert api.wait(tenant, ui_job.id)["status"] == "completed"
 
-        slow_down(fakes, "microsoft", tenant.microsoft_address, 4000)  # the UI run starts meanwhile
+        hold(fakes, "microsoft", tenant.microsoft_address)  # the UI run starts meanwhile
         accepted = api.post(tenant, {"mode": "full", "provider": "microsoft"})
         assert accepted.status_code == 202
         run = wait_final(prefect, start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full"))
@@ -179,7 +181,7 @@ def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakePr
     """SIGKILL the process running a full sync: a new full sync is accepted within the lease
     time (here sooner: the worker reports the crash, and admission sees it in Prefect); the
     killed job reads as failed."""
-    slow_down(fakes, "microsoft", tenant.microsoft_address, 4000)
+    hold(fakes, "microsoft", tenant.microsoft_address)
     first = api.post(tenant, {"mode": "full", "provider": "microsoft"})
     assert first.status_code == 202
     job = _wait_for_running_job(api, tenant)
@@ -211,7 +213,7 @@ def test_order_of_checks(api: Api, prefect_stack: PrefectStack, fakes: FakeProvi
     key = str(uuid.uuid4())
     unknown = api.post(tenant, {"provider": "yahoo"}, **{"Idempotency-Key": key})
     assert unknown.status_code == 400  # validation came first: the key is still unused
-    slow_down(fakes, "microsoft", tenant.microsoft_address, 4000)
+    hold(fakes, "microsoft", tenant.microsoft_address)  # busy until released below
     first = api.post(tenant, {"mode": "full", "provider": "microsoft"}, **{"Idempotency-Key": key})
     assert first.status_code == 202, first.text
     assert first.headers["x-ratelimit-remaining"] == "5"

@@ -1,0 +1,1 @@
+"""The domain: plain Python (and SQLModel), no Prefect, no FastAPI."""

@@ -1,0 +1,47 @@
+"""The fakes' `hold` fault: a call waits until its plan is cleared, so tests need no timing."""
+
+from __future__ import annotations
+
+import threading
+
+from mailsync.fakes.faults import FaultPlan, MailboxFaults
+
+
+def _held_call(faults: MailboxFaults, address: str) -> threading.Thread:
+    thread = threading.Thread(target=faults.draw(address).pause.wait, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_held_call_waits_until_the_plan_is_cleared() -> None:
+    """A call drawn under `hold` is still waiting while the plan stands, and returns once
+    it is cleared (or replaced); a mailbox without the hold never waits."""
+    faults = MailboxFaults()
+    faults.set("a@example.com", FaultPlan(hold=True))
+    held = _held_call(faults, "A@example.com")
+    held.join(0.3)
+    assert held.is_alive()
+    assert not faults.draw("b@example.com").pause  # no plan, no pause
+    assert faults.clear("a@example.com")
+    held.join(5)
+    assert not held.is_alive()
+
+    faults.set("a@example.com", FaultPlan(hold=True))
+    replaced = _held_call(faults, "a@example.com")
+    faults.set("a@example.com", FaultPlan(slow_ms=0))
+    replaced.join(5)
+    assert not replaced.is_alive()
+    assert not faults.draw("a@example.com").pause  # the new plan holds nothing
+
+
+def test_clear_all_releases_every_held_call() -> None:
+    """Clearing every plan (a fake's reset) lets every held call go."""
+    faults = MailboxFaults()
+    threads = []
+    for n in range(3):
+        faults.set(f"m{n}@example.com", FaultPlan(hold=True))
+        threads.append(_held_call(faults, f"m{n}@example.com"))
+    faults.clear_all()
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive()
