@@ -142,13 +142,27 @@ def worker_name(index: int) -> str:
     return f"mailsync-{socket.gethostname()}-{os.getpid()}-{index}"
 
 
-def start_worker(stack: Stack, pool: str, index: int = 0, limit: int | None = None) -> Child:
-    """A process worker serving `pool`; `limit` caps the flow runs it runs at once."""
+# `mailsync up --worker-type`: the Prefect worker type of each name. Both serve the `process`
+# work pool prefect.yaml declares (README, "Workers").
+WORKER_TYPES = {"warm": "mailsync-warm", "process": "process"}
+
+
+def start_worker(
+    stack: Stack,
+    pool: str,
+    index: int = 0,
+    limit: int | None = None,
+    worker_type: str = "warm",
+    extra_env: dict[str, str] | None = None,
+) -> Child:
+    """A worker serving `pool`; `limit` caps the flow runs it runs at once. `worker_type` is a
+    key of WORKER_TYPES: "warm" forks each run from a pre-warmed parent
+    (mailsync/orchestration/warm_worker.py), "process" is Prefect's stock process worker."""
     argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
-    argv += ["--type", "process", "--name", worker_name(index)]
+    argv += ["--type", WORKER_TYPES[worker_type], "--name", worker_name(index)]
     if limit is not None:
         argv += ["--limit", str(limit)]
-    return stack.spawn(f"worker-{index}", argv)
+    return stack.spawn(f"worker-{index}", argv, extra_env)
 
 
 def wait_for_workers(

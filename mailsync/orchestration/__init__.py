@@ -1,0 +1,1 @@
+"""Our own Prefect worker types (warm_worker.py); Prefect finds them via our entry point."""
