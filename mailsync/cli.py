@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -324,18 +325,38 @@ def fakes(
     )
 
 
+class WorkerType(StrEnum):
+    """`mailsync up --worker-type` (README, "Workers")."""
+
+    warm = "warm"
+    process = "process"
+
+
 @app.command()
 def up(
     demo: Annotated[bool, typer.Option(help="Also run the fake providers and a demo.")] = False,
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=16, help="Prefect workers.")] = 1,
     seed_messages: Annotated[int, typer.Option(help="Demo messages per mailbox.")] = 3000,
+    worker_type: Annotated[
+        WorkerType,
+        typer.Option(
+            help="warm: fork runs from a pre-warmed parent; process: Prefect's stock worker."
+        ),
+    ] = WorkerType.warm,
 ) -> None:
     """Run the whole service on this machine until Ctrl-C."""
     from mailsync.up import run_stack
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    run_stack(get_settings(), demo=demo, port=port, workers=workers, seed_messages=seed_messages)
+    run_stack(
+        get_settings(),
+        demo=demo,
+        port=port,
+        workers=workers,
+        seed_messages=seed_messages,
+        worker_type=worker_type.value,
+    )
 
 
 if __name__ == "__main__":

@@ -98,7 +98,13 @@ def _prefect(stack: Stack, settings: Settings) -> str:
 
 
 def run_stack(
-    settings: Settings, *, demo: bool, port: int, workers: int, seed_messages: int
+    settings: Settings,
+    *,
+    demo: bool,
+    port: int,
+    workers: int,
+    seed_messages: int,
+    worker_type: str = "warm",
 ) -> None:
     data_dir = settings.data_dir.resolve()
     settings = settings.model_copy(update={"data_dir": data_dir})
@@ -126,7 +132,7 @@ def run_stack(
 
         register(api_url, work_pool=settings.work_pool)
         for index in range(workers):
-            start_worker(stack, settings.work_pool, index, settings.worker_limit)
+            start_worker(stack, settings.work_pool, index, settings.worker_limit, worker_type)
         with console.status("waiting for the Prefect workers"):
             names = [worker_name(i) for i in range(workers)]
             wait_for_workers(stack, api_url, settings.work_pool, names)
