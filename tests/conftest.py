@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,9 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"postgresql: {POSTGRES_ADMIN_URL}"
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, migrated PostgreSQL database, dropped afterwards."""
     if PG_PROBLEM:
         pytest.skip(PG_PROBLEM)
     name = f"mailsync_test_{secrets.token_hex(4)}"
@@ -85,11 +86,20 @@ def postgres_url() -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     url = f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
-    db.upgrade(url)
-    yield url
-    db.dispose_engines()
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        db.dispose_engines()
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -101,6 +111,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'mailsync.db'}"
     db.upgrade(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def unshared_database_url(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A second application database of the same kind that no Prefect stack uses.
+
+    For tests that run background work by hand (webhook deliveries): on `database_url` the
+    shared stack's flow runs (a delivery run kicked or rescheduled by an earlier test) could
+    claim their rows first."""
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite-unshared') / 'mailsync.db'}"
+        db.upgrade(url)
+        yield url
+        return
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

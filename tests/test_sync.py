@@ -55,20 +55,29 @@ def test_interrupted_rebuild_leaves_the_index_intact_and_resumes(
         provider, "POST", f"/_admin/mailboxes/{address}/messages", json={"count": 5}
     )["ids"]
 
+    # List calls fail from the second page on, with a Retry-After beyond what a sync waits
+    # out (the run fails at once instead of backing off for ~15 s first).
+    fault = {"operation": LIST_OPERATION[provider], "status": 503, "count": 50, "retry_after": 60}
+    broken: list[int] = []
+
     def break_after_first_page(processed: int, _estimate: int | None) -> None:
         if processed and not broken:
             broken.append(processed)
-            fakes.call(
-                provider, "POST", "/_admin/faults",
-                # A Retry-After beyond what a sync waits out: the run fails at once
-                # instead of backing off for ~15 s first.
-                json={"operation": LIST_OPERATION[provider], "status": 503, "count": 50,
-                      "retry_after": 60},
-            )  # fmt: skip
+            fakes.call(provider, "POST", "/_admin/faults", json=fault)
 
-    broken: list[int] = []
-    with pytest.raises(ProviderError):
-        run(settings, mailbox_id, "full", progress=break_after_first_page)
+    if provider == "gmail":
+        # Gmail reads ahead one page in order: armed before the run, the fault lets the first
+        # list call through (its page is written and checkpointed), then fails the second.
+        # Armed later it would race the read-ahead of 3 pages and could come too late.
+        fakes.call(provider, "POST", "/_admin/faults", json={**fault, "after": 1})
+        with pytest.raises(ProviderError):
+            run(settings, mailbox_id, "full")
+    else:
+        # Graph folders are read concurrently and a worker's failure is raised at once, so
+        # the fault is armed once a page is written; the bounded prefetch (a few of the 13
+        # pages) cannot have read the rest by then.
+        with pytest.raises(ProviderError):
+            run(settings, mailbox_id, "full", progress=break_after_first_page)
     assert live_ids(settings, mailbox_id) == before  # nothing of the rebuild is visible
 
     fakes.reset_stats(provider)  # clears the faults too

@@ -7,16 +7,19 @@ from collections import Counter
 from dataclasses import dataclass
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class FaultSpec(BaseModel):
-    """Answer the next `count` calls of `operation` with `status` (and Retry-After if given)."""
+    """Answer the next `count` calls of `operation` with `status` (and Retry-After if given),
+    after letting `after` calls through first (so a test can break a sync at its Nth page
+    without racing the client)."""
 
     operation: str
     status: int = 503
     count: int = 1
     retry_after: int | None = None
+    after: int = Field(default=0, ge=0)
 
 
 @dataclass
@@ -24,6 +27,7 @@ class _Fault:
     status: int
     remaining: int
     retry_after: int | None
+    skip: int = 0
 
 
 class FakeControl:
@@ -44,6 +48,9 @@ class FakeControl:
                 if fault.remaining <= 0:
                     queue.pop(0)
                     continue
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    return None
                 fault.remaining -= 1
                 return fault
             return None
@@ -51,7 +58,7 @@ class FakeControl:
     def add_fault(self, spec: FaultSpec) -> None:
         with self._lock:
             self._faults.setdefault(spec.operation, []).append(
-                _Fault(spec.status, spec.count, spec.retry_after)
+                _Fault(spec.status, spec.count, spec.retry_after, spec.after)
             )
 
     def snapshot(self) -> dict[str, int]:

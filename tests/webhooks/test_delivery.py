@@ -27,8 +27,9 @@ from tests.webhooks.conftest import (
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return webhook_settings(database_url, tmp_path)
+def settings(unshared_database_url: str, tmp_path: Path) -> Settings:
+    """Deliveries are run by hand here: no Prefect stack's delivery run shares the rows."""
+    return webhook_settings(unshared_database_url, tmp_path)
 
 
 def job_delivery(settings: Settings, job_id: str) -> WebhookDelivery:

@@ -37,8 +37,9 @@ HOOK = "https://hooks.example.com/in"
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return webhook_settings(database_url, tmp_path)
+def settings(unshared_database_url: str, tmp_path: Path) -> Settings:
+    """Deliveries are run by hand here: no Prefect stack's delivery run shares the rows."""
+    return webhook_settings(unshared_database_url, tmp_path)
 
 
 def events_of(url: str, job_id: str) -> list[WebhookEvent]:

@@ -1,9 +1,10 @@
-"""The fakes' `hold` fault: a call waits until its plan is cleared, so tests need no timing."""
+"""The fakes' fault controls: held calls and delayed faults, so tests need no timing."""
 
 from __future__ import annotations
 
 import threading
 
+from mailsync.fakes.control import FakeControl, FaultSpec
 from mailsync.fakes.faults import FaultPlan, MailboxFaults
 
 
@@ -45,3 +46,13 @@ def test_clear_all_releases_every_held_call() -> None:
     for thread in threads:
         thread.join(5)
         assert not thread.is_alive()
+
+
+def test_a_fault_can_let_the_first_calls_through() -> None:
+    """`after: N` answers the next N calls of the operation normally, then `count` calls
+    with the fault, then normally again; other operations are untouched."""
+    control = FakeControl()
+    control.add_fault(FaultSpec(operation="list", status=503, count=2, after=1))
+    outcomes = [control.record("list") for _ in range(4)]
+    assert [None if f is None else f.status for f in outcomes] == [None, 503, 503, None]
+    assert control.record("get") is None
