@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, Self
 
 from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -33,10 +33,17 @@ def _outcome(future: PrefectFuture[dict[str, Any]]) -> dict[str, Any] | BaseExce
         return exc
 
 
-# Incremental syncs wait on the network: more threads than cores.
-_RUNNER: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
-    max_workers=get_settings().refresh_concurrency
-)
+class _RefreshTaskRunner(ThreadPoolTaskRunner[Any]):
+    """Incremental syncs wait on the network: more threads than cores, as many as
+    MAILSYNC_REFRESH_CONCURRENCY says when the run starts. Prefect duplicates a flow's runner
+    for every run; sized at import instead, a run forked by the warm worker would get its
+    parent's figure, not its job's."""
+
+    def duplicate(self) -> Self:
+        return type(self)(max_workers=get_settings().refresh_concurrency)
+
+
+_RUNNER = _RefreshTaskRunner()
 
 
 @flow(name="refresh-mailboxes", log_prints=True, task_runner=_RUNNER)  # type: ignore[arg-type]

@@ -86,10 +86,17 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
         assert statuses[-1] == "completed", view
         assert [m["performed_mode"] for m in view["mailboxes"]] == ["incremental"] * 2
 
-        runs = httpx.post(
-            f"http://127.0.0.1:{prefect_port}/api/flow_runs/filter",
-            json={"flow_runs": {"name": {"any_": [data["job_id"]]}}},
-        ).json()
+        # The job is recorded as ended just before its run's last steps (summary artifact,
+        # the COMPLETED state): the run may still be RUNNING for a moment.
+        deadline = time.monotonic() + 60
+        while True:
+            runs = httpx.post(
+                f"http://127.0.0.1:{prefect_port}/api/flow_runs/filter",
+                json={"flow_runs": {"name": {"any_": [data["job_id"]]}}},
+            ).json()
+            if [r["state_type"] for r in runs] != ["RUNNING"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert [r["state_type"] for r in runs] == ["COMPLETED"]
         ui = httpx.get(
             f"http://127.0.0.1:{prefect_port}/runs/flow-run/{runs[0]['id']}",

@@ -222,9 +222,13 @@ def become_engine(job: Job) -> None:
     from prefect.logging.configuration import setup_logging
 
     # Settings were read at import from the zygote's environment; read them again from the
-    # run's (e.g. PREFECT_FLOWS_HEARTBEAT_FREQUENCY from the job variables).
+    # run's (e.g. PREFECT_FLOWS_HEARTBEAT_FREQUENCY from the job variables). Our own settings
+    # too: a flow module that asked for them at import cached the zygote's.
     refresh_global_settings_context()
     setup_logging()
+    from mailsync.settings import get_settings
+
+    get_settings.cache_clear()
     sys.argv = [str(prefect.engine.__file__)]
     # As `python -m prefect.engine`: its exit() and exceptions end this process the normal
     # way (threads joined, atexit handlers run: Prefect's logs and events are flushed).

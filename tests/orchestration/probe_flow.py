@@ -13,6 +13,12 @@ from prefect import flow, get_run_logger, task
 from prefect.context import get_run_context
 from prefect.settings import get_current_settings
 
+from mailsync.settings import get_settings
+
+# As flows/refresh.py does: read mailsync's settings at import, which in the warm parent
+# caches them from the parent's environment; a run must see its job's settings all the same.
+IMPORTED_WITH = get_settings().refresh_concurrency
+
 
 @task(retries=1, retry_delay_seconds=0)
 def flaky() -> int:
@@ -37,6 +43,7 @@ def probe(report: str, sleep: float = 0.0) -> int:
                 "argv": sys.argv,
                 "env": {k: v for k, v in os.environ.items() if k.startswith(("PREFECT", "MAIL"))},
                 "heartbeat": get_current_settings().flows.heartbeat_frequency,
+                "refresh_concurrency": get_settings().refresh_concurrency,
                 "api_url": get_current_settings().api.url,
                 "threads": threading.active_count(),
             }

@@ -94,7 +94,11 @@ def probe(prefect_stack: PrefectStack, tmp_path_factory: pytest.TempPathFactory)
                 }
             }
         ]
-        env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", "MAILSYNC_PROBE": "job-env"}
+        env = {
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+            "MAILSYNC_PROBE": "job-env",
+            "MAILSYNC_REFRESH_CONCURRENCY": "3",
+        }
         specs = {
             "warm": (ENTRYPOINT, "warm-probe", {"env": env}),
             "command": (
@@ -133,7 +137,7 @@ def probe(prefect_stack: PrefectStack, tmp_path_factory: pytest.TempPathFactory)
 
 def test_a_warm_run_is_a_complete_prefect_run(probe: Probe) -> None:
     """A run forked from the warm parent gets what `python -m prefect.engine` gets (job env,
-    settings re-read, PREFECT__FLOW_RUN_ID, argv, the pull step's cwd, the API URL) and shows
+    Prefect's and mailsync's settings re-read, PREFECT__FLOW_RUN_ID, argv, the pull step's cwd, the API URL) and shows
     in Prefect with its name, tags, logs and task runs; a task retry still happens."""
     run, report_path = probe.start("warm")
     final = probe.final(run)
@@ -145,6 +149,7 @@ def test_a_warm_run_is_a_complete_prefect_run(probe: Probe) -> None:
     assert report["env"]["MAILSYNC_PROBE"] == "job-env"
     assert report["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
     assert report["heartbeat"] == 30  # the setting, read after the fork
+    assert report["refresh_concurrency"] == 3  # mailsync's settings too, cached or not
     assert report["api_url"].rstrip("/") == str(probe.client.api_url).rstrip("/")  # no ephemeral
     assert report["argv"][0].endswith("prefect/engine.py") and len(report["argv"]) == 1
     assert final.name and "warm-test" in final.tags
