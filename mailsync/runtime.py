@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from typing import Any
 
 import httpx
@@ -159,20 +159,29 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
     Prefect renews the lease while the sync runs and lets it lapse if the process dies.
     """
     spec = mailbox_limit(mailbox_id)
+
+    def take_turn() -> AbstractContextManager[None]:
+        return concurrency(
+            spec.name,
+            occupy=1,
+            timeout_seconds=settings.mailbox_wait_seconds,
+            lease_duration=settings.full_sync_lease_seconds,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        )
+
     with ExitStack() as held:
         try:
-            with get_client(sync_client=True) as client:
-                PrefectLimits(lambda: client).ensure([spec])
-            held.enter_context(
-                concurrency(
-                    spec.name,
-                    occupy=1,
-                    timeout_seconds=settings.mailbox_wait_seconds,
-                    lease_duration=settings.full_sync_lease_seconds,
-                    strict=True,
-                    raise_on_lease_renewal_failure=False,
-                )
-            )
+            try:
+                held.enter_context(take_turn())
+            except ConcurrencySlotAcquisitionError as exc:
+                if exc.__cause__ is not None:
+                    raise  # Prefect refused or was unreachable, not a missing limit
+                # strict=True found no such limit (the mailbox's first sync): create it, ask
+                # again. Asking first saves the upsert's two Prefect calls on every later sync.
+                with get_client(sync_client=True) as client:
+                    PrefectLimits(lambda: client).ensure([spec])
+                held.enter_context(take_turn())
         except TimeoutError as exc:
             raise MailboxBusyError(
                 f"another sync of mailbox {mailbox_id} held it for over "

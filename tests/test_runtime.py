@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from mailsync import jobstore, runtime
+from mailsync.admission import mailbox_limit
 from mailsync.db import session_scope
 from mailsync.models import JobStatus, SyncJob
 from mailsync.settings import Settings
 from tests.api.conftest import make_tenant
-from tests.conftest import FakeProviders
+from tests.conftest import FakeProviders, PrefectStack
 
 
 def test_a_run_for_an_ended_job_does_not_reopen_it(
@@ -30,3 +35,31 @@ def test_a_run_for_an_ended_job_does_not_reopen_it(
         ended = session.get(SyncJob, job_id)
         assert ended is not None and ended.status == JobStatus.failed.value
         assert ended.error_code == "orchestrator_unavailable" and ended.flow_run_id is None
+
+
+@pytest.mark.integration
+@pytest.mark.only_database("sqlite")  # the turn is Prefect's
+def test_a_mailbox_turn_creates_its_limit_and_excludes_a_second_turn(
+    prefect_stack: PrefectStack,
+) -> None:
+    """A mailbox's first turn creates its Prefect limit (limit 1) and holds its one slot; a
+    second turn meanwhile waits and gives up (MailboxBusyError); once the first ends, a new
+    turn finds the existing limit and gets the slot."""
+    mailbox_id = f"mbx_turn_{secrets.token_hex(4)}"
+    name = mailbox_limit(mailbox_id).name
+    settings = prefect_stack.settings.model_copy(update={"mailbox_wait_seconds": 1})
+    with (
+        temporary_settings({PREFECT_API_URL: prefect_stack.api_url}),
+        SyncPrefectClient(prefect_stack.api_url) as client,
+    ):
+        with runtime.mailbox_turn(mailbox_id, settings):
+            limit = client.read_global_concurrency_limit_by_name(name)
+            assert (limit.limit, limit.active_slots) == (1, 1)
+            with (
+                pytest.raises(runtime.MailboxBusyError),
+                runtime.mailbox_turn(mailbox_id, settings),
+            ):
+                pass
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+        with runtime.mailbox_turn(mailbox_id, settings):
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 1
