@@ -43,20 +43,25 @@ def sync_one_mailbox(
     job_id: str, mailbox_id: str, provider: str, address: str, mode: str
 ) -> dict[str, Any]:
     to_job = runtime.job_progress(job_id).reporter(mailbox_id)
-    artifact = cast(
-        UUID,
-        create_progress_artifact(
-            0.0, description=f"Messages of {provider} {address} processed in job {job_id}"
-        ),
-    )
+    # Created at the first page with an estimate (a full build): an incremental sync has no
+    # estimate and ends within a second, so it spares Prefect the artifact's two calls.
+    artifact: UUID | None = None
 
     def report(processed: int, estimate: int | None) -> None:
+        nonlocal artifact
         to_job(processed, estimate)
-        if estimate:
-            update_progress_artifact(artifact, min(100.0, 100.0 * processed / estimate))
+        if not estimate:
+            return
+        share = min(100.0, 100.0 * processed / estimate)
+        if artifact is None:
+            description = f"Messages of {provider} {address} processed in job {job_id}"
+            artifact = cast(UUID, create_progress_artifact(share, description=description))
+        else:
+            update_progress_artifact(artifact, share)
 
     result = runtime.run_mailbox(mailbox_id, mode, progress=report)
-    update_progress_artifact(artifact, 100.0)
+    if artifact is not None:
+        update_progress_artifact(artifact, 100.0)
     # The cursors are for the run's summary artifact; the flow leaves them out of the job.
     return {**result.as_dict(), "cursor_before": result.cursor_before,
             "cursor_after": result.cursor_after}  # fmt: skip

@@ -111,7 +111,7 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(30)
+            process.wait(90)  # a graceful stop of every child, 15 s each at most, on a loaded box
         except subprocess.TimeoutExpired:
             process.kill()
             raise
