@@ -20,6 +20,17 @@ class Size(StrEnum):
 
 
 SizeOption = typer.Option(Size.full, "--size", help="tiny (smoke), small or full")
+WorkerTypesOption = typer.Option(
+    "warm,process", "--worker-type", help="comma-separated: warm (mailsync-warm), process (stock)"
+)
+
+
+def _names(value: str, allowed: tuple[str, ...], option: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(allowed))
+    if unknown or not names:
+        raise typer.BadParameter(f"{option}: one or more of {', '.join(allowed)}")
+    return names
 
 
 def _run(name: str, title: str, size: Size, measure: Callable[[str], list[dict[str, Any]]]) -> None:
@@ -53,11 +64,42 @@ def trigger(size: Size = SizeOption) -> None:
 
 
 @app.command()
-def e2e(size: Size = SizeOption) -> None:
-    """API trigger -> completed for an incremental sync of 100 new messages, p50/p95."""
+def e2e(
+    size: Size = SizeOption,
+    worker_type: str = WorkerTypesOption,
+    prefect_db: str = typer.Option(
+        "sqlite", "--prefect-db", help="comma-separated: sqlite (default stack), postgresql"
+    ),
+) -> None:
+    """API trigger -> completed of incremental syncs (100 new Gmail messages; 10 in each of a
+    Gmail and a Microsoft mailbox), p50/p95 per worker type, and warm / stock ratios."""
     from bench import e2e as bench
 
-    _run("e2e", "incremental sync, trigger -> completed", size, bench.run)
+    types = _names(worker_type, ("warm", "process"), "--worker-type")
+    dbs = _names(prefect_db, ("sqlite", "postgresql"), "--prefect-db")
+    rows, timelines = bench.run(size.value, types, dbs)
+    harness.show("incremental sync, trigger -> completed", rows)
+    ratios, targets = bench.ratios(rows), bench.targets(rows)
+    harness.show("warm / stock (same run)", ratios)
+    harness.show("targets", targets)
+    # A partial run (one database, one worker type) must not overwrite the default one.
+    name = "-".join(
+        ["e2e", *(dbs if dbs != ["sqlite"] else []), *(types if len(types) == 1 else [])]
+    )
+    path = harness.save(name, size.value, rows, ratios=ratios, targets=targets, timelines=timelines)
+    harness.console.print(f"wrote {path}")
+
+
+@app.command()
+def memory(size: Size = SizeOption, worker_type: str = WorkerTypesOption) -> None:
+    """Private memory (USS) of each flow-run process, N syncs held at once per worker type."""
+    from bench import memory as bench
+
+    rows = bench.run(size.value, _names(worker_type, ("warm", "process"), "--worker-type"))
+    harness.show("flow-run processes", rows)
+    summary = bench.summary(rows)
+    harness.show("per worker type and process", summary)
+    harness.console.print(f"wrote {harness.save('memory', size.value, rows, summary=summary)}")
 
 
 @app.command()

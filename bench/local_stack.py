@@ -1,13 +1,17 @@
 """The default local stack, started for a benchmark: Prefect server, worker, API, fakes, a tenant.
 
 The same pieces `mailsync up` starts (SQLite app database, a local Prefect server with the
-deployments registered, process workers), with the API served by uvicorn in its own process so
-the benchmark's client does not share an interpreter with it.
+deployments registered, warm or stock process workers), with the API served by uvicorn in its own
+process so the benchmark's client does not share an interpreter with it. The Prefect server runs
+on SQLite as `mailsync up` does, or on a fresh PostgreSQL database (README, "Going beyond one
+machine") with `prefect_db="postgresql"`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 from cryptography.fernet import Fernet
 
@@ -39,6 +44,10 @@ from mailsync.stack import (
 
 WORKSPACE = "bench"
 UNLIMITED = str(10**7)  # the benchmarks measure speed, not the quotas
+# The machine's PostgreSQL (scripts/ensure-postgres starts it), as tests/conftest.py reaches it.
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 @dataclass
@@ -73,6 +82,40 @@ class LocalStack:
             )
             return mailbox.id
 
+    def key_for(self, workspace: str) -> dict[str, str]:
+        """Auth headers with a new write+read key of `workspace` (created if new)."""
+        with db.session_scope(self.settings.resolved_database_url) as session:
+            if session.get(Workspace, workspace) is None:
+                workspaces.create_workspace(session, workspace)
+            key = apikeys.create_api_key(session, workspace, ["write:email", "read:email"])[1]
+        return {"Authorization": f"Bearer {key}"}
+
+
+async def _postgres(statement: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def prefect_database(kind: str) -> Iterator[dict[str, str]]:
+    """The Prefect server's database settings: its default SQLite file, or a fresh PostgreSQL
+    database (dropped afterwards) as tests/test_scale_out.py gives it."""
+    if kind == "sqlite":
+        yield {}
+        return
+    if kind != "postgresql":
+        raise ValueError(f"unknown Prefect database {kind!r}")
+    name = f"mailsync_bench_{secrets.token_hex(4)}"
+    asyncio.run(_postgres(f'CREATE DATABASE "{name}"'))
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].split("://", 1)[1]
+    try:
+        yield {"PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{base}/{name}"}
+    finally:
+        asyncio.run(_postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
 
 @contextmanager
 def local_stack(
@@ -80,10 +123,14 @@ def local_stack(
     api_app: str = "mailsync.api.app:create_app",
     env: dict[str, str] | None = None,
     prefect: dict[str, str] | None = None,
+    worker_type: str = "warm",
+    worker_limit: int | None = None,
+    prefect_db: str = "sqlite",
 ) -> Iterator[LocalStack]:
     with (
         tempfile.TemporaryDirectory(prefix="mailsync-bench-") as tmp,
         harness.running_fakes(Path(tmp)) as fakes,
+        prefect_database(prefect_db) as prefect_db_env,
     ):
         workdir = Path(tmp)
         prefect_port, api_port = free_port(), free_port()
@@ -103,6 +150,7 @@ def local_stack(
         full_env = {
             **os.environ,
             **prefect_env(workdir / "prefect", prefect_api_url),
+            **prefect_db_env,
             **(prefect or {}),
         }
         full_env.update(settings_env)
@@ -121,7 +169,7 @@ def local_stack(
 
             register(prefect_api_url, activate_schedules=False)
             for index in range(workers):
-                start_worker(stack, settings.work_pool, index)
+                start_worker(stack, settings.work_pool, index, worker_limit, worker_type)
             if workers:
                 names = [worker_name(i) for i in range(workers)]
                 wait_for_workers(stack, prefect_api_url, settings.work_pool, names)
