@@ -115,6 +115,11 @@ def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:
             "prefect.server.concurrency.lease_storage.filesystem"
         ),
         "MAILSYNC_PROJECT_DIR": str(PROJECT_DIR),
+        # The server runs without CSRF protection (Prefect's default): a client that looks for
+        # a token first asks /csrf-token and is refused, once per client a process opens.
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": os.environ.get(
+            "PREFECT_SERVER_CSRF_PROTECTION_ENABLED", "false"
+        ),
     }
 
 

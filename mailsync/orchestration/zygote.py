@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
+import importlib
 import json
 import os
 import selectors
@@ -77,6 +79,14 @@ def preload(project_dir: Path, entrypoints: list[str], channel_fd: int) -> dict[
             loaded.append(entrypoint)
         except Exception as exc:
             failed[entrypoint] = f"{type(exc).__name__}: {exc}"
+    # What every sync run loads next (provider client libraries, the database drivers): in
+    # the parent, once, instead of in each child.
+    from mailsync.providers import registry
+
+    registry.preload()
+    for driver in ("sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql", "psycopg"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(driver)
     return {
         "pid": os.getpid(),
         "prefect_version": prefect.__version__,
@@ -248,6 +258,9 @@ def main() -> None:
     _send(channel, {"ready": not unsafe, "probe": probe})
     if unsafe:
         return
+    # Children share the parent's pages until they write them; the collector would write
+    # (and so copy) every tracked object it walks. Frozen, the preloaded ones are left alone.
+    gc.freeze()
     job = serve(channel)
     if job is not None:
         become_engine(job)

@@ -87,6 +87,11 @@ def _static_discovery() -> str:
     return doc
 
 
+def preload() -> None:
+    """Read the bundled discovery document now (a process that forks runs does it for all)."""
+    _static_discovery()
+
+
 def _discovery_for(api_url: str) -> dict[str, Any]:
     """The bundled discovery document pointed at `api_url`; the batch URL is derived from
     rootUrl + batchPath, which client_options' api_endpoint would leave at production."""

@@ -55,3 +55,12 @@ def validate_credentials(provider: str, credentials: dict[str, Any]) -> dict[str
 
         return microsoft.validate_credentials(credentials)
     raise ValueError(f"unknown provider {provider!r}")
+
+
+def preload() -> None:
+    """Import every provider and its client libraries now, in a process that forks runs
+    (mailsync/orchestration/zygote.py): each run then starts with them loaded, and they stay
+    shared pages. Importing opens no socket and starts no thread."""
+    from mailsync.providers import gmail, microsoft  # noqa: F401
+
+    gmail.preload()

@@ -137,8 +137,9 @@ def probe(prefect_stack: PrefectStack, tmp_path_factory: pytest.TempPathFactory)
 
 def test_a_warm_run_is_a_complete_prefect_run(probe: Probe) -> None:
     """A run forked from the warm parent gets what `python -m prefect.engine` gets (job env,
-    Prefect's and mailsync's settings re-read, PREFECT__FLOW_RUN_ID, argv, the pull step's cwd, the API URL) and shows
-    in Prefect with its name, tags, logs and task runs; a task retry still happens."""
+    Prefect's and mailsync's settings re-read, PREFECT__FLOW_RUN_ID, argv, the pull step's
+    cwd, the API URL) and shows in Prefect with its name, tags, logs and task runs; a task
+    retry still happens."""
     run, report_path = probe.start("warm")
     final = probe.final(run)
     assert final.state is not None and final.state.is_completed(), final.state
