@@ -51,8 +51,9 @@ WORKER_TYPE = "mailsync-warm"
 SET_WORKING_DIRECTORY = "prefect.deployments.steps.set_working_directory"
 SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
 # The server emits Scheduled before the transaction creating the run commits: poll at once and
-# once more shortly after, for the run the first poll could not see yet.
-EVENT_POLL_DELAYS = (0.0, 0.3)
+# a few more times shortly after (a loaded server commits later), for the run the first poll
+# could not see yet.
+EVENT_POLL_DELAYS = (0.0, 0.3, 0.7, 2.0)
 ZYGOTE_READY_SECONDS = 120
 _ENV_TEMPLATE = re.compile(r"^\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
 
