@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import socket
 import sys
 import time
@@ -106,6 +108,8 @@ def run_stack(
     seed_messages: int,
     worker_type: str = "warm",
 ) -> None:
+    # `kill -USR1` prints every thread's stack: where a stop that hangs is waiting.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     data_dir = settings.data_dir.resolve()
     settings = settings.model_copy(update={"data_dir": data_dir})
     database_url = settings.resolved_database_url

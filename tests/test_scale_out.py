@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from tests.conftest import (
     FakeProviders,
     make_settings,
 )
+from tests.support.processes import stop_up
 from tests.test_up import _read_until
 
 pytestmark = pytest.mark.integration
@@ -137,13 +137,11 @@ def scaled(
             make_settings(tmp / "test-data", postgres_url, fakes),
         )
     finally:
-        if up is not None:
-            up.send_signal(signal.SIGINT)
-            try:
-                up.wait(30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-        server.stop()
+        try:
+            if up is not None:
+                stop_up(up)
+        finally:
+            server.stop()
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 

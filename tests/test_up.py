@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from mailsync.fakes.server import free_port
+from tests.support.processes import stop_up
 
 pytestmark = pytest.mark.integration
 
@@ -109,13 +109,8 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
         )
         assert key not in logs and key not in json.dumps(runs)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(90)  # a graceful stop of every child, 15 s each at most, on a loaded box
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0
+        returncode = stop_up(process)
+    assert returncode == 0
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True
     ).stdout.split()
