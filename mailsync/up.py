@@ -99,6 +99,24 @@ def _prefect(stack: Stack, settings: Settings) -> str:
         return start_prefect_server(stack, settings.prefect_port)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (`kill`, a service manager) both stop the stack in order.
+
+    Also when started with SIGINT ignored (from a script's background job, as POSIX shells
+    do without job control): Python would keep ignoring it and Ctrl-C would do nothing. The
+    children run in sessions of their own, so an `up` killed by SIGTERM's default action would
+    leave all of them running. A second signal during the stop is ignored: the stop finishes.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for each in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(each, stop)
+
+
 def run_stack(
     settings: Settings,
     *,
@@ -110,6 +128,7 @@ def run_stack(
 ) -> None:
     # `kill -USR1` prints every thread's stack: where a stop that hangs is waiting.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _stop_on_signals()
     data_dir = settings.data_dir.resolve()
     settings = settings.model_copy(update={"data_dir": data_dir})
     database_url = settings.resolved_database_url

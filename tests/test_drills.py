@@ -21,10 +21,10 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -60,13 +60,13 @@ from tests.conftest import (
     PrefectStack,
     make_settings,
 )
+from tests.support.waiting import wait_for
 
 # One stack for the module, its drills in order: under `--dist loadgroup` one xdist worker.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("drills")]
 POOL = "mailsync"
 LEASE_S = 60  # the shortest lease Prefect grants (and MAILSYNC_FULL_SYNC_LEASE_SECONDS)
 RECLAIM_S = 15  # Prefect's repossessor loop: an expired lease is reclaimed within this
-T = TypeVar("T")
 
 
 def flow_run_pids(flow_run_id: str) -> list[int]:
@@ -102,18 +102,6 @@ def _parent_or_none(pid: int) -> int | None:
         return parent_pid(pid)
     except OSError:
         return None  # gone meanwhile
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float, every: float = 0.2) -> T:
-    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout} s")
-        time.sleep(every)
 
 
 @dataclass

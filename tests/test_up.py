@@ -41,7 +41,7 @@ def _read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> 
 def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
     """One command brings up Prefect, a worker, the fakes and the API; the demo mailboxes are
     synced; the spec's curl example returns 202 and the job completes, visible in Prefect
-    under its id; Ctrl-C stops every child process."""
+    under its id; Ctrl-C stops every child process, even when started with SIGINT ignored."""
     api_port, prefect_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MAILSYNC_", "PREFECT_"))},
@@ -49,9 +49,12 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
         "MAILSYNC_PREFECT_PORT": str(prefect_port),
         "COLUMNS": "200",
     }
+    # Started with SIGINT ignored, as a script's background job is (POSIX shells without job
+    # control): Ctrl-C must stop it all the same.
+    up = [sys.executable, "-m", "mailsync.cli", "up", "--demo", "--port", str(api_port),
+          "--seed-messages", "150"]  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailsync.cli", "up", "--demo", "--port", str(api_port),
-         "--seed-messages", "150"],
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *up],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

@@ -180,34 +180,24 @@ class ForkedProcess:
     returncode: int | None = None
 
 
+@dataclass(kw_only=True)
 class ZygoteStarter:
     """A ProcessStarter (prefect.runner._flow_run_executor) that forks the run from the zygote,
     with the environment EngineCommandStarter and the workspace supervisor would give it."""
 
-    def __init__(
-        self,
-        *,
-        zygote: Zygote,
-        env: Mapping[str, str | None],
-        cwd: Path,
-        entrypoint: str,
-        stream_output: bool,
-        control_channel: ControlChannel,
-        manifest_path: Path,
-    ) -> None:
-        self._zygote = zygote
-        self._env = env
-        self._cwd = cwd
-        self._entrypoint = entrypoint
-        self._stream_output = stream_output
-        self._control_channel = control_channel
-        self._manifest_path = manifest_path
+    zygote: Zygote
+    env: Mapping[str, str | None]
+    cwd: Path
+    entrypoint: str
+    stream_output: bool
+    control_channel: ControlChannel
+    manifest_path: Path
 
     def environment(self, flow_run: FlowRun, control: Mapping[str, str]) -> dict[str, str]:
         # EngineCommandStarter(env_overrides_settings=True): worker env < settings < job env.
         env: dict[str, str | None] = {**os.environ}
         env.update(get_current_settings().to_environment_variables(exclude_unset=True))
-        env.update(self._env)
+        env.update(self.env)
         env.update(
             {
                 "PREFECT__FLOW_RUN_ID": str(flow_run.id),
@@ -218,9 +208,9 @@ class ZygoteStarter:
         )
         environment = sanitize_subprocess_env(env)
         # What the workspace supervisor adds after the pull steps.
-        path = [str(self._cwd), *environment.get("PYTHONPATH", "").split(os.pathsep)]
+        path = [str(self.cwd), *environment.get("PYTHONPATH", "").split(os.pathsep)]
         environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in path if p))
-        environment["PREFECT__FLOW_ENTRYPOINT"] = self._entrypoint
+        environment["PREFECT__FLOW_ENTRYPOINT"] = self.entrypoint
         return environment
 
     async def start(
@@ -230,7 +220,7 @@ class ZygoteStarter:
     ) -> None:
         control: dict[str, str] = {}
         try:
-            port, token = self._control_channel.register(flow_run.id)
+            port, token = self.control_channel.register(flow_run.id)
             control = {"PREFECT__CONTROL_PORT": str(port), "PREFECT__CONTROL_TOKEN": token}
         except RuntimeError:
             pass  # no loopback listener: kill-only cancellation, as the stock starter does
@@ -244,28 +234,28 @@ class ZygoteStarter:
             # The manifest the stock supervisor writes: on_crashed / on_cancellation hooks run
             # from it in a subprocess (WorkspaceHookRunner), exactly as on the stock path.
             write_private_model(
-                self._manifest_path,
+                self.manifest_path,
                 PreparedWorkspaceManifest(
-                    working_directory=self._cwd,
-                    project_root=self._cwd,
-                    runtime_entrypoint=self._entrypoint,
+                    working_directory=self.cwd,
+                    project_root=self.cwd,
+                    runtime_entrypoint=self.entrypoint,
                     hook_command=_hook_command([get_sys_executable(), "-m", "prefect.engine"]),
                     environment=hook_env,
                 ),
             )
-            request = {"env": environment, "cwd": str(self._cwd)}
+            request = {"env": environment, "cwd": str(self.cwd)}
             # Pipes the worker streams to its own stdout/stderr, as run_process does on the
             # stock path (so a run whose worker died gets a broken pipe there too).
-            if self._stream_output:
+            if self.stream_output:
                 pipes = [os.pipe(), os.pipe()]
                 try:
-                    reply = self._zygote.fork(request, pipes[0][1], pipes[1][1])
+                    reply = self.zygote.fork(request, pipes[0][1], pipes[1][1])
                 finally:
                     os.close(pipes[0][1])
                     os.close(pipes[1][1])
             else:
                 with open(os.devnull, "wb") as devnull:
-                    reply = self._zygote.fork(request, devnull.fileno(), devnull.fileno())
+                    reply = self.zygote.fork(request, devnull.fileno(), devnull.fileno())
             with reply:
                 first = await _receive(reply)
                 if first is None or "pid" not in first:
@@ -286,7 +276,7 @@ class ZygoteStarter:
                 for read_fd, _ in pipes:
                     os.close(read_fd)
                 if control:
-                    self._control_channel.unregister(flow_run.id)
+                    self.control_channel.unregister(flow_run.id)
             raise
 
 

@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
@@ -27,24 +26,13 @@ from prefect.states import Cancelling
 
 from mailsync.stack import PROJECT_DIR, Stack, start_worker, wait_for_workers, worker_name
 from tests.conftest import PrefectStack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 POOL = "warm-tests"
 POLL_SECONDS = 60
 ENTRYPOINT = "tests/orchestration/probe_flow.py:probe"
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout} s")
-        time.sleep(0.2)
 
 
 @dataclass
