@@ -89,6 +89,14 @@ class ManualClock:
         return utcnow() + self.offset
 
 
+def _retry_later(response: httpx.Response) -> bool:
+    if response.status_code == 503:
+        return True
+    if response.status_code != 409:
+        return False
+    return bool(response.json()["error"]["code"] == "idempotency_key_in_use")
+
+
 @dataclass
 class Api:
     url: str
@@ -97,12 +105,14 @@ class Api:
 
     def post(self, tenant: Tenant, body: dict[str, Any], **headers: str) -> httpx.Response:
         """POST as a well-behaved client does: a 503 (load shed, or Prefect slower than the
-        API's budget; nothing done, nothing held) is sent again after its Retry-After."""
+        API's budget; nothing done, nothing held) and a 409 `idempotency_key_in_use` (the
+        key's first request still running after the API's 10 s wait, as on a loaded box) are
+        sent again after their Retry-After."""
         while True:
             response = httpx.post(
                 f"{self.url}{URL}", json=body, headers={**tenant.auth(), **headers}, timeout=60
             )
-            if response.status_code != 503:
+            if not _retry_later(response):
                 return response
             time.sleep(float(response.headers["retry-after"]))
 

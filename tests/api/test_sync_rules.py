@@ -87,8 +87,9 @@ def test_incremental_is_refused_while_a_full_sync_runs(
 
 def test_idempotency_key_under_concurrency(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
     """20 concurrent requests with one Idempotency-Key create exactly one job and all get
-    the identical body (a request shed with 503 under the burst gets it when retried after
-    its Retry-After); a different body with that key is 422; replays take no quota."""
+    the identical body (a request shed with 503 under the burst, or told the key is still in
+    use after the API's wait, gets it when retried after its Retry-After); a different body
+    with that key is 422; replays take no quota."""
     key = str(uuid.uuid4())
     with ThreadPoolExecutor(20) as pool:
         responses = list(
