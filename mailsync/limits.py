@@ -26,7 +26,6 @@ class LimitsUnavailableError(Exception):
 class LimitSpec:
     name: str
     limit: int
-    slot_decay_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,9 +62,7 @@ class PrefectLimits:
                 self._known[spec.name] = spec
 
     def _upsert(self, spec: LimitSpec) -> None:
-        self._client().upsert_global_concurrency_limit_by_name(
-            spec.name, spec.limit, slot_decay_per_second=spec.slot_decay_per_second
-        )
+        self._client().upsert_global_concurrency_limit_by_name(spec.name, spec.limit)
 
     def _forget(self, names: list[str]) -> None:
         with self._lock:
@@ -137,16 +134,3 @@ class PrefectLimits:
             return 0
         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
             raise LimitsUnavailableError("the Prefect API could not be reached") from exc
-
-    def consume(self, spec: LimitSpec) -> Refusal | None:
-        """Take one token of a rate limit (a decaying limit, no lease); a Refusal when empty."""
-        self.ensure([spec])
-        response = self._increment(
-            lambda: self._client().increment_concurrency_slots([spec.name], 1, mode="rate_limit")
-        )
-        if isinstance(response, Refusal):
-            return response
-        if not response.json():
-            self._forget([spec.name])
-            raise LimitsUnavailableError(f"Prefect does not enforce the limit {spec.name}")
-        return None

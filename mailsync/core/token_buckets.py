@@ -35,7 +35,6 @@ class Take:
     now when the bucket is full), `retry_after` whole seconds until a take can succeed."""
 
     allowed: bool
-    limit: int
     remaining: int
     reset_at: float
     retry_after: int
@@ -94,7 +93,6 @@ class TokenBuckets:
         to_one = max(0.0, (1.0 - tokens) / rate)
         return Take(
             allowed=allowed,
-            limit=capacity,
             remaining=remaining,
             reset_at=now + to_next,
             retry_after=0 if allowed else max(1, math.ceil(to_one - 1e-9)),
