@@ -14,7 +14,7 @@ from prefect.runtime import flow_run as current_run
 
 from mailsync import runtime
 from mailsync.jobs import job_tags
-from mailsync.leases import SlotBusyError
+from mailsync.leases import MailboxBusyError, SlotBusyError
 from mailsync.providers.base import ProviderError
 from mailsync.refresh import artifact_key, strip_cursors, summary_markdown
 from tasks.sync_mailbox import close_job, open_job, sync_one_mailbox
@@ -61,7 +61,7 @@ def _sync_all(job: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[str, str
     for mailbox, future in zip(job["mailboxes"], futures, strict=True):
         try:
             results.append(future.result())
-        except (ProviderError, runtime.MailboxBusyError) as exc:
+        except (ProviderError, MailboxBusyError) as exc:
             error = error or (exc.code, f"{mailbox['provider']} {mailbox['address']}: {exc}")
         except Exception as exc:
             error = error or ("internal_error", f"{mailbox['provider']}: {type(exc).__name__}")

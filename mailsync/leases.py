@@ -1,16 +1,18 @@
-"""Holds a full sync's Prefect slot for as long as its flow run works, renewing the lease."""
+"""Prefect slots a flow run holds while it works (a full sync's, a mailbox's turn), renewed."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 
 from sqlmodel import col, update
 
 from mailsync.admission import full_sync_limit
 from mailsync.db import session_scope
-from mailsync.limits import LimitsUnavailableError, PrefectLimits, Refusal
+from mailsync.limits import LimitSpec, LimitsUnavailableError, PrefectLimits, Refusal
 from mailsync.models import SyncJob
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,103 @@ class SlotBusyError(Exception):
     """Another full sync of the same workspace and provider holds the slot."""
 
     code = "sync_in_progress"
+
+
+class MailboxBusyError(Exception):
+    """Another sync of the mailbox held it for longer than this one would wait."""
+
+    code = "sync_in_progress"
+
+
+class Renewal:
+    """Calls `renew_once` every `interval` seconds on a daemon thread until stopped; it logs
+    its own failures (a lease that cannot be renewed now may be renewed on the next turn)."""
+
+    def __init__(self, renew_once: Callable[[], None], interval: float, name: str) -> None:
+        self._renew_once, self._interval = renew_once, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._renew_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
+class MailboxTurn:
+    """The one slot of a mailbox's limit, held by one sync at a time: waits for it (Prefect's
+    Retry-After, at most a second between asks), renews its lease, gives it back on exit.
+
+    Why not Prefect's `concurrency()` block: each one opened its own clients (a TLS context
+    each), an acquisition service and a lease-renewal thread, ~0.5 s of a 100-message
+    incremental sync (BENCHMARKS.md); this takes one client's calls: take, renew, release.
+    It asks before it creates: the limit exists for every sync but a mailbox's first."""
+
+    def __init__(
+        self,
+        limits: PrefectLimits,
+        spec: LimitSpec,
+        wait_seconds: float,
+        lease_seconds: float,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits, self.spec = limits, spec
+        self.wait_seconds, self.lease_seconds = wait_seconds, lease_seconds
+        self._sleep, self._clock = sleep, clock
+        self.lease_id: str | None = None
+        self.lapsed = False
+        self._renewal: Renewal | None = None
+
+    def __enter__(self) -> MailboxTurn:
+        deadline = self._clock() + self.wait_seconds
+        while True:
+            taken = self.limits.take([self.spec], self.lease_seconds, ensure_first=False)
+            if not isinstance(taken, Refusal):
+                break
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise MailboxBusyError(
+                    f"another sync of {self.spec.name} held it for over {self.wait_seconds:g} s;"
+                    " this one did not start"
+                )
+            self._sleep(min(remaining, 1.0, max(0.05, taken.retry_after or 1.0)))
+        self.lease_id = taken
+        self._renewal = Renewal(self._renew_once, self.lease_seconds / 3, "mailbox-turn-lease")
+        self._renewal.start()
+        return self
+
+    def _renew_once(self) -> None:
+        assert self.lease_id is not None
+        try:
+            if not self.limits.renew(self.lease_id, self.lease_seconds):
+                self.lapsed = True
+                log.warning("the lease on %s lapsed while its sync ran", self.spec.name)
+        except LimitsUnavailableError as exc:
+            log.warning("could not renew the lease on %s: %s", self.spec.name, exc)
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        if self._renewal is not None:
+            self._renewal.stop()
+        if self.lease_id is not None:
+            try:
+                self.limits.release(self.lease_id)
+            except LimitsUnavailableError:
+                log.warning("could not release the lease on %s; it expires", self.spec.name)
+            self.lease_id = None
 
 
 class FullSyncSlot:
@@ -39,8 +138,7 @@ class FullSyncSlot:
         self.limits, self.database_url = limits, database_url
         self.job_id, self.workspace_id, self.providers = job_id, workspace_id, providers
         self.lease_id, self.lease_seconds = lease_id, lease_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._renewal: Renewal | None = None
 
     def _store(self, lease_id: str | None) -> None:
         self.lease_id = lease_id
@@ -63,19 +161,18 @@ class FullSyncSlot:
         if not (self.lease_id and self.limits.renew(self.lease_id, self.lease_seconds)):
             # Never taken (UI or schedule start) or lapsed while the run waited in the queue.
             self._take()
-        self._thread = threading.Thread(target=self._keep, name="full-sync-lease", daemon=True)
-        self._thread.start()
+        self._renewal = Renewal(self._keep_once, self.lease_seconds / 3, "full-sync-lease")
+        self._renewal.start()
         return self
 
-    def _keep(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
-            try:
-                if self.lease_id and self.limits.renew(self.lease_id, self.lease_seconds):
-                    continue
-                log.warning("full-sync lease of job %s lapsed; taking the slot again", self.job_id)
-                self._take()
-            except (LimitsUnavailableError, SlotBusyError) as exc:
-                log.warning("could not renew the full-sync lease of %s: %s", self.job_id, exc)
+    def _keep_once(self) -> None:
+        try:
+            if self.lease_id and self.limits.renew(self.lease_id, self.lease_seconds):
+                return
+            log.warning("full-sync lease of job %s lapsed; taking the slot again", self.job_id)
+            self._take()
+        except (LimitsUnavailableError, SlotBusyError) as exc:
+            log.warning("could not renew the full-sync lease of %s: %s", self.job_id, exc)
 
     def __exit__(
         self,
@@ -83,9 +180,8 @@ class FullSyncSlot:
         _value: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._renewal is not None:
+            self._renewal.stop()
         if self.lease_id:
             try:
                 self.limits.release(self.lease_id)

@@ -69,11 +69,18 @@ class PrefectLimits:
             for name in names:
                 self._known.pop(name, None)
 
-    def take(self, specs: list[LimitSpec], lease_seconds: float) -> str | Refusal:
-        """One slot of every limit, or none: returns the lease id, or a Refusal when full."""
+    def take(
+        self, specs: list[LimitSpec], lease_seconds: float, *, ensure_first: bool = True
+    ) -> str | Refusal:
+        """One slot of every limit, or none: returns the lease id, or a Refusal when full.
+
+        `ensure_first=False` asks before creating the limits (a fresh process's every take
+        would otherwise begin with an upsert's two calls); for limits whose size never
+        changes, since an existing limit is then never updated."""
         names = [s.name for s in specs]
-        for _attempt in (1, 2):
-            self.ensure(specs)
+        for attempt in (1, 2):
+            if ensure_first or attempt == 2:
+                self.ensure(specs)
             response = self._increment(
                 lambda: self._client().increment_concurrency_slots_with_lease(
                     names, 1, "concurrency", lease_seconds

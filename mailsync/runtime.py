@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
-import httpx
 from prefect import get_client
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
 from sqlmodel import col, select, update
 
 from mailsync import jobstore
 from mailsync.admission import mailbox_limit
 from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
-from mailsync.leases import FullSyncSlot
+from mailsync.leases import FullSyncSlot, MailboxTurn
 from mailsync.limits import LimitsUnavailableError, PrefectLimits
 from mailsync.models import JobStatus, SyncJob
 from mailsync.settings import Settings, get_settings
@@ -141,12 +138,6 @@ def sync_now(
     )
 
 
-class MailboxBusyError(Exception):
-    """Another sync of the mailbox held it for longer than this one would wait."""
-
-    code = "sync_in_progress"
-
-
 @contextmanager
 def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
     """Hold the mailbox's Prefect slot (limit 1, on any worker) while it syncs; wait for it.
@@ -156,42 +147,25 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
     cursor-reset incremental, which becomes a full build) overwrite each other's generation
     and can leave an empty index (seen in tests/api/test_load_drill.py). Waiting, not
     refusing: the second sync then runs on what the first left (a cursor, a fresh index).
-    Prefect renews the lease while the sync runs and lets it lapse if the process dies.
+    The lease is renewed while the sync runs and lapses if the process dies.
     """
-    spec = mailbox_limit(mailbox_id)
-
-    def take_turn() -> AbstractContextManager[None]:
-        return concurrency(
-            spec.name,
-            occupy=1,
-            timeout_seconds=settings.mailbox_wait_seconds,
-            lease_duration=settings.full_sync_lease_seconds,
-            strict=True,
-            raise_on_lease_renewal_failure=False,
+    with get_client(sync_client=True) as client:
+        turn = MailboxTurn(
+            PrefectLimits(lambda: client),
+            mailbox_limit(mailbox_id),
+            settings.mailbox_wait_seconds,
+            settings.full_sync_lease_seconds,
         )
-
-    with ExitStack() as held:
         try:
-            try:
-                held.enter_context(take_turn())
-            except ConcurrencySlotAcquisitionError as exc:
-                if exc.__cause__ is not None:
-                    raise  # Prefect refused or was unreachable, not a missing limit
-                # strict=True found no such limit (the mailbox's first sync): create it, ask
-                # again. Asking first saves the upsert's two Prefect calls on every later sync.
-                with get_client(sync_client=True) as client:
-                    PrefectLimits(lambda: client).ensure([spec])
-                held.enter_context(take_turn())
-        except TimeoutError as exc:
-            raise MailboxBusyError(
-                f"another sync of mailbox {mailbox_id} held it for over "
-                f"{settings.mailbox_wait_seconds} s; this one did not start"
-            ) from exc
-        except (LimitsUnavailableError, ConcurrencySlotAcquisitionError, httpx.HTTPError) as exc:
+            turn.__enter__()
+        except LimitsUnavailableError as exc:
             raise TurnUnavailableError(
                 f"Prefect could not give mailbox {mailbox_id} its turn"
             ) from exc
-        yield
+        try:
+            yield
+        finally:
+            turn.__exit__(None, None, None)
 
 
 class TurnUnavailableError(Exception):

@@ -100,9 +100,20 @@ def http_ok(url: str, verify: str | bool = True) -> Callable[[], bool]:
     return probe
 
 
+# A CA bundle no TLS server can match (the file says why): for a Prefect API on plain HTTP.
+NO_TLS_TRUST = Path(__file__).resolve().parent / "orchestration" / "no_tls_trust.pem"
+
+
 def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:
     """Prefect settings shared by the server, the workers and flow runs."""
+    trust: dict[str, str] = {}
+    if api_url.startswith("http://") and not os.environ.get("PREFECT_API_SSL_CERT_FILE"):
+        # Prefect's client loads its CA bundle into a TLS context for every client it opens,
+        # even for http:// (certifi's: ~30 ms each, several per flow run). Over plain HTTP
+        # nothing is verified; and should the URL become https, this bundle fails closed.
+        trust["PREFECT_API_SSL_CERT_FILE"] = str(NO_TLS_TRUST)
     return {
+        **trust,
         "PREFECT_HOME": str(prefect_home),
         "PREFECT_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -130,9 +141,9 @@ def start_prefect_server(stack: Stack, port: int, timeout: float = 90) -> str:
         [
             sys.executable,
             "-m",
-            "prefect",
-            "server",
-            "start",
+            # `prefect server start`, with SQLite writers that wait for each other instead of
+            # failing with 503s the clients retry ~2 s later (see the module).
+            "mailsync.orchestration.prefect_server",
             "--host",
             "127.0.0.1",
             "--port",

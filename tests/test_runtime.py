@@ -11,6 +11,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from mailsync import jobstore, runtime
 from mailsync.admission import mailbox_limit
 from mailsync.db import session_scope
+from mailsync.leases import MailboxBusyError
 from mailsync.models import JobStatus, SyncJob
 from mailsync.settings import Settings
 from tests.api.conftest import make_tenant
@@ -56,7 +57,7 @@ def test_a_mailbox_turn_creates_its_limit_and_excludes_a_second_turn(
             limit = client.read_global_concurrency_limit_by_name(name)
             assert (limit.limit, limit.active_slots) == (1, 1)
             with (
-                pytest.raises(runtime.MailboxBusyError),
+                pytest.raises(MailboxBusyError),
                 runtime.mailbox_turn(mailbox_id, settings),
             ):
                 pass

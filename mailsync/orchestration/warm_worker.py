@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import copy
 import json
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +48,11 @@ from prefect.utilities.processutils import get_sys_executable, sanitize_subproce
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from mailsync.orchestration import zygote as zygote_mod
+from mailsync.orchestration.poll_schedule import PollSchedule
 
 WORKER_TYPE = "mailsync-warm"
 SET_WORKING_DIRECTORY = "prefect.deployments.steps.set_working_directory"
 SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
-# The server emits Scheduled before the transaction creating the run commits: poll at once and
-# a few more times shortly after (a loaded server commits later), for the run the first poll
-# could not see yet.
-EVENT_POLL_DELAYS = (0.0, 0.3, 0.7, 2.0)
 ZYGOTE_READY_SECONDS = 120
 _ENV_TEMPLATE = re.compile(r"^\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
 
@@ -393,11 +392,17 @@ class WarmProcessWorker(ProcessWorker):
             await anyio.sleep(5)
 
     async def _poll_on_events(self) -> None:
+        schedule = PollSchedule()
         while True:
-            await self._poll_now.wait()
-            self._poll_now = anyio.Event()
-            for delay in EVENT_POLL_DELAYS:
-                await anyio.sleep(delay)
+            event = self._poll_now
+            wait = schedule.wait_seconds(time.monotonic())
+            with anyio.move_on_after(wait if wait is not None else math.inf):
+                await event.wait()
+            if event.is_set():
+                self._poll_now = anyio.Event()
+                schedule.on_event(time.monotonic())
+                continue
+            if schedule.take_due(time.monotonic()):
                 try:
                     await self.get_and_submit_flow_runs()
                 except Exception:
