@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +29,9 @@ from mailsync.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 SYNC_DEPLOYMENT = "sync-mailbox/sync"
+
+# How many jobs' last flow-run read times an API process remembers (Orchestrator._read_due).
+READ_TIMES_KEPT = 10_000
 
 _QUEUED = {StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED}
 _RUNNING = {StateType.RUNNING, StateType.CANCELLING}
@@ -59,6 +65,7 @@ class Orchestrator:
         *,
         deployment: str = SYNC_DEPLOYMENT,
         clock: Clock = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api_url = api_url
         self.deployment = deployment
@@ -68,6 +75,9 @@ class Orchestrator:
         self.limits = PrefectLimits(lambda: self.client)
         self.settings = settings or get_settings()
         self.admission = Admission(self.limits, self.settings, clock)
+        self._monotonic = monotonic
+        # job id -> when its flow run was last read; oldest first, bounded.
+        self._read_at: OrderedDict[str, float] = OrderedDict()
 
     @property
     def client(self) -> SyncPrefectClient:
@@ -183,6 +193,8 @@ class Orchestrator:
         """Bring a non-terminal job up to date with its flow run's state."""
         if JobStatus(job.status).terminal or not job.flow_run_id:
             return job
+        if not self._read_due(job.id):
+            return job
         try:
             run = self.client.read_flow_run(UUID(job.flow_run_id))
         except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound, RuntimeError):
@@ -212,6 +224,20 @@ class Orchestrator:
             self._release([job.lease_id])
             job.lease_id = None
         return job
+
+    def _read_due(self, job_id: str) -> bool:
+        """Whether this job's flow run may be read again: a client polling every few
+        milliseconds costs Prefect one read per job per interval, not one per GET."""
+        now = self._monotonic()
+        with self._lock:
+            last = self._read_at.get(job_id)
+            if last is not None and now - last < self.settings.flow_run_read_interval_seconds:
+                return False
+            self._read_at[job_id] = now
+            self._read_at.move_to_end(job_id)
+            while len(self._read_at) > READ_TIMES_KEPT:
+                self._read_at.popitem(last=False)
+            return True
 
     def healthy(self) -> bool:
         try:

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     sync_quota: int = 6  # accepted on-demand syncs per workspace per window
     sync_quota_window_seconds: int = Field(default=3600, ge=60)  # Prefect leases last >= 60 s
     full_sync_lease_seconds: int = Field(default=60, ge=60)  # renewed while the sync runs
+    # A job's GET reads its flow run's Prefect state (to notice a run that crashed or was
+    # cancelled without closing its job) at most once per this many seconds per API process;
+    # in between it answers from the job row, which the flow itself keeps up to date.
+    flow_run_read_interval_seconds: float = Field(default=1.0, ge=0)
     # How long a sync waits for another sync of the same mailbox to end (runtime.mailbox_turn).
     mailbox_wait_seconds: float = Field(default=1800.0, gt=0)
     # The general request quota of every other endpoint, per API key and per client address.

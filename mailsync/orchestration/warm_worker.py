@@ -25,15 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import anyio
 import anyio.abc
 import yaml
 from prefect.client.schemas.objects import FlowRun, WorkPool
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.runner._control_channel import ControlChannel
@@ -322,6 +324,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class RecentDeployments:
+    """`read_deployment`, answered from the last `ttl` seconds' reads of the same deployment.
+
+    Submitting one run reads its deployment three times within ~0.3 s (BaseWorker's check
+    that it exists, the job configuration, `warm_plan`), serially, before the run can start.
+    A deployment changed within `ttl` of a submission may reach it a moment late, as it could
+    between those reads anyway. Each caller gets its own copy."""
+
+    def __init__(
+        self,
+        read: Callable[[UUID | str], Awaitable[DeploymentResponse]],
+        ttl: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read, self.ttl, self._clock = read, ttl, clock
+        self._recent: dict[UUID | str, tuple[float, DeploymentResponse]] = {}
+
+    async def __call__(self, deployment_id: UUID | str) -> DeploymentResponse:
+        now = self._clock()
+        self._recent = {k: v for k, v in self._recent.items() if now - v[0] < self.ttl}
+        if deployment_id not in self._recent:
+            self._recent[deployment_id] = (now, await self._read(deployment_id))
+        return self._recent[deployment_id][1].model_copy(deep=True)
+
+
 class WarmProcessWorker(ProcessWorker):
     type = WORKER_TYPE
     _description = (
@@ -350,6 +377,8 @@ class WarmProcessWorker(ProcessWorker):
 
     async def setup(self) -> None:
         await super().setup()
+        client = self.client
+        client.read_deployment = RecentDeployments(client.read_deployment)  # type: ignore[method-assign]
         directory = project_dir()
         self._zygote = Zygote(directory, preloaded_entrypoints(directory))
         self._zygote.start()

@@ -6,15 +6,20 @@ import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.states import Cancelling
 from sqlmodel import Session, col, select
 
 from mailsync.db import get_engine
 from mailsync.models import Mailbox, Message
-from tests.api.conftest import Api, Tenant, make_tenant, slow_down, speed_up
+from tests.api.conftest import Api, Tenant, hold, make_tenant, slow_down, speed_up, wait_final
 from tests.conftest import FakeProviders, PrefectStack
+from tests.support.waiting import wait_for
 from tests.test_drills import flow_run_pids
 
 pytestmark = pytest.mark.integration
@@ -187,3 +192,37 @@ def test_full_then_incremental_through_20_percent_faults(
         assert stats["injected"] > 0, provider
         indexed = len(fake_index(fakes, provider, address))
         print(f"{provider}: {stats['injected']} faults injected, {indexed} messages indexed")
+
+
+@pytest.mark.only_database("sqlite")  # the cancellation is Prefect's
+def test_cancelling_a_running_job_from_the_ui_fails_it_as_cancelled(
+    api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
+) -> None:
+    """Cancel, as the Prefect UI does (state Cancelling), a job's flow run while its sync is
+    running on the default (warm) worker: the run ends Cancelled, its process is gone, and
+    the job reads failed with `job_cancelled`; the mailbox's turn is free for the next job."""
+    tenant = make_tenant(prefect_stack.settings, fakes, providers=("gmail",))
+    initial = api.post(tenant, {}).json()["data"]["job_id"]  # the cancelled job is incremental
+    assert api.wait(tenant, initial)["status"] == "completed"
+    fakes.call(
+        "gmail", "POST", f"/_admin/mailboxes/{tenant.gmail_address}/messages", json={"count": 5}
+    )
+    hold(fakes, "gmail", tenant.gmail_address)
+    job_id = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
+    try:
+        wait_for(lambda: api.get(tenant, job_id)["status"] == "running", "the job to run", 90)
+        with SyncPrefectClient(prefect_stack.api_url) as prefect:
+            [run] = prefect.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[job_id]))
+            )
+            pids = wait_for(lambda: flow_run_pids(str(run.id)), "the run's process", 30)
+            prefect.set_flow_run_state(run.id, Cancelling())
+            final = wait_final(prefect, run, 90)
+        assert final.state is not None and final.state.is_cancelled(), final.state
+        ended = api.wait(tenant, job_id, 60)
+        assert ended["status"] == "failed" and ended["error"]["code"] == "job_cancelled", ended
+        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), "its exit", 30)
+    finally:
+        speed_up(fakes, "gmail", tenant.gmail_address)
+    after = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
+    assert api.wait(tenant, after)["status"] == "completed"
