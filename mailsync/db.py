@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,6 +27,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """The database file (mail, encrypted credentials) readable by its owner only: created
+    0600 before SQLite opens it (its -wal and -shm files take the same mode)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def get_engine(url: str) -> sa.Engine:
     """One engine per database URL per process."""
     with _lock:
@@ -33,7 +43,7 @@ def get_engine(url: str) -> sa.Engine:
             if url.startswith("sqlite"):
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    _private_sqlite_file(Path(path))
                 engine = sa.create_engine(
                     url, connect_args={"check_same_thread": False, "timeout": 30}
                 )

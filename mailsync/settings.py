@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -141,16 +143,49 @@ class Settings(BaseSettings):
         )
 
     def fernet_key(self) -> bytes:
-        """The credential-encryption key; generated into the data directory on first use."""
+        """The credential-encryption key; generated into the data directory on first use.
+
+        Created whole or not at all (written to a private temporary file, then linked into
+        place: a concurrent first start reads either no file or the complete key, and the
+        second creator adopts the first's). A key file that exists but cannot be read, or is
+        empty, is an error, never a reason to make a new key: that would orphan every stored
+        credential."""
         if self.encryption_key is not None:
             return self.encryption_key.get_secret_value().encode()
         path = self.data_dir / "encryption.key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(Fernet.generate_key())
-        return path.read_bytes().strip()
+            ensure_private_dir(self.data_dir)
+            _create_exclusively(path, Fernet.generate_key())
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            raise KeyFileError(f"the encryption key file {path} cannot be read: {exc}") from exc
+        if not key:
+            raise KeyFileError(f"the encryption key file {path} is empty")
+        return key
+
+
+class KeyFileError(RuntimeError):
+    """The generated encryption key file exists but is unusable."""
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) readable by its owner only; an existing one is left as is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _create_exclusively(path: Path, content: bytes) -> None:
+    """Write `content` to `path` with mode 0600 unless it exists, in one atomic step."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):  # another process was first: its key
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 @lru_cache

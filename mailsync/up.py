@@ -16,7 +16,7 @@ from rich.panel import Panel
 from mailsync import db
 from mailsync import demo as demo_mod
 from mailsync.jobs import Orchestrator
-from mailsync.settings import Settings
+from mailsync.settings import Settings, ensure_private_dir
 from mailsync.stack import (
     Stack,
     StackError,
@@ -130,6 +130,8 @@ def run_stack(
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     _stop_on_signals()
     data_dir = settings.data_dir.resolve()
+    # Credentials, mail, the Prefect database and logs live here: its owner's only.
+    ensure_private_dir(data_dir)
     settings = settings.model_copy(update={"data_dir": data_dir})
     database_url = settings.resolved_database_url
     db.upgrade(database_url)

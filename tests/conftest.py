@@ -61,10 +61,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             dropped.append(item)
             continue
         kept.append(item)
-        if "prefect_stack" in getattr(item, "fixturenames", ()) and "database_url" in params:
-            # Under `--dist loadgroup` (pytest-xdist) every test on one database's Prefect
-            # stack runs in one worker: each stack starts once, not once per worker.
-            item.add_marker(pytest.mark.xdist_group(f"prefect-{params['database_url']}"))
+        if "database_url" in params:
+            # Under `--dist loadgroup` (pytest-xdist) every test on one database runs in one
+            # worker. `database_url` is a session fixture with two params: a worker that got
+            # tests of both would switch between them, and each switch tears down and starts
+            # again everything built on it, the ~40 s Prefect stack included.
+            item.add_marker(pytest.mark.xdist_group(f"db-{params['database_url']}"))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
