@@ -95,12 +95,21 @@ def test_403_without_connected_mailbox(
         ("mode=full", "application/x-www-form-urlencoded", None),
         ("\xff\xfe", "application/json", None),
         ('{"mode": "incremental"}', "text/plain", None),
+        # Nested past the JSON decoder's recursion limit, then within it.
+        pytest.param("[" * 50_000, "application/json", None, id="nested-50000"),
+        pytest.param(
+            '{"mode": ' + "[" * 5_000 + "]" * 5_000 + "}", "application/json", None, id="nested-5k"
+        ),
+        pytest.param(
+            '{"mode": ' + "[" * 500 + "]" * 500 + "}", "application/json", "mode", id="nested-500"
+        ),
     ],
 )
 def test_400_invalid_request(
     offline_client: TestClient, tenant: Tenant, body: str, content_type: str, param: str | None
 ) -> None:
-    """Wrong values, unknown fields, malformed or non-JSON bodies: 400 naming the field."""
+    """Wrong values, unknown fields, malformed, non-JSON or deeply nested bodies: 400 naming
+    the field (a body nested past the JSON decoder's recursion limit was a 500)."""
     response = offline_client.post(
         URL,
         headers={**tenant.auth(), "Content-Type": content_type},

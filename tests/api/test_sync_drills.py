@@ -219,6 +219,9 @@ def test_cancelling_a_running_job_from_the_ui_fails_it_as_cancelled(
             prefect.set_flow_run_state(run.id, Cancelling())
             final = wait_final(prefect, run, 90)
         assert final.state is not None and final.state.is_cancelled(), final.state
+        # Released only now: the sync's task thread is still inside the held provider call,
+        # and the process ends once it returns (Prefect joins its task threads at exit).
+        speed_up(fakes, "gmail", tenant.gmail_address)
         ended = api.wait(tenant, job_id, 60)
         assert ended["status"] == "failed" and ended["error"]["code"] == "job_cancelled", ended
         wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), "its exit", 30)

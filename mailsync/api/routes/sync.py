@@ -79,6 +79,8 @@ async def _parse(request: Request) -> SyncRequest:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "invalid_request", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the decoder's recursion, from arrays or objects nested deep
+        raise ApiError(400, "invalid_request", "the body's JSON is nested too deeply") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "the body must be a JSON object")
     try:
