@@ -52,7 +52,35 @@ class Renewal:
             self._thread.join(timeout=10)
 
 
-class MailboxTurn:
+class HeldLease:
+    """A lease held with a renewal thread: `__exit__` stops renewing and gives it back (a
+    release Prefect cannot take is left to expire). Subclasses take it in `__enter__`."""
+
+    limits: PrefectLimits
+    lease_id: str | None
+    _renewal: Renewal | None
+
+    def _released(self) -> None:
+        """After the release: what else the holder records."""
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        if self._renewal is not None:
+            self._renewal.stop()
+        if self.lease_id:
+            try:
+                self.limits.release(self.lease_id)
+            except LimitsUnavailableError:
+                log.warning("could not release lease %s; it expires by itself", self.lease_id)
+            self.lease_id = None
+            self._released()
+
+
+class MailboxTurn(HeldLease):
     """The one slot of a mailbox's limit, held by one sync at a time: waits for it (Prefect's
     Retry-After, at most a second between asks), renews its lease, gives it back on exit.
 
@@ -105,23 +133,8 @@ class MailboxTurn:
         except LimitsUnavailableError as exc:
             log.warning("could not renew the lease on %s: %s", self.spec.name, exc)
 
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        if self._renewal is not None:
-            self._renewal.stop()
-        if self.lease_id is not None:
-            try:
-                self.limits.release(self.lease_id)
-            except LimitsUnavailableError:
-                log.warning("could not release the lease on %s; it expires", self.spec.name)
-            self.lease_id = None
 
-
-class FullSyncSlot:
+class FullSyncSlot(HeldLease):
     """Adopts the lease the API took (or takes one, for runs started in the Prefect UI or by
     a schedule), renews it every third of its duration, and releases it on exit."""
 
@@ -174,17 +187,5 @@ class FullSyncSlot:
         except (LimitsUnavailableError, SlotBusyError) as exc:
             log.warning("could not renew the full-sync lease of %s: %s", self.job_id, exc)
 
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        if self._renewal is not None:
-            self._renewal.stop()
-        if self.lease_id:
-            try:
-                self.limits.release(self.lease_id)
-            except LimitsUnavailableError:
-                log.warning("could not release lease of %s; it expires by itself", self.job_id)
-            self._store(None)
+    def _released(self) -> None:
+        self._store(None)
