@@ -49,6 +49,10 @@ def _postgres_problem() -> str | None:
 PG_PROBLEM = _postgres_problem()
 
 
+# tryfirst: pytest-xdist turns `xdist_group` marks into node ids in its own hook of this name,
+# which runs before a conftest's (it is registered later); without it the marks added here
+# came too late and every worker built both databases' stacks (seen: six instead of two).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`@pytest.mark.only_database("postgresql")`: a test whose subject does not depend on the
     application database runs on that one only (the suite's time budget), deselected for the
