@@ -487,10 +487,11 @@ def test_database_connections_dropped_mid_sync(drills: Drills) -> None:
 
 
 def test_lease_taken_before_the_restart_expires(drills: Drills) -> None:
-    """The sentinel lease the restart drill took (and nothing renews) frees its slot within the
-    lease time plus Prefect's reclaim loop after the restart: with the filesystem lease
-    storage `mailsync up` configures, an expired lease is reclaimed across restarts (seen: the
-    in-memory default loses the lease but keeps the slot taken, forever). This wait overlaps
+    """The sentinel lease the restart drill took (and nothing renews) frees its slot after the
+    lease time plus Prefect's reclaim loop (and a margin) after the restart: with the
+    filesystem lease storage `mailsync up` configures, an expired lease is reclaimed across
+    restarts (seen: the in-memory default loses the lease but keeps the slot taken, forever).
+    This wait overlaps
     the other drills; 60 s is the shortest lease Prefect grants."""
     sentinel, restarted = drills.sentinel, drills.restarted_at
     if sentinel is None or restarted is None:
@@ -502,11 +503,12 @@ def test_lease_taken_before_the_restart_expires(drills: Drills) -> None:
             taken = limits.take([sentinel], LEASE_S)
             return taken if isinstance(taken, str) else None
 
-        lease = wait_for(take, "the sentinel's slot free again", LEASE_S + RECLAIM_S + 15, 1)
+        # The bound tells "reclaimed" from "kept for ever" (the in-memory storage's failure);
+        # its margin is for a loaded machine (95 s was seen against lease + reclaim = 75 s).
+        lease = wait_for(take, "the sentinel's slot free again", LEASE_S + RECLAIM_S + 60, 1)
         limits.release(lease)
     freed = time.monotonic() - restarted
     print(f"sentinel slot free {freed:.1f} s after the restart")
-    assert freed < LEASE_S + RECLAIM_S + 15
 
 
 def test_machine_loss_run_is_crashed_and_its_slot_freed(drills: Drills) -> None:
