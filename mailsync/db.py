@@ -13,6 +13,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from mailsync.settings import ensure_private_dir
+
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -30,7 +32,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 def _private_sqlite_file(path: Path) -> None:
     """The database file (mail, encrypted credentials) readable by its owner only: created
     0600 before SQLite opens it (its -wal and -shm files take the same mode)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
