@@ -9,6 +9,7 @@ one process.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Self
 
@@ -71,14 +72,21 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
         len(plan.skipped),
     )
 
-    futures: dict[PrefectFuture[dict[str, Any]], str] = {}
-    for job in jobs:
-        for m in job["mailboxes"]:
-            future = refresh_mailbox.submit(
-                job["job_id"], m["mailbox_id"], m["provider"], m["address"]
-            )
-            futures[future] = job["job_id"]
-    summary = _close_as_they_end(jobs, futures, logger)
+    with runtime.round_turns(settings) as turns:
+        futures: dict[PrefectFuture[dict[str, Any]], str] = {}
+        for job in jobs:
+            quick = [m["mailbox_id"] for m in job["mailboxes"] if m["has_cursor"]]
+            held = turns.hold(job["job_id"], quick)
+            for m in job["mailboxes"]:
+                future = refresh_mailbox.submit(
+                    job["job_id"],
+                    m["mailbox_id"],
+                    m["provider"],
+                    m["address"],
+                    turn_held=held and m["has_cursor"],
+                )
+                futures[future] = job["job_id"]
+        summary = _close_as_they_end(jobs, futures, logger, turns.release)
     _deliver_webhooks([s["job_id"] for s in summary])
     duration = time.monotonic() - started
     create_markdown_artifact(
@@ -94,10 +102,14 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
 
 
 def _close_as_they_end(
-    jobs: list[dict[str, Any]], futures: dict[PrefectFuture[dict[str, Any]], str], logger: Any
+    jobs: list[dict[str, Any]],
+    futures: dict[PrefectFuture[dict[str, Any]], str],
+    logger: Any,
+    on_done: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """Close each job once its mailboxes are done, a batch of jobs per transaction (at
-    least every second), so a quick job does not wait for the round's slowest mailbox."""
+    least every second), so a quick job does not wait for the round's slowest mailbox;
+    `on_done(job_id)` as soon as a job's mailboxes are (its turns are given back)."""
     by_id = {job["job_id"]: job for job in jobs}
     per_job: dict[str, list[PrefectFuture[dict[str, Any]]]] = {job_id: [] for job_id in by_id}
     for future, job_id in futures.items():
@@ -118,6 +130,7 @@ def _close_as_they_end(
         job_id = futures[future]
         left[job_id] -= 1
         if left[job_id] == 0:
+            on_done(job_id)
             job = by_id[job_id]
             outcomes = [_outcome(f) for f in per_job[job_id]]
             results, error = refresh.job_outcome(job["mailboxes"], outcomes)

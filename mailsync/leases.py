@@ -125,13 +125,49 @@ class MailboxTurn(HeldLease):
         return self
 
     def _renew_once(self) -> None:
-        assert self.lease_id is not None
-        try:
-            if not self.limits.renew(self.lease_id, self.lease_seconds):
-                self.lapsed = True
-                log.warning("the lease on %s lapsed while its sync ran", self.spec.name)
-        except LimitsUnavailableError as exc:
-            log.warning("could not renew the lease on %s: %s", self.spec.name, exc)
+        _renew_turn(self, self.spec.name)
+
+
+def _renew_turn(turn: MailboxTurn | MailboxTurns, what: str) -> None:
+    """One renewal of a turn's lease; a lease Prefect no longer knows marks the turn lapsed."""
+    assert turn.lease_id is not None
+    try:
+        if not turn.limits.renew(turn.lease_id, turn.lease_seconds):
+            turn.lapsed = True
+            log.warning("the lease on %s lapsed while its sync ran", what)
+    except LimitsUnavailableError as exc:
+        log.warning("could not renew the lease on %s: %s", what, exc)
+
+
+class MailboxTurns(HeldLease):
+    """The turns of several mailboxes under one lease, taken at once or not at all, without
+    waiting: a refresh round takes its job's mailboxes this way, one Prefect call instead of
+    a take and a release per mailbox (BENCHMARKS.md, fan-out). `held` says whether it got
+    them; a caller that did not takes each mailbox's own MailboxTurn, which waits."""
+
+    def __init__(self, limits: PrefectLimits, specs: list[LimitSpec], lease_seconds: float) -> None:
+        self.limits, self.specs, self.lease_seconds = limits, specs, lease_seconds
+        self.lease_id: str | None = None
+        self.lapsed = False
+        self._renewal: Renewal | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.lease_id is not None
+
+    def __enter__(self) -> MailboxTurns:
+        if not self.specs:
+            return self
+        taken = self.limits.take(self.specs, self.lease_seconds, ensure_first=False)
+        if isinstance(taken, Refusal):
+            return self
+        self.lease_id = taken
+        self._renewal = Renewal(self._renew_once, self.lease_seconds / 3, "mailbox-turns-lease")
+        self._renewal.start()
+        return self
+
+    def _renew_once(self) -> None:
+        _renew_turn(self, f"{len(self.specs)} mailboxes' turns")
 
 
 class FullSyncSlot(HeldLease):

@@ -164,9 +164,15 @@ class MailboxRef:
     workspace_id: str
     provider: str
     address: str
+    has_cursor: bool = False  # synced before: an incremental, quick when nothing changed
 
-    def as_job_entry(self) -> dict[str, str]:
-        return {"mailbox_id": self.mailbox_id, "provider": self.provider, "address": self.address}
+    def as_job_entry(self) -> dict[str, Any]:
+        return {
+            "mailbox_id": self.mailbox_id,
+            "provider": self.provider,
+            "address": self.address,
+            "has_cursor": self.has_cursor,
+        }
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,7 @@ def plan_refresh(mailboxes: Iterable[Mailbox], busy: Busy) -> RefreshPlan:
     """Group the due mailboxes by workspace, leaving out those with a sync in progress."""
     plan = RefreshPlan()
     for m in mailboxes:
-        ref = MailboxRef(m.id, m.workspace_id, m.provider, m.address)
+        ref = MailboxRef(m.id, m.workspace_id, m.provider, m.address, m.cursor is not None)
         reason = busy.get((m.workspace_id, m.provider)) or busy.get((m.workspace_id, ANY_PROVIDER))
         if reason:
             plan.skipped.append(Skipped(ref, reason))

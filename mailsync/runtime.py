@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -14,11 +15,13 @@ from mailsync import jobstore
 from mailsync.admission import mailbox_limit
 from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
-from mailsync.leases import FullSyncSlot, MailboxTurn
+from mailsync.leases import FullSyncSlot, MailboxTurn, MailboxTurns
 from mailsync.limits import LimitsUnavailableError, PrefectLimits
 from mailsync.models import JobStatus, SyncJob
 from mailsync.settings import Settings, get_settings
 from mailsync.sync import MailboxResult, Progress, sync_mailbox
+
+log = logging.getLogger(__name__)
 
 
 class JobNotFoundError(Exception):
@@ -115,9 +118,14 @@ def run_mailbox(
     mode: str,
     progress: Progress | None = None,
     settings: Settings | None = None,
+    *,
+    turn_held: bool = False,
 ) -> MailboxResult:
-    """Sync one mailbox, in its turn: never two syncs of one mailbox at once."""
+    """Sync one mailbox, in its turn: never two syncs of one mailbox at once. `turn_held`:
+    the caller holds the turn already (a refresh round's RoundTurns)."""
     settings = settings or get_settings()
+    if turn_held:
+        return sync_now(mailbox_id, mode, settings, progress=progress)
     with mailbox_turn(mailbox_id, settings):
         return sync_now(mailbox_id, mode, settings, progress=progress)
 
@@ -170,6 +178,56 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
 
 class TurnUnavailableError(Exception):
     """Prefect could not be asked for the mailbox's turn: worth retrying (tasks/sync_mailbox)."""
+
+
+class RoundTurns:
+    """The mailbox turns a refresh round holds for its jobs: one lease per job, over the
+    job's mailboxes, given back when the job ends (`release`) or the round does.
+
+    Only for mailboxes expected to sync quickly (those with a cursor): a turn held for a job
+    is held until its slowest mailbox is done, so a first sync, which builds the whole
+    index, takes its own turn. When any mailbox of the job is busy, or Prefect cannot be
+    asked, `hold` says False and each mailbox waits for its own turn as any sync does.
+    """
+
+    def __init__(self, limits: PrefectLimits, lease_seconds: float) -> None:
+        self._limits, self._lease_seconds = limits, lease_seconds
+        self._held: dict[str, MailboxTurns] = {}
+
+    def hold(self, job_id: str, mailbox_ids: list[str]) -> bool:
+        turns = MailboxTurns(
+            self._limits, [mailbox_limit(m) for m in mailbox_ids], self._lease_seconds
+        )
+        try:
+            turns.__enter__()
+        except LimitsUnavailableError as exc:
+            log.warning("job %s: no turns taken at once (%s); one by one instead", job_id, exc)
+            return False
+        if turns.held:
+            self._held[job_id] = turns
+        return turns.held
+
+    def release(self, job_id: str) -> None:
+        turns = self._held.pop(job_id, None)
+        if turns is not None:
+            turns.__exit__(None, None, None)
+
+    def release_all(self) -> None:
+        for job_id in list(self._held):
+            self.release(job_id)
+
+
+@contextmanager
+def round_turns(settings: Settings | None = None) -> Iterator[RoundTurns]:
+    """RoundTurns on one Prefect client of this flow run; whatever is still held at the end
+    is given back."""
+    settings = settings or get_settings()
+    with get_client(sync_client=True) as client:
+        turns = RoundTurns(PrefectLimits(lambda: client), settings.full_sync_lease_seconds)
+        try:
+            yield turns
+        finally:
+            turns.release_all()
 
 
 def close_job(

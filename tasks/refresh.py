@@ -19,9 +19,12 @@ from tasks.sync_mailbox import is_transient
     retry_condition_fn=is_transient,
     cache_policy=NO_CACHE,
 )
-def refresh_mailbox(job_id: str, mailbox_id: str, provider: str, address: str) -> dict[str, Any]:
-    """No progress artifact: a round refreshes many mailboxes and most have nothing new."""
-    result = runtime.run_mailbox(mailbox_id, "incremental")
+def refresh_mailbox(
+    job_id: str, mailbox_id: str, provider: str, address: str, turn_held: bool = False
+) -> dict[str, Any]:
+    """No progress artifact: a round refreshes many mailboxes and most have nothing new.
+    `turn_held`: the round holds this mailbox's turn for the job (runtime.RoundTurns)."""
+    result = runtime.run_mailbox(mailbox_id, "incremental", turn_held=turn_held)
     return {
         **result.as_dict(),
         "cursor_before": result.cursor_before,

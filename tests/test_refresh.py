@@ -18,15 +18,17 @@ from prefect.states import Scheduled
 from sqlmodel import Session, select
 
 from mailsync import index, jobstore, refresh, workspaces
-from mailsync.admission import SyncInProgressError, full_sync_limit
+from mailsync.admission import SyncInProgressError, full_sync_limit, mailbox_limit
 from mailsync.api.app import create_app
 from mailsync.db import get_engine, session_scope
 from mailsync.jobs import job_tags
 from mailsync.limits import PrefectLimits
 from mailsync.models import Mailbox, SyncJob, utcnow
 from mailsync.providers.base import ProviderError
+from mailsync.providers.registry import PROVIDERS
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack
+from tests.support.waiting import wait_for
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -333,3 +335,70 @@ def test_refresh_round_syncs_due_mailboxes_and_skips_busy_ones(
             assert view["status"] == "completed", view
             assert view["counts"]["messages_added"] == 40 * len(job.providers)
             assert {m["reason"] for m in view["mailboxes"]} == {"initial_sync"}
+
+
+def _mailbox(settings: Any, workspace_id: str, provider: str) -> Mailbox:
+    with Session(get_engine(settings.resolved_database_url)) as session:
+        return session.exec(
+            select(Mailbox).where(
+                Mailbox.workspace_id == workspace_id, Mailbox.provider == provider
+            )
+        ).one()
+
+
+@pytest.mark.integration
+@pytest.mark.only_database("sqlite")
+def test_a_round_never_syncs_a_mailbox_whose_turn_another_sync_holds(
+    prefect_stack: PrefectStack, fakes: FakeProviders
+) -> None:
+    """A round holds a job's mailbox turns in one lease, all or none: while another sync
+    holds one mailbox's turn, the round does not sync that mailbox (it waits for the turn)
+    and still syncs the job's other mailbox, which is not held up by it; once the turn is
+    given back the waiting mailbox is synced and the round completes."""
+    settings = prefect_stack.settings
+    tenant = make_tenant(settings, fakes)
+    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+        deployment = prefect.read_deployment_by_name("refresh-mailboxes/refresh")
+
+        def round_() -> Any:
+            return prefect.create_flow_run_from_deployment(
+                deployment.id, parameters={"workspaces": [tenant.workspace_id]}
+            )
+
+        assert _wait_final(prefect, round_().id).state.is_completed()  # the initial syncs
+        with session_scope(settings.resolved_database_url) as session:
+            for mailbox in session.exec(
+                select(Mailbox).where(Mailbox.workspace_id == tenant.workspace_id)
+            ):
+                assert mailbox.cursor is not None
+                mailbox.last_synced_at = utcnow() - timedelta(days=1)
+                session.add(mailbox)
+        before = {p: _mailbox(settings, tenant.workspace_id, p).last_synced_at for p in PROVIDERS}
+        for provider, address in (
+            ("gmail", tenant.gmail_address),
+            ("microsoft", tenant.microsoft_address),
+        ):
+            fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/messages", json={"count": 2})
+        gmail = _mailbox(settings, tenant.workspace_id, "gmail")
+        limits = PrefectLimits(lambda: prefect)
+        other_sync = limits.take([mailbox_limit(gmail.id)], 60)
+        assert isinstance(other_sync, str)
+        try:
+            run = round_()
+            wait_for(
+                lambda: (
+                    _mailbox(settings, tenant.workspace_id, "microsoft").last_synced_at
+                    != before["microsoft"]
+                ),
+                "the free mailbox synced while the other waits",
+            )
+            assert (
+                _mailbox(settings, tenant.workspace_id, "gmail").last_synced_at == before["gmail"]
+            )
+            state = prefect.read_flow_run(run.id).state
+            assert state is not None and not state.is_final()
+        finally:
+            limits.release(other_sync)
+        assert _wait_final(prefect, run.id).state.is_completed()
+    with Session(get_engine(settings.resolved_database_url)) as session:
+        assert index.message_ids(session, gmail.id) == fakes.ids("gmail", tenant.gmail_address)
