@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlmodel import Session, col, select, update
 
 from mailsync.models import JobStatus, Mailbox, SyncJob, Workspace, iso, utcnow
 from mailsync.webhooks import outbox
@@ -52,13 +54,38 @@ def new_job(
     return job
 
 
+# A job is open until its first terminal transition; every transition below is a
+# compare-and-set on the stored status, so a copy of the job read before a slow Prefect call
+# never rewrites what a flow committed meanwhile (issue: a GET setting `running` over
+# `completed`, or `job_failed` over the flow's own outcome).
+_OPEN = (JobStatus.queued.value, JobStatus.running.value)
+
+
+def _now_for(column: Any, now: datetime) -> Any:
+    return sa.literal(now, column.type)
+
+
 def mark_running(session: Session, job: SyncJob, flow_run_id: str | None) -> None:
-    if job.status == JobStatus.queued:
-        job.status = JobStatus.running.value
-        job.started_at = job.started_at or utcnow()
-    if flow_run_id and not job.flow_run_id:
-        job.flow_run_id = flow_run_id
-    session.add(job)
+    """queued -> running, and the first flow run's id; `job` is reloaded with what is stored."""
+    session.flush()
+    table = SyncJob.__table__  # type: ignore[attr-defined]
+    session.exec(  # type: ignore[call-overload]
+        update(SyncJob)
+        .where(col(SyncJob.id) == job.id, col(SyncJob.status) == JobStatus.queued.value)
+        .values(
+            status=JobStatus.running.value,
+            started_at=sa.func.coalesce(
+                col(SyncJob.started_at), _now_for(table.c.started_at, utcnow())
+            ),
+        )
+    )
+    if flow_run_id:
+        session.exec(  # type: ignore[call-overload]
+            update(SyncJob)
+            .where(col(SyncJob.id) == job.id, col(SyncJob.flow_run_id).is_(None))
+            .values(flow_run_id=flow_run_id)
+        )
+    session.refresh(job)
 
 
 def mark_finished(
@@ -69,24 +96,37 @@ def mark_finished(
     mailboxes: list[dict[str, Any]],
     error_code: str | None = None,
     error_message: str | None = None,
-) -> None:
-    """Record the job's end, and its webhook event in the same transaction (the outbox)."""
-    previous = job.status
-    job.status = (JobStatus.failed if error_code else JobStatus.completed).value
-    job.started_at = job.started_at or utcnow()
-    job.finished_at = utcnow()
-    job.counts = counts
-    job.mailboxes = mailboxes
-    job.error_code = error_code
-    job.error_message = error_message
-    session.add(job)
-    if previous != job.status:  # an ending recorded twice is announced once
-        outbox.record_job_event(session, job, public_view(job))
+) -> bool:
+    """Record the job's end, and its webhook event in the same transaction (the outbox),
+    once: False (and nothing written) when the job had already ended. `job` is reloaded
+    with what is stored."""
+    session.flush()
+    table = SyncJob.__table__  # type: ignore[attr-defined]
+    now = utcnow()
+    ended = session.exec(  # type: ignore[call-overload]
+        update(SyncJob)
+        .where(col(SyncJob.id) == job.id, col(SyncJob.status).in_(_OPEN))
+        .values(
+            status=(JobStatus.failed if error_code else JobStatus.completed).value,
+            started_at=sa.func.coalesce(col(SyncJob.started_at), _now_for(table.c.started_at, now)),
+            finished_at=now,
+            counts=counts,
+            mailboxes=mailboxes,
+            error_code=error_code,
+            error_message=error_message,
+        )
+    )
+    session.refresh(job)
+    if ended.rowcount != 1:
+        return False
+    outbox.record_job_event(session, job, public_view(job))
+    return True
 
 
-def mark_failed(session: Session, job: SyncJob, code: str, message: str) -> None:
-    """A failure seen from outside the run (crash, cancellation, submission error)."""
-    mark_finished(
+def mark_failed(session: Session, job: SyncJob, code: str, message: str) -> bool:
+    """A failure seen from outside the run (crash, cancellation, submission error); False
+    when the job had already ended (its outcome stands)."""
+    return mark_finished(
         session,
         job,
         counts=job.counts,
