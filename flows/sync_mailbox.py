@@ -17,6 +17,7 @@ from mailsync.jobs import job_tags
 from mailsync.leases import MailboxBusyError, SlotBusyError
 from mailsync.providers.base import ProviderError
 from mailsync.refresh import artifact_key, strip_cursors, summary_markdown
+from tasks.deliver_webhook import deliver_job_event
 from tasks.sync_mailbox import close_job, open_job, sync_one_mailbox
 
 
@@ -94,6 +95,8 @@ def sync_mailbox(
     except SlotBusyError as exc:
         results, error = [], (exc.code, str(exc))
         close_job(job["job_id"], [], *error)
+    # Outside the slot: a slow receiver never holds up the next full sync.
+    deliver_job_event(job["job_id"])
     _summarize(job, results, started, error)
     if error:
         raise RuntimeError(f"sync job {job['job_id']} failed: {error[0]}: {error[1]}")

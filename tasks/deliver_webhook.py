@@ -1,4 +1,4 @@
-"""The unit of webhook delivery: one attempt at one delivery.
+"""The units of webhook delivery: one attempt at one delivery; a job's event from its run.
 
 No Prefect retries: a failed attempt is rescheduled in the delivery row (next_attempt_at),
 which outlives any run over the 24 h retry horizon.
@@ -17,3 +17,9 @@ from mailsync.webhooks import dispatch
 @task(name="deliver-webhook", task_run_name="{delivery_id}", cache_policy=NO_CACHE)
 def deliver_webhook(delivery_id: str) -> dict[str, Any]:
     return dispatch.deliver_one(delivery_id)
+
+
+@task(name="deliver-job-event", cache_policy=NO_CACHE)
+def deliver_job_event(job_id: str) -> list[dict[str, Any]]:
+    """Right after the job's end, from its own run; never raises (dispatch.deliver_after_job)."""
+    return dispatch.deliver_after_job(job_id)

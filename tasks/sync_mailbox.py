@@ -13,7 +13,6 @@ from prefect.client.schemas.objects import State, TaskRun
 from mailsync import runtime
 from mailsync.db import connection_lost
 from mailsync.providers.base import TransientProviderError
-from mailsync.webhooks import dispatch
 
 
 def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
@@ -82,7 +81,5 @@ def open_job(
 def close_job(
     job_id: str, results: list[dict[str, Any]], error_code: str | None, error_message: str | None
 ) -> None:
+    # The job's webhook event is recorded with its end (tasks/deliver_webhook.py sends it).
     runtime.close_job(job_id, results, error_code, error_message)
-    # The job's webhook event is recorded with its end; start delivering it now (failing
-    # that, the delivery deployment's schedule picks it up).
-    dispatch.kick_after_job(job_id)

@@ -117,16 +117,48 @@ def schedule_run(at: datetime) -> None:
     )
 
 
-def job_has_deliveries(job_id: str, settings: Settings | None = None) -> bool:
-    settings = settings or get_settings()
+def _job_deliveries(job_id: str, settings: Settings, limit: int) -> list[str]:
+    """The pending deliveries of the job's event, soonest due first."""
     with session_scope(settings.resolved_database_url) as session:
         query = (
             select(WebhookDelivery.id)
             .join(WebhookEvent, col(WebhookEvent.id) == col(WebhookDelivery.event_id))
             .where(WebhookEvent.subject_id == job_id, WebhookDelivery.status == "pending")
-            .limit(1)
+            .order_by(col(WebhookDelivery.next_attempt_at))
+            .limit(limit)
         )
-        return session.exec(query).first() is not None
+        return list(session.exec(query))
+
+
+def job_has_deliveries(job_id: str, settings: Settings | None = None) -> bool:
+    return bool(_job_deliveries(job_id, settings or get_settings(), 1))
+
+
+# A job's own run attempts at most this many endpoints itself; a workspace with more leaves
+# the rest to a delivery run rather than keep its sync run (and its worker slot) busy.
+DELIVER_IN_RUN = 4
+
+
+def deliver_after_job(
+    job_id: str,
+    settings: Settings | None = None,
+    *,
+    resolver: ssrf.Resolver = ssrf.system_resolver,
+) -> list[dict[str, Any]]:
+    """The first attempt at the job's event, from the run that ended the job: a delivery run
+    would be a second flow run (~1.5 s on the warm worker) before the first attempt. What is
+    left (a failed attempt's retry, endpoints beyond DELIVER_IN_RUN) goes to a delivery run
+    started now, which schedules the retries. Never raises: failing everything, the delivery
+    deployment's schedule finds the pending deliveries."""
+    settings = settings or get_settings()
+    outcomes: list[dict[str, Any]] = []
+    try:
+        for delivery_id in _job_deliveries(job_id, settings, DELIVER_IN_RUN):
+            outcomes.append(deliver_one(delivery_id, settings, resolver=resolver))
+    except Exception:
+        log.warning("could not deliver the job's event from its run", exc_info=True)
+    kick_after_job(job_id, settings)
+    return outcomes
 
 
 def kick_after_job(job_id: str, settings: Settings | None = None) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
 
 from mailsync import apikeys, workspaces
 from mailsync.api.app import create_app
@@ -271,17 +273,27 @@ def test_delivery_log_replay_and_disabled_endpoints(
 # --- on the real Prefect stack ------------------------------------------------------------
 
 
-@pytest.fixture
-def deliver_runs_allow_loopback(prefect_stack: PrefectStack) -> Iterator[None]:
-    """Delivery runs on the stack's worker may call 127.0.0.1 and retry after 0.5 s."""
+@contextmanager
+def _runs_allow_loopback(prefect_stack: PrefectStack, *names: str) -> Iterator[None]:
+    """Runs of these deployments may call 127.0.0.1 and retry deliveries after 0.5 s."""
     env = {"MAILSYNC_WEBHOOK_ALLOW_LOOPBACK": "true", "MAILSYNC_WEBHOOK_RETRY_BASE_SECONDS": "0.5"}
     with SyncPrefectClient(prefect_stack.api_url) as prefect:
-        deployment = prefect.read_deployment_by_name(DELIVER_DEPLOYMENT)
-        prefect.update_deployment(deployment.id, DeploymentUpdate(job_variables={"env": env}))
+        ids = [prefect.read_deployment_by_name(name).id for name in names]
+        for deployment_id in ids:
+            prefect.update_deployment(deployment_id, DeploymentUpdate(job_variables={"env": env}))
         try:
             yield
         finally:
-            prefect.update_deployment(deployment.id, DeploymentUpdate(job_variables={}))
+            for deployment_id in ids:
+                prefect.update_deployment(deployment_id, DeploymentUpdate(job_variables={}))
+
+
+@pytest.fixture
+def deliver_runs_allow_loopback(prefect_stack: PrefectStack) -> Iterator[None]:
+    """Delivery runs, and sync runs (which make a job's first attempt), on the stack's
+    worker may call 127.0.0.1 and retry after 0.5 s."""
+    with _runs_allow_loopback(prefect_stack, "sync-mailbox/sync", DELIVER_DEPLOYMENT):
+        yield
 
 
 @pytest.fixture
@@ -364,6 +376,41 @@ def test_api_triggered_sync_sends_a_verified_email_sync_completed(
     assert delivery["event_id"] == received.webhook_id and delivery["status"] == "delivered"
     assert [a["status_code"] for a in delivery["attempt_log"]] == [200]
     assert delivery["attempt_log"][0]["latency_ms"] >= 0
+
+
+@pytest.mark.integration
+@pytest.mark.only_database("sqlite")
+def test_a_jobs_event_is_sent_by_the_run_that_ended_it(
+    stack_client: TestClient,
+    prefect_stack: PrefectStack,
+    fakes: FakeProviders,
+    receiver: Receiver,
+) -> None:
+    """The first attempt at a job's email.sync.completed is made by the job's own sync run,
+    right after the job's end: the receiver gets it once and no delivery run is started for
+    the job (a second flow run would come first, ~1.5 s on the warm worker)."""
+    tenant = make_tenant(prefect_stack.settings, fakes, providers=("gmail",))
+    hooks = {"Authorization": f"Bearer {tenant.no_scope}"}
+    created = stack_client.post(URL, headers=hooks, json={"url": receiver.url})
+    assert created.status_code == 201, created.text
+    receiver.secret = created.json()["data"]["secret"]
+    with _runs_allow_loopback(prefect_stack, "sync-mailbox/sync", DELIVER_DEPLOYMENT):
+        response = stack_client.post("/v1/email/sync", headers=tenant.auth(), json={})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["data"]["job_id"]
+        assert wait_for_job(stack_client, tenant.auth(), job_id)["status"] == "completed"
+        [received] = receiver.wait_for(1, timeout=60)
+        with SyncPrefectClient(prefect_stack.api_url) as prefect:
+            kicked = prefect.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    idempotency_key=FlowRunFilterIdempotencyKey(
+                        any_=[f"deliver-webhooks:after:{job_id}"]
+                    )
+                )
+            )
+    assert received.body is not None and received.body["data"]["job_id"] == job_id
+    assert all(r.verified for r in receiver.requests) and len(receiver.accepted) == 1
+    assert kicked == []
 
 
 @pytest.mark.integration
