@@ -110,5 +110,14 @@ def fanout(size: Size = SizeOption) -> None:
     _run("fanout", "scheduled refresh round", size, bench.run)
 
 
+@app.command()
+def webhooks(size: Size = SizeOption) -> None:
+    """A job's end -> its email.sync.completed at a receiver, from the job's own run and from
+    a delivery run."""
+    from bench import webhooks as bench
+
+    _run("webhooks", "webhook latency", size, bench.run)
+
+
 if __name__ == "__main__":
     app()
