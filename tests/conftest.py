@@ -19,6 +19,7 @@ from mailsync import db
 from mailsync.demo import Fakes
 from mailsync.fakes.server import free_port, serve_in_thread
 from mailsync.fakes.tls import FakeTLS, ensure_tls
+from mailsync.providers import pools
 from mailsync.settings import Settings
 from mailsync.stack import (
     Stack,
@@ -184,7 +185,11 @@ def fakes(tls: FakeTLS) -> Iterator[FakeProviders]:
         serve_in_thread(fake_gmail.create_app(seed_messages=40), tls) as gmail_url,
         serve_in_thread(fake_microsoft.create_app(seed_messages=40), tls) as microsoft_url,
     ):
-        yield FakeProviders(gmail_url, microsoft_url, tls.ca_path)
+        try:
+            yield FakeProviders(gmail_url, microsoft_url, tls.ca_path)
+        finally:
+            # Pooled connections would keep the servers' shutdown waiting on them.
+            pools.close_all()
 
 
 def make_settings(data_dir: Path, database_url: str, fakes: Fakes, **extra: Any) -> Settings:

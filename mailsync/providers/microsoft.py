@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import random
 import re
@@ -28,14 +29,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import certifi
 import httpx
 import msal
 import requests
 from msal.exceptions import MsalServiceError
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
+from mailsync.providers import pools
 from mailsync.providers.base import (
     AuthError,
     CursorExpiredError,
@@ -220,11 +224,118 @@ class _Stopped(Exception):
     """The sync a worker was fetching for has ended; the worker just leaves."""
 
 
+# --- what the instances of a process share --------------------------------------------
+#
+# Connections, TLS contexts and tenants' public OpenID configuration; never tokens, token
+# caches or msal's memory of failed requests (see _IdentitySession).
+
+# Graph requests in flight at once in a refresh round: 16 mailboxes x 4 requests each. Kept-alive
+# connections beyond it would only be closed again.
+_GRAPH_KEEPALIVE = 64
+_IDENTITY_KEEPALIVE = 32  # token requests are one at a time per mailbox
+# A tenant's OpenID configuration names its endpoints and practically never changes; msal keeps
+# it a day per application, a process-wide copy less, since it outlives every application.
+_DISCOVERY_TTL = 3600.0
+_DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+_SSL_CONTEXTS: pools.Shared[ssl.SSLContext] = pools.Shared("microsoft tls contexts")
+_GRAPH_POOLS: pools.Pooled[httpx.HTTPTransport] = pools.Pooled(
+    "microsoft graph connections", dispose=lambda transport: transport.close()
+)
+_IDENTITY_POOLS: pools.Pooled[_SharedAdapter] = pools.Pooled(
+    "microsoft identity connections", dispose=lambda adapter: adapter.shutdown()
+)
+_DISCOVERY: pools.Expiring[tuple[bytes, dict[str, str], str | None]] = pools.Expiring(
+    "microsoft tenant discovery", ttl=_DISCOVERY_TTL, capacity=1024
+)
+
+
+def _ca_key(ca_bundle: str | None) -> tuple[Any, ...] | None:
+    """A CA file as a cache key: a file replaced while the process runs is a new key, so the
+    next provider trusts what the file says now, as it did when every provider read it."""
+    if not ca_bundle:
+        return None
+    try:
+        stat = os.stat(ca_bundle)
+    except OSError:
+        return (ca_bundle,)  # loading it fails below, as it always did; nothing is cached
+    return (ca_bundle, stat.st_mtime_ns, stat.st_size)
+
+
+def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """certifi's roots plus `ca_bundle`; loading them is most of a provider's construction cost."""
+    if not ca_bundle:
+        return True
+
+    def make() -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=certifi.where())
+        context.load_verify_locations(cafile=ca_bundle)
+        return context
+
+    return _SSL_CONTEXTS.get(_ca_key(ca_bundle), make)
+
+
+class _BorrowedTransport(httpx.BaseTransport):
+    """An httpx.Client's way into the process's Graph connection pool: the client keeps its own
+    headers, timeouts and auth, and closing it leaves the pool to the other clients."""
+
+    def __init__(self, pool: httpx.BaseTransport) -> None:
+        self._pool = pool
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._pool.handle_request(request)
+
+    def close(self) -> None:
+        pass
+
+
+def _graph_pool(
+    graph_base: str, ca_bundle: str | None, timeout: float
+) -> pools.Loan[httpx.HTTPTransport]:
+    def make() -> httpx.HTTPTransport:
+        return httpx.HTTPTransport(
+            verify=_ssl_context(ca_bundle),
+            trust_env=False,
+            # No cap on connections: each client was uncapped in effect (4 requests in flight);
+            # a shared cap would make one mailbox's requests wait for another's.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=_GRAPH_KEEPALIVE),
+        )
+
+    return _GRAPH_POOLS.borrow((graph_base, _ca_key(ca_bundle), timeout), make)
+
+
+class _SharedAdapter(HTTPAdapter):
+    """The process's connections to the identity platform, mounted on every _IdentitySession.
+    urllib3 keys its pools by host and TLS settings, so sessions never get each other's
+    connections to somewhere else, and requests carry no credentials between them: msal puts
+    the client secret and grant in each request's body."""
+
+    def close(self) -> None:
+        pass  # a session closes after its mailbox; the pool serves the next one
+
+    def shutdown(self) -> None:
+        super().close()
+
+
+def _identity_pool(ca_bundle: str | None) -> pools.Loan[_SharedAdapter]:
+    return _IDENTITY_POOLS.borrow(
+        _ca_key(ca_bundle), lambda: _SharedAdapter(pool_maxsize=_IDENTITY_KEEPALIVE)
+    )
+
+
 class _IdentitySession(requests.Session):
     """msal's HTTP client: no environment CA overrides, a default timeout, and a memory of the
-    last response's status and Retry-After (msal's error dicts carry neither)."""
+    last response's status and Retry-After (msal's error dicts carry neither).
 
-    def __init__(self, verify: str | bool, timeout: float) -> None:
+    Connections are the process's (_SharedAdapter), and so is a tenant's OpenID configuration,
+    the one answer that is public and the same for everyone: later mailboxes of the tenant skip
+    that request. msal's own http_cache stays per instance: it also remembers failed token
+    requests, a 429/5xx for seconds under the token URL, client id and scope (and refresh token,
+    if any), a 400 for a minute under the exact request. Mailboxes of a tenant synced with its
+    app credentials send the very same request, so a shared cache would replay one mailbox's
+    outage or refusal to the next without asking the platform."""
+
+    def __init__(self, verify: str | bool, timeout: float, adapter: HTTPAdapter) -> None:
         super().__init__()
         # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE would otherwise replace `verify`.
         self.trust_env = False
@@ -233,14 +344,58 @@ class _IdentitySession(requests.Session):
         self.last_status: int | None = None
         self.last_retry_after: float | None = None
         self.hooks["response"].append(self._remember)
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
 
     def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self._timeout)
-        return super().request(method, url, *args, **kwargs)
+        discovery = (
+            str(method).upper() == "GET"
+            and not args
+            and not kwargs.get("params")
+            and urlsplit(str(url)).path.endswith(_DISCOVERY_PATH)
+        )
+        if not discovery:
+            return super().request(method, url, *args, **kwargs)
+        # Whose trust fetched it is part of the key: a session that would not trust the server
+        # must not get its document.
+        key = (_ca_key(self.verify) if isinstance(self.verify, str) else self.verify, str(url))
+        known = _DISCOVERY.get(key)
+        if known is not None:
+            return self._replay(str(url), *known)
+        response = super().request(method, url, *args, **kwargs)
+        if response.status_code == 200 and _is_openid_configuration(response.content):
+            # Failures are never kept: the next mailbox asks again.
+            _DISCOVERY.put(key, (response.content, dict(response.headers), response.encoding))
+        return response
+
+    def _replay(
+        self, url: str, content: bytes, headers: dict[str, str], encoding: str | None
+    ) -> requests.Response:
+        response = requests.Response()
+        response.status_code = 200
+        response.reason = "OK"
+        response.url = url
+        response.headers = CaseInsensitiveDict(headers)
+        response.encoding = encoding
+        response._content = content
+        self._remember(response)
+        return response
 
     def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self.last_status = response.status_code
         self.last_retry_after = _retry_after(response.headers.get("Retry-After"))
+
+
+def _is_openid_configuration(content: bytes) -> bool:
+    """Whether msal can use `content` as a tenant's configuration (else it is not worth keeping)."""
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and all(
+        isinstance(document.get(name), str) for name in ("token_endpoint", "authorization_endpoint")
+    )
 
 
 @dataclass(frozen=True)
@@ -368,10 +523,15 @@ class MicrosoftProvider:
         self._graph_origin = httpx.URL(self._graph_base + "/")
         self._user_path = f"/users/{quote(address, safe='@')}"
         self._timeout = timeout
-        self._session = _IdentitySession(endpoints.ca_bundle or True, timeout)
+        # Both pools stay open while this instance holds them (until close()).
+        self._identity_pool = _identity_pool(endpoints.ca_bundle)
+        self._graph_pool = _graph_pool(self._graph_base, endpoints.ca_bundle, timeout)
+        self._session = _IdentitySession(
+            endpoints.ca_bundle or True, timeout, self._identity_pool.value
+        )
         self._http = httpx.Client(
             base_url=self._graph_base,
-            verify=self._ssl_context(endpoints.ca_bundle),
+            transport=_BorrowedTransport(self._graph_pool.value),
             trust_env=False,
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             headers={
@@ -397,11 +557,8 @@ class MicrosoftProvider:
 
     @staticmethod
     def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext | bool:
-        if not ca_bundle:
-            return True
-        context = ssl.create_default_context(cafile=certifi.where())
-        context.load_verify_locations(cafile=ca_bundle)
-        return context
+        # bench/throughput.py's bare httpx client trusts what the provider trusts.
+        return _ssl_context(ca_bundle)
 
     def _load_auth_state(self, auth_state: str) -> None:
         try:
@@ -535,6 +692,8 @@ class MicrosoftProvider:
             run.halt(self._timeout + 10)
         self._http.close()
         self._session.close()
+        self._graph_pool.release()
+        self._identity_pool.release()
 
     # --- plans, cursors, checkpoints -----------------------------------------------------
 

@@ -14,6 +14,7 @@ import httpx
 from mailsync.fakes.gmail import create_app
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import FakeTLS
+from mailsync.providers import pools
 from mailsync.providers.base import ProviderEndpoints
 from mailsync.providers.gmail import GmailProvider
 
@@ -73,4 +74,8 @@ def serve_gmail(
         endpoints = ProviderEndpoints(
             google_token_uri=f"{base}/token", gmail_api_url=f"{base}/", ca_bundle=str(tls.ca_path)
         )
-        yield fake_type(base, endpoints, admin)
+        try:
+            yield fake_type(base, endpoints, admin)
+        finally:
+            # Pooled connections would keep the server's shutdown waiting on them.
+            pools.close_all()

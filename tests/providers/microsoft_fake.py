@@ -12,6 +12,7 @@ import httpx
 from mailsync.fakes.microsoft import create_app
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import FakeTLS
+from mailsync.providers import pools
 from mailsync.providers.base import ProviderEndpoints
 
 
@@ -49,4 +50,8 @@ def serve_microsoft(
             graph_api_url=f"{base}/v1.0",
             ca_bundle=str(tls.ca_path),
         )
-        yield fake_type(base, admin, endpoints)
+        try:
+            yield fake_type(base, admin, endpoints)
+        finally:
+            # Pooled connections would keep the server's shutdown waiting on them.
+            pools.close_all()
