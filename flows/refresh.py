@@ -1,15 +1,16 @@
 """A scheduled refresh round: incremental syncs of the due mailboxes, inside this flow run.
 
 Which mailboxes and why: mailsync/refresh.py. This flow only orchestrates: ask Prefect what is
-busy, plan, record one job per workspace, sync each mailbox as a retryable task, close the
-jobs, summarize. It never spawns flow runs, so a round over a thousand quiet mailboxes costs
-one process.
+busy, plan, record one job per workspace, sync the mailboxes in batches (one task run each,
+every mailbox retried on its own), close the jobs, summarize. It never spawns flow runs, so a
+round over a thousand quiet mailboxes costs one process and about a hundred task runs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Self
 
@@ -24,14 +25,23 @@ from mailsync.db import session_scope
 from mailsync.models import utcnow
 from mailsync.settings import get_settings
 from mailsync.webhooks import dispatch
-from tasks.refresh import refresh_mailbox
+from tasks.refresh import refresh_batch
 
 
-def _outcome(future: PrefectFuture[dict[str, Any]]) -> dict[str, Any] | BaseException:
+@dataclass(frozen=True)
+class _Unit:
+    job_id: str
+    key: str  # its turns' key in the round's RoundTurns
+    mailboxes: list[dict[str, Any]]
+
+
+def _outcomes(
+    future: PrefectFuture[list[dict[str, Any] | BaseException]], unit: _Unit
+) -> list[dict[str, Any] | BaseException]:
     try:
         return future.result()
-    except Exception as exc:
-        return exc
+    except Exception as exc:  # the batch itself failed (a bug): every mailbox of it did
+        return [exc] * len(unit.mailboxes)
 
 
 class _RefreshTaskRunner(ThreadPoolTaskRunner[Any]):
@@ -72,20 +82,17 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
         len(plan.skipped),
     )
 
+    units = refresh.batches(jobs, settings.refresh_concurrency)
     with runtime.round_turns(settings) as turns:
-        futures: dict[PrefectFuture[dict[str, Any]], str] = {}
-        for job in jobs:
-            quick = [m["mailbox_id"] for m in job["mailboxes"] if m["has_cursor"]]
-            held = turns.hold(job["job_id"], quick)
-            for m in job["mailboxes"]:
-                future = refresh_mailbox.submit(
-                    job["job_id"],
-                    m["mailbox_id"],
-                    m["provider"],
-                    m["address"],
-                    turn_held=held and m["has_cursor"],
-                )
-                futures[future] = job["job_id"]
+        futures: dict[PrefectFuture[list[dict[str, Any] | BaseException]], _Unit] = {}
+        for n, (job_id, mailboxes) in enumerate(units):
+            unit = _Unit(job_id, f"{job_id}/{n}", mailboxes)
+            quick = [m["mailbox_id"] for m in mailboxes if m["has_cursor"]]
+            held = bool(quick) and turns.hold(unit.key, quick)
+            label = f"{mailboxes[0]['provider']}:{mailboxes[0]['address']}" + (
+                f" +{len(mailboxes) - 1}" if len(mailboxes) > 1 else ""
+            )
+            futures[refresh_batch.submit(job_id, label, mailboxes, turn_held=held)] = unit
         summary = _close_as_they_end(jobs, futures, logger, turns.release)
     _deliver_webhooks([s["job_id"] for s in summary])
     duration = time.monotonic() - started
@@ -103,18 +110,18 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
 
 def _close_as_they_end(
     jobs: list[dict[str, Any]],
-    futures: dict[PrefectFuture[dict[str, Any]], str],
+    futures: dict[PrefectFuture[list[dict[str, Any] | BaseException]], _Unit],
     logger: Any,
     on_done: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """Close each job once its mailboxes are done, a batch of jobs per transaction (at
     least every second), so a quick job does not wait for the round's slowest mailbox;
-    `on_done(job_id)` as soon as a job's mailboxes are (its turns are given back)."""
+    `on_done(unit key)` as soon as a unit is done (its turns are given back)."""
     by_id = {job["job_id"]: job for job in jobs}
-    per_job: dict[str, list[PrefectFuture[dict[str, Any]]]] = {job_id: [] for job_id in by_id}
-    for future, job_id in futures.items():
-        per_job[job_id].append(future)  # in the order of the job's mailboxes
-    left = {job_id: len(f) for job_id, f in per_job.items()}
+    left = {job_id: 0 for job_id in by_id}
+    for unit in futures.values():
+        left[unit.job_id] += 1
+    outcomes: dict[str, dict[str, dict[str, Any] | BaseException]] = {j: {} for j in by_id}
     summary: list[dict[str, Any]] = []
     ready: list[runtime.JobEnd] = []
     flushed = time.monotonic()
@@ -127,21 +134,25 @@ def _close_as_they_end(
         flushed = time.monotonic()
 
     for future in as_completed(list(futures)):
-        job_id = futures[future]
-        left[job_id] -= 1
-        if left[job_id] == 0:
-            on_done(job_id)
-            job = by_id[job_id]
-            outcomes = [_outcome(f) for f in per_job[job_id]]
-            results, error = refresh.job_outcome(job["mailboxes"], outcomes)
+        unit = futures[future]
+        on_done(unit.key)
+        for mailbox, outcome in zip(unit.mailboxes, _outcomes(future, unit), strict=True):
+            outcomes[unit.job_id][mailbox["mailbox_id"]] = outcome
+        left[unit.job_id] -= 1
+        if left[unit.job_id] == 0:
+            job = by_id[unit.job_id]
+            ordered = [outcomes[unit.job_id][m["mailbox_id"]] for m in job["mailboxes"]]
+            results, error = refresh.job_outcome(job["mailboxes"], ordered)
             ready.append(
-                (job_id, [refresh.strip_cursors(r) for r in results], *(error or (None, None)))
+                (unit.job_id, [refresh.strip_cursors(r) for r in results], *(error or (None, None)))
             )
             if error:
-                logger.warning("job %s of %s failed: %s: %s", job_id, job["workspace_id"], *error)
+                logger.warning(
+                    "job %s of %s failed: %s: %s", unit.job_id, job["workspace_id"], *error
+                )
             summary.append(
                 {
-                    "job_id": job_id,
+                    "job_id": unit.job_id,
                     "workspace_id": job["workspace_id"],
                     "mailboxes": len(job["mailboxes"]),
                     "status": "failed" if error else "completed",

@@ -16,7 +16,8 @@ Everything here but `read_busy` works without Prefect, on plain values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -255,6 +256,73 @@ def job_outcome(
         else:
             results.append(outcome)
     return results, error
+
+
+# -- a round's units of work -----------------------------------------------------------------
+MAX_BATCH = 10
+
+
+def batches(
+    jobs: list[dict[str, Any]], concurrency: int, max_batch: int = MAX_BATCH
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Each job's mailboxes as (job id, mailboxes) units, one Prefect task run each.
+
+    A task run costs Prefect's server more than a quiet incremental sync costs us (its state
+    events are recorded one by one; BENCHMARKS.md, fan-out), so mailboxes synced before go in
+    batches: as many as keep `concurrency` threads busy, at most `max_batch` mailboxes each.
+    A mailbox never synced is a unit of its own: its first sync builds the whole index.
+    """
+    quick = sum(1 for job in jobs for m in job["mailboxes"] if m["has_cursor"])
+    size = max(1, min(max_batch, -(-quick // max(1, concurrency))))
+    units: list[tuple[str, list[dict[str, Any]]]] = []
+    for job in jobs:
+        synced = [m for m in job["mailboxes"] if m["has_cursor"]]
+        units += [(job["job_id"], synced[i : i + size]) for i in range(0, len(synced), size)]
+        units += [(job["job_id"], [m]) for m in job["mailboxes"] if not m["has_cursor"]]
+    return units
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When a mailbox of a batch is synced again after a transient failure: after each of
+    `delays` in turn, then no more (rq's Retry, as the per-mailbox tasks had on Prefect's
+    decorator)."""
+
+    delays: tuple[float, ...] = (2.0, 10.0)
+
+
+SyncOne = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def sync_batch(
+    mailboxes: list[dict[str, Any]],
+    sync: SyncOne,
+    transient: Callable[[BaseException], bool],
+    retry: Retry = Retry(),
+    sleep: Callable[[float], None] = time.sleep,
+    logger: logging.Logger | logging.LoggerAdapter[Any] = log,
+) -> list[dict[str, Any] | BaseException]:
+    """Each mailbox's result, or the exception that ended its last attempt, in order: one
+    mailbox's failure never stops the others, and only transient ones are tried again."""
+    outcomes: list[dict[str, Any] | BaseException] = []
+    for mailbox in mailboxes:
+        for delay in (*retry.delays, None):
+            try:
+                outcomes.append(sync(mailbox))
+                break
+            except Exception as exc:
+                if delay is None or not transient(exc):
+                    outcomes.append(exc)
+                    break
+                logger.info(
+                    "%s %s: %s; again in %g s",
+                    mailbox["provider"],
+                    mailbox["address"],
+                    type(exc).__name__,
+                    delay,
+                )
+                sleep(delay)
+    return outcomes
 
 
 # -- the nightly full sync -------------------------------------------------------------------

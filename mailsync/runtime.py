@@ -181,12 +181,12 @@ class TurnUnavailableError(Exception):
 
 
 class RoundTurns:
-    """The mailbox turns a refresh round holds for its jobs: one lease per job, over the
-    job's mailboxes, given back when the job ends (`release`) or the round does.
+    """The mailbox turns a refresh round holds: one lease per batch of a job's mailboxes
+    (refresh.batches), given back when the batch is done (`release`) or the round is.
 
-    Only for mailboxes expected to sync quickly (those with a cursor): a turn held for a job
-    is held until its slowest mailbox is done, so a first sync, which builds the whole
-    index, takes its own turn. When any mailbox of the job is busy, or Prefect cannot be
+    Only for mailboxes expected to sync quickly (those with a cursor): a turn held for a
+    batch is held until its slowest mailbox is done, so a first sync, which builds the whole
+    index, takes its own turn. When any mailbox of the batch is busy, or Prefect cannot be
     asked, `hold` says False and each mailbox waits for its own turn as any sync does.
     """
 
@@ -194,27 +194,27 @@ class RoundTurns:
         self._limits, self._lease_seconds = limits, lease_seconds
         self._held: dict[str, MailboxTurns] = {}
 
-    def hold(self, job_id: str, mailbox_ids: list[str]) -> bool:
+    def hold(self, key: str, mailbox_ids: list[str]) -> bool:
         turns = MailboxTurns(
             self._limits, [mailbox_limit(m) for m in mailbox_ids], self._lease_seconds
         )
         try:
             turns.__enter__()
         except LimitsUnavailableError as exc:
-            log.warning("job %s: no turns taken at once (%s); one by one instead", job_id, exc)
+            log.warning("%s: no turns taken at once (%s); one by one instead", key, exc)
             return False
         if turns.held:
-            self._held[job_id] = turns
+            self._held[key] = turns
         return turns.held
 
-    def release(self, job_id: str) -> None:
-        turns = self._held.pop(job_id, None)
+    def release(self, key: str) -> None:
+        turns = self._held.pop(key, None)
         if turns is not None:
             turns.__exit__(None, None, None)
 
     def release_all(self) -> None:
-        for job_id in list(self._held):
-            self.release(job_id)
+        for key in list(self._held):
+            self.release(key)
 
 
 @contextmanager

@@ -1,32 +1,31 @@
-"""The retryable unit of a refresh round: one due mailbox, incrementally."""
+"""The unit of a refresh round: a batch of one job's mailboxes, incrementally."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mailsync import runtime
-from tasks.sync_mailbox import is_transient
+from mailsync import refresh, runtime
+from tasks.sync_mailbox import is_transient_error
 
 
-@task(
-    name="refresh-mailbox",
-    task_run_name="{provider}:{address}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=is_transient,
-    cache_policy=NO_CACHE,
-)
-def refresh_mailbox(
-    job_id: str, mailbox_id: str, provider: str, address: str, turn_held: bool = False
-) -> dict[str, Any]:
-    """No progress artifact: a round refreshes many mailboxes and most have nothing new.
-    `turn_held`: the round holds this mailbox's turn for the job (runtime.RoundTurns)."""
-    result = runtime.run_mailbox(mailbox_id, "incremental", turn_held=turn_held)
-    return {
-        **result.as_dict(),
-        "cursor_before": result.cursor_before,
-        "cursor_after": result.cursor_after,
-    }
+@task(name="refresh-mailboxes", task_run_name="{label}", cache_policy=NO_CACHE)
+def refresh_batch(
+    job_id: str, label: str, mailboxes: list[dict[str, Any]], turn_held: bool = False
+) -> list[dict[str, Any] | BaseException]:
+    """Each mailbox's result or the exception it ended with, in order (refresh.sync_batch):
+    transient failures are tried again per mailbox inside the batch, so a retry never syncs
+    the batch's other mailboxes twice. `turn_held`: the round holds the batch's turns
+    (runtime.RoundTurns). No progress artifact: most mailboxes of a round have nothing new."""
+
+    def sync(mailbox: dict[str, Any]) -> dict[str, Any]:
+        result = runtime.run_mailbox(mailbox["mailbox_id"], "incremental", turn_held=turn_held)
+        return {
+            **result.as_dict(),
+            "cursor_before": result.cursor_before,
+            "cursor_after": result.cursor_after,
+        }
+
+    return refresh.sync_batch(mailboxes, sync, is_transient_error, logger=get_run_logger())

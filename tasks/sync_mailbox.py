@@ -15,18 +15,23 @@ from mailsync.db import connection_lost
 from mailsync.providers.base import TransientProviderError
 
 
-def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
-    """Retry throttling, outages and timeouts; never bad credentials or bugs.
+def is_transient_error(exc: BaseException) -> bool:
+    """Throttling, outages and timeouts; never bad credentials or bugs.
 
     A lost app-database connection counts too (tests/test_drills.py drops it mid-sync): the
     page being written was rolled back with its checkpoint, so the retry resumes from the last
     stored page and converges to the same index. Before, one killed backend failed the job."""
+    if isinstance(exc, TransientProviderError | runtime.TurnUnavailableError):
+        return True
+    return isinstance(exc, Exception) and connection_lost(exc)
+
+
+def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
+    """Retry what is transient (is_transient_error)."""
     try:
         state.result()
-    except (TransientProviderError, runtime.TurnUnavailableError):
-        return True
     except Exception as exc:
-        return connection_lost(exc)
+        return is_transient_error(exc)
     return False
 
 
