@@ -1,9 +1,10 @@
 """A scheduled refresh round: incremental syncs of the due mailboxes, inside this flow run.
 
-Which mailboxes and why: mailsync/refresh.py. This flow only orchestrates: ask Prefect what is
-busy, plan, record one job per workspace, sync the mailboxes in batches (one task run each,
-every mailbox retried on its own), close the jobs, summarize. It never spawns flow runs, so a
-round over a thousand quiet mailboxes costs one process and about a hundred task runs.
+Which mailboxes and why: mailsync/refresh.py. This flow only orchestrates: reconcile the open
+jobs with their flow runs (core/reconcile.py), ask Prefect what is busy, plan, record one job
+per workspace, sync the mailboxes in batches (one task run each, every mailbox retried on its
+own), close the jobs, summarize. It never spawns flow runs, so a round over a thousand quiet
+mailboxes costs one process and about a hundred task runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mailsync.db import session_scope
 from mailsync.models import utcnow
 from mailsync.settings import get_settings
 from mailsync.webhooks import dispatch
-from tasks.refresh import refresh_batch
+from tasks.refresh import reconcile_jobs, refresh_batch
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,12 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
     `workspaces`), skipping those with a sync of their workspace and provider in progress."""
     logger = get_run_logger()
     settings = get_settings()
-    started, now = time.monotonic(), utcnow()
+    started = time.monotonic()
+    # First, so that a stuck job's full-sync slot is free before the round looks at slots.
+    reconciled = reconcile_jobs(return_state=True)
+    if reconciled.is_failed():
+        logger.error("open jobs not reconciled: %s", reconciled.message)
+    now = utcnow()
     interval = settings.refresh_interval_seconds
     with get_client(sync_client=True) as client:
         busy = refresh.read_busy(client, now, timedelta(seconds=interval))

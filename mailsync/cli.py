@@ -30,12 +30,14 @@ mailbox_app = typer.Typer(help="Connected mailboxes.", no_args_is_help=True)
 connect_app = typer.Typer(help="Connect a mailbox.", no_args_is_help=True)
 db_app = typer.Typer(help="The application database.", no_args_is_help=True)
 encryption_app = typer.Typer(help="The encryption key of stored secrets.", no_args_is_help=True)
+job_app = typer.Typer(help="One sync job.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(key_app, name="key")
 app.add_typer(mailbox_app, name="mailbox")
 mailbox_app.add_typer(connect_app, name="connect")
 app.add_typer(db_app, name="db")
 app.add_typer(encryption_app, name="encryption")
+app.add_typer(job_app, name="job")
 
 console = Console()
 err = Console(stderr=True)
@@ -276,6 +278,30 @@ def follow(settings: Settings, orchestrator: Orchestrator, job_id: str) -> SyncJ
     else:
         console.print(f"[green]completed[/green] messages {counts}")
     return job
+
+
+@job_app.command("fail")
+def job_fail(
+    job_id: str,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the job's error message.")],
+) -> None:
+    """Fail a job that is stuck open and give back its full-sync slot (its provider then
+    accepts syncs again). A run still working on it is not stopped: cancel it in the Prefect
+    UI; whatever it records later is refused (a job ends once)."""
+    settings = _ready_settings()
+    orchestrator = Orchestrator(settings.resolved_prefect_api_url, settings)
+    try:
+        with db.session_scope(settings.resolved_database_url) as session:
+            job = session.get(SyncJob, job_id)
+            if job is None:
+                raise _fail(f"no job {job_id}")
+            if not orchestrator.fail_job(
+                session, job, "job_failed", f"failed by an administrator: {reason}"
+            ):
+                raise _fail(f"job {job_id} already ended ({job.status})")
+    finally:
+        orchestrator.close()
+    console.print(f"{job_id}: failed")
 
 
 @app.command()

@@ -15,15 +15,17 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterName
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from sqlmodel import Session, col, update
+from sqlmodel import Session, col, select, update
 
 from mailsync import jobstore
 from mailsync.admission import Admission, Clock
+from mailsync.core import reconcile
 from mailsync.deadline import DeadlineTransport
 from mailsync.limits import LimitsUnavailableError, PrefectLimits
-from mailsync.models import JobStatus, SyncJob, SyncMode, utcnow
+from mailsync.models import JobStatus, SyncJob, SyncMode, as_utc, utcnow
 from mailsync.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,17 @@ READ_TIMES_KEPT = 10_000
 
 _QUEUED = {StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED}
 _RUNNING = {StateType.RUNNING, StateType.CANCELLING}
+
+
+def _run_state(run: FlowRun) -> reconcile.RunState:
+    state = run.state
+    return reconcile.RunState(
+        id=str(run.id),
+        state=state.type.value if state is not None else "SCHEDULED",
+        name=state.name if state is not None else None,
+        message=state.message if state is not None else None,
+        ended_at=as_utc(run.end_time) if run.end_time else None,
+    )
 
 
 class OrchestratorUnavailableError(Exception):
@@ -75,6 +88,7 @@ class Orchestrator:
         self.limits = PrefectLimits(lambda: self.client)
         self.settings = settings or get_settings()
         self.admission = Admission(self.limits, self.settings, clock)
+        self._clock = clock
         self._monotonic = monotonic
         # job id -> when its flow run was last read; oldest first, bounded.
         self._read_at: OrderedDict[str, float] = OrderedDict()
@@ -211,19 +225,74 @@ class Orchestrator:
             # The flow writes its own terminal state first; reaching here means it was not
             # recorded, which only a half-finished run can cause.
             return job
-        reason = {
-            StateType.CANCELLED: "job_cancelled",
-            StateType.CRASHED: "job_crashed",
-            StateType.FAILED: "job_failed",
-        }.get(state.type, "job_failed")
-        message = f"flow run {(state.name or state.type.value).lower()}" + (
-            f": {state.message}" if state.message else ""
-        )
-        jobstore.mark_failed(session, job, reason, message)
-        if job.lease_id:  # the run cannot release its full-sync slot any more
+        failure = reconcile.run_failure(_run_state(run)) or ("job_failed", "flow run failed")
+        self.fail_job(session, job, *failure)
+        return job
+
+    def fail_job(self, session: Session, job: SyncJob, code: str, message: str) -> bool:
+        """Fail an open job from outside its run and give back its full-sync slot, which the
+        run can no longer release; False when the job had already ended."""
+        if not jobstore.mark_failed(session, job, code, message):
+            return False
+        if job.lease_id:
             self._release([job.lease_id])
             job.lease_id = None
-        return job
+        return True
+
+    def reconcile_open_jobs(
+        self, session: Session, bounds: reconcile.Bounds | None = None, page: int = 200
+    ) -> list[tuple[str, str]]:
+        """Bring every open job in line with its flow run (core/reconcile.py): link a run
+        created for it, fail it when its run failed, vanished, or never came. Returns what was
+        done, as (job id, what). Raises OrchestratorUnavailableError when Prefect cannot be
+        read: nothing is changed then."""
+        open_jobs = list(
+            session.exec(
+                select(SyncJob)
+                .where(col(SyncJob.status).in_([JobStatus.queued.value, JobStatus.running.value]))
+                .order_by(col(SyncJob.queued_at))
+            )
+        )
+        try:
+            by_id = self._runs(
+                [j.flow_run_id for j in open_jobs if j.flow_run_id], page, by_name=False
+            )
+            by_name = self._runs([j.id for j in open_jobs if not j.flow_run_id], page, by_name=True)
+        except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
+            raise OrchestratorUnavailableError("the Prefect API could not be reached") from exc
+        now, done = self._clock(), []
+        for job in open_jobs:
+            run = by_id.get(job.flow_run_id) if job.flow_run_id else by_name.get(job.id)
+            verdict = reconcile.verdict(
+                flow_run_id=job.flow_run_id,
+                queued_at=as_utc(job.queued_at) or now,
+                run=run,
+                now=now,
+                bounds=bounds or reconcile.Bounds(),
+            )
+            if verdict.link:
+                jobstore.link_run(session, job, verdict.link)
+                done.append((job.id, f"linked to flow run {verdict.link}"))
+            if verdict.fail:
+                self.fail_job(session, job, *verdict.fail)
+                done.append((job.id, f"failed: {verdict.fail[0]}: {verdict.fail[1]}"))
+            elif verdict.running and job.status == JobStatus.queued:
+                jobstore.mark_running(session, job, None)
+        session.commit()
+        return done
+
+    def _runs(self, keys: list[str], page: int, *, by_name: bool) -> dict[str, reconcile.RunState]:
+        """The flow runs with these ids (or names), by id (or name); absent ones are gone."""
+        found: dict[str, reconcile.RunState] = {}
+        for start in range(0, len(keys), page):
+            chunk = keys[start : start + page]
+            flow_runs = FlowRunFilter(
+                name=FlowRunFilterName(any_=chunk) if by_name else None,
+                id=None if by_name else FlowRunFilterId(any_=[UUID(k) for k in chunk]),
+            )
+            for run in self.client.read_flow_runs(flow_run_filter=flow_runs, limit=page):
+                found[run.name if by_name else str(run.id)] = _run_state(run)
+        return found
 
     def _read_due(self, job_id: str) -> bool:
         """Whether this job's flow run may be read again: a client polling every few

@@ -80,11 +80,19 @@ def mark_running(session: Session, job: SyncJob, flow_run_id: str | None) -> Non
         )
     )
     if flow_run_id:
-        session.exec(  # type: ignore[call-overload]
-            update(SyncJob)
-            .where(col(SyncJob.id) == job.id, col(SyncJob.flow_run_id).is_(None))
-            .values(flow_run_id=flow_run_id)
-        )
+        link_run(session, job, flow_run_id)
+    else:
+        session.refresh(job)
+
+
+def link_run(session: Session, job: SyncJob, flow_run_id: str) -> None:
+    """Record the flow run created for a job that has none recorded (compare-and-set)."""
+    session.flush()
+    session.exec(  # type: ignore[call-overload]
+        update(SyncJob)
+        .where(col(SyncJob.id) == job.id, col(SyncJob.flow_run_id).is_(None))
+        .values(flow_run_id=flow_run_id)
+    )
     session.refresh(job)
 
 

@@ -15,6 +15,7 @@ from mailsync import jobstore
 from mailsync.admission import mailbox_limit
 from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
+from mailsync.jobs import Orchestrator, OrchestratorUnavailableError
 from mailsync.leases import FullSyncSlot, MailboxTurn, MailboxTurns
 from mailsync.limits import LimitsUnavailableError, PrefectLimits
 from mailsync.models import JobStatus, SyncJob
@@ -296,3 +297,18 @@ def release_run_lease(flow_run_id: str, settings: Settings | None = None) -> Non
     # When Prefect cannot be told, the lease still expires within one lease time.
     with get_client(sync_client=True) as client, suppress(LimitsUnavailableError):
         PrefectLimits(lambda: client).release(lease_id)
+
+
+def reconcile_jobs(settings: Settings | None = None) -> list[tuple[str, str]]:
+    """Every open job brought in line with its flow run (jobs.Orchestrator.reconcile_open_jobs);
+    nothing when Prefect cannot be read now (the next round tries again)."""
+    settings = settings or get_settings()
+    orchestrator = Orchestrator(settings.resolved_prefect_api_url, settings)
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            return orchestrator.reconcile_open_jobs(session)
+    except OrchestratorUnavailableError as exc:
+        log.warning("open jobs not reconciled: %s", exc)
+        return []
+    finally:
+        orchestrator.close()

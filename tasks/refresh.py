@@ -1,4 +1,5 @@
-"""The unit of a refresh round: a batch of one job's mailboxes, incrementally."""
+"""The units of a refresh round: a batch of one job's mailboxes, incrementally; the open jobs'
+reconciliation with their flow runs."""
 
 from __future__ import annotations
 
@@ -29,3 +30,14 @@ def refresh_batch(
         }
 
     return refresh.sync_batch(mailboxes, sync, is_transient_error, logger=get_run_logger())
+
+
+@task(name="reconcile-jobs", cache_policy=NO_CACHE)
+def reconcile_jobs() -> list[tuple[str, str]]:
+    """Open jobs whose run failed, vanished or never came are failed, runs created for jobs
+    that do not record them are linked (core/reconcile.py); each change is logged."""
+    done = runtime.reconcile_jobs()
+    logger = get_run_logger()
+    for job_id, what in done:
+        logger.info("job %s: %s", job_id, what)
+    return done
