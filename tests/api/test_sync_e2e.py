@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +20,7 @@ from mailsync.db import get_engine
 from mailsync.models import Mailbox, SyncJob
 from tests.api.conftest import Tenant, make_tenant
 from tests.conftest import FakeProviders, PrefectStack
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 URL = "/v1/email/sync"
@@ -208,6 +210,11 @@ def _secret_values(document: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.only_database("postgresql")  # one full run suffices
+def _ended(prefect: SyncPrefectClient, run_id: UUID) -> Any:
+    run = prefect.read_flow_run(run_id)
+    return run if run.state is not None and run.state.is_final() else None
+
+
 def test_no_secret_reaches_logs_parameters_or_api_output(
     client: TestClient, tenant: Tenant, fakes: FakeProviders, prefect_stack: PrefectStack
 ) -> None:
@@ -236,9 +243,14 @@ def test_no_secret_reaches_logs_parameters_or_api_output(
         ]
     with SyncPrefectClient(prefect_stack.api_url) as prefect:
         for run_id in run_ids:
-            outputs.append(str(prefect.read_flow_run(run_id).parameters))
-            logs = prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-            assert logs, "the runs should have logged something"
+            # A job ends before its run does, and the run's logs are shipped in batches up to
+            # its exit: wait for the run to end and for its logs to arrive.
+            run = wait_for(partial(_ended, prefect, run_id), f"flow run {run_id} to end")
+            outputs.append(str(run.parameters))
+            only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            logs = wait_for(
+                partial(prefect.read_logs, only_this_run), f"the logs of {run_id}", timeout=30
+            )
             outputs.extend(log.message for log in logs)
     outputs.extend(p.read_text(errors="replace") for p in prefect_stack.stack.log_dir.glob("*.log"))
     assert len(secrets) >= 5
