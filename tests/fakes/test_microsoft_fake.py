@@ -49,6 +49,18 @@ class Fake:
         response.raise_for_status()
         return response.json()["access_token"]
 
+    def user_token(self, box: dict[str, Any], scope: str = f"{MAIL_READ} offline_access") -> str:
+        """A delegated access token for the mailbox's own user, by its refresh token."""
+        delegated = box["delegated"]
+        response = self.token(
+            delegated,
+            grant_type="refresh_token",
+            refresh_token=delegated["refresh_token"],
+            scope=scope,
+        )
+        response.raise_for_status()
+        return response.json()["access_token"]
+
     def delta(
         self, url: str, token: str, page_size: int | None = None, immutable: bool = True
     ) -> httpx.Response:
@@ -347,13 +359,7 @@ def test_graph_authorization(fake: Fake) -> None:
     colleague = fake.mailbox(messages=2)
     outsider = fake.mailbox(messages=2, domain="elsewhere.example")
     app_token = fake.app_token(box)
-    delegated = box["delegated"]
-    user_token = fake.token(
-        delegated,
-        grant_type="refresh_token",
-        refresh_token=delegated["refresh_token"],
-        scope=f"{MAIL_READ} offline_access openid profile",
-    ).json()["access_token"]
+    user_token = fake.user_token(box, f"{MAIL_READ} offline_access openid profile")
 
     def status(path: str, token: str | None) -> tuple[int, str | None]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -464,6 +470,49 @@ def test_mail_folders_list_get_and_child_folders(fake: Fake) -> None:
     assert {i["id"] for i in by_id} == inbox
     assert {i["parentFolderId"] for i in by_id} == {folders["Inbox"]["id"]}
     assert fake.stats()["mailFolders"] == 1 and fake.stats()["childFolders"] == 2
+
+
+def test_every_graph_spelling_reaches_the_same_operation(fake: Fake) -> None:
+    """Each operation answers alike under /users/{upn}, /users('{upn}') (quotes doubled) and
+    /me, with the folder plain or as an OData key, and counts under one name; other methods on
+    those paths, and a user key with a plain folder, get Graph's 400 for an unknown segment."""
+    address = f"o'brien.{uuid.uuid4().hex[:8]}@contoso.com"
+    created = fake.http.post("/_admin/mailboxes", json={"address": address, "messages": 4})
+    assert created.status_code == 201, created.text
+    token = fake.user_token(created.json())
+    quoted = address.replace("'", "''")
+    keyed = f"users('{quoted}')"
+    operations = {
+        "delta": "mailFolders/inbox/messages/delta",
+        "mailFolders": "mailFolders",
+        "childFolders": "mailFolders/inbox/childFolders",
+        "mailFolder": "mailFolders/inbox",
+    }
+    for operation, path in operations.items():
+        key_path = path.replace("/inbox", "('inbox')")
+        before = fake.stats().get(operation, 0)
+        answers = []
+        for url in (
+            f"/v1.0/users/{address}/{path}",
+            f"/v1.0/{keyed}/{key_path}",
+            f"/v1.0/me/{path}",
+            f"/v1.0/me/{key_path}",
+        ):
+            response = graph_get(fake, url, token)
+            assert response.status_code == 200, (url, response.text)
+            body = response.json()
+            answers.append(body.get("value", {**body, "@odata.context": None}))
+        assert all(answer == answers[0] for answer in answers), operation
+        assert fake.stats()[operation] == before + 4
+        refused = fake.http.post(
+            f"/v1.0/users/{address}/{path}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["message"] == (
+            f"Resource not found for the segment '{path.rsplit('/', 1)[-1]}'."
+        )
+    mixed = graph_get(fake, f"/v1.0/{keyed}/mailFolders/inbox", token)
+    assert mixed.status_code == 400 and mixed.json()["error"]["code"] == "BadRequest"
 
 
 def test_folder_lists_page_by_next_link(fake: Fake) -> None:

@@ -1,0 +1,207 @@
+"""The /_admin surface tests and demos drive a mailbox through: content, folders, delta, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from mailsync.fakes.microsoft.errors import GraphFault
+from mailsync.fakes.microsoft.mailbox import WELL_KNOWN_FOLDERS, Folder, Mailbox
+from mailsync.fakes.microsoft.state import FakeMicrosoftState
+
+
+class MailboxSpec(BaseModel):
+    address: str = Field(pattern=r"^[^@\s/]+@[^@\s/]+$")
+    messages: int | None = Field(default=None, ge=0, le=100_000)
+    tenant_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]+$")
+    spread: bool = False
+
+
+class NewFolder(BaseModel):
+    name: str = Field(min_length=1, max_length=255)
+    parent: str | None = None
+
+
+class AddMessages(BaseModel):
+    count: int = Field(default=1, ge=1, le=10_000)
+    folder: str = "inbox"
+
+
+class MessagePatch(BaseModel):
+    subject: str | None = None
+    is_read: bool | None = None
+    folder: str | None = None
+
+
+def admin_router(fake: FakeMicrosoftState) -> APIRouter:
+    router = APIRouter(prefix="/_admin")
+
+    def on_mailbox(
+        address: str, answer: Callable[[Mailbox], Response], *, locked: bool = True
+    ) -> Response:
+        """`answer` for the mailbox (under the state lock unless it reads only the limits);
+        refusals in FastAPI's {"detail"} shape, as the rest of /_admin answers."""
+        guard: AbstractContextManager[Any] = fake.lock if locked else nullcontext()
+        try:
+            with guard:
+                mailbox = fake.mailbox(address)
+                if mailbox is None:
+                    raise GraphFault(404, "MailboxNotFound", f"no mailbox {address}")
+                return answer(mailbox)
+        except GraphFault as exc:
+            return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @router.post("/mailboxes")
+    def create_mailbox(spec: MailboxSpec) -> Response:
+        try:
+            body, created = fake.create_mailbox(
+                spec.address, spec.messages, spec.tenant_id, spec.spread
+            )
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        return JSONResponse(body, status_code=201 if created else 200)
+
+    @router.get("/mailboxes/{address}/messages")
+    def list_messages(
+        address: str, folder: str | None = None, with_folders: bool = False
+    ) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            body: dict[str, Any] = {"ids": mailbox.ids(_optional_folder(mailbox, folder))}
+            if with_folders:
+                placement = mailbox.placement()
+                body["folders"] = {i: placement[i] for i in body["ids"]}
+            return JSONResponse(body)
+
+        return on_mailbox(address, answer)
+
+    @router.get("/mailboxes/{address}/folders")
+    def list_folders(address: str) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            folders = [
+                {**_folder_view(f), "well_known": f.well_known, "total": mailbox.totals[f.key]}
+                for f in mailbox.folders.values()
+            ]
+            return JSONResponse({"folders": folders})
+
+        return on_mailbox(address, answer)
+
+    @router.post("/mailboxes/{address}/folders")
+    def create_folder(address: str, spec: NewFolder) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            parent = _optional_folder(mailbox, spec.parent)
+            try:
+                folder = mailbox.create_folder(spec.name, parent)
+            except ValueError as exc:
+                raise GraphFault(409, "ErrorFolderExists", str(exc)) from exc
+            return JSONResponse(_folder_view(folder), status_code=201)
+
+        return on_mailbox(address, answer)
+
+    @router.get("/mailboxes/{address}/concurrency")
+    def concurrency(address: str) -> Response:
+        return on_mailbox(
+            address, lambda m: JSONResponse(fake.limits.stats(m.address)), locked=False
+        )
+
+    @router.get("/mailboxes/{address}/requests")
+    def requests(address: str) -> Response:
+        return on_mailbox(
+            address,
+            lambda m: JSONResponse({"requests": fake.limits.requests(m.address)}),
+            locked=False,
+        )
+
+    @router.post("/mailboxes/{address}/limits/reset")
+    def reset_limits(address: str) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            fake.limits.reset(mailbox.address)
+            return JSONResponse({"ok": True})
+
+        return on_mailbox(address, answer, locked=False)
+
+    @router.post("/mailboxes/{address}/messages")
+    def add_messages(address: str, spec: AddMessages) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            ids = mailbox.add(spec.count, _folder(mailbox, spec.folder))
+            return JSONResponse({"ids": ids}, status_code=201)
+
+        return on_mailbox(address, answer)
+
+    @router.patch("/mailboxes/{address}/messages/{message_id}")
+    def patch_message(address: str, message_id: str, patch: MessagePatch) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            _message(mailbox, message_id)
+            message = mailbox.update(
+                message_id,
+                subject=patch.subject,
+                is_read=patch.is_read,
+                folder_key=_optional_folder(mailbox, patch.folder),
+            )
+            return JSONResponse(
+                {
+                    "id": message.immutable_id,
+                    "folder": message.folder_key,
+                    "subject": message.data["subject"],
+                    "is_read": message.data["isRead"],
+                }
+            )
+
+        return on_mailbox(address, answer)
+
+    @router.delete("/mailboxes/{address}/messages/{message_id}")
+    def delete_message(address: str, message_id: str) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            mailbox.delete(_message(mailbox, message_id))
+            return Response(status_code=204)
+
+        return on_mailbox(address, answer)
+
+    @router.post("/mailboxes/{address}/expire-delta")
+    def expire_delta(address: str) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            mailbox.delta_epoch += 1
+            return JSONResponse({"address": mailbox.address, "delta_epoch": mailbox.delta_epoch})
+
+        return on_mailbox(address, answer)
+
+    @router.post("/tokens/expire")
+    def expire_tokens() -> dict[str, int]:
+        return {"expired": fake.expire_access_tokens()}
+
+    return router
+
+
+def _folder(mailbox: Mailbox, name: str) -> str:
+    """The key of the folder an admin request names by key, id or well-known name."""
+    folder = mailbox.resolve_folder(name, by_key=True)
+    if folder is None:
+        raise GraphFault(
+            400,
+            "UnknownFolder",
+            f"folder must be a folder key, id or one of {sorted(WELL_KNOWN_FOLDERS)}",
+        )
+    return folder.key
+
+
+def _optional_folder(mailbox: Mailbox, name: str | None) -> str | None:
+    return _folder(mailbox, name) if name else None
+
+
+def _message(mailbox: Mailbox, message_id: str) -> str:
+    if message_id not in mailbox.messages:
+        raise GraphFault(404, "ErrorItemNotFound", f"no message {message_id}")
+    return message_id
+
+
+def _folder_view(folder: Folder) -> dict[str, Any]:
+    return {
+        "key": folder.key,
+        "id": folder.folder_id,
+        "display_name": folder.display_name,
+        "parent_key": folder.parent_key,
+    }
