@@ -41,6 +41,16 @@ def _job(settings: Settings, workspace_id: str, mode: str = "incremental", **fie
         return job.id
 
 
+def _take_full_sync_slot(
+    prefect: SyncPrefectClient, workspace_id: str
+) -> tuple[PrefectLimits, str]:
+    """The workspace's Gmail full-sync slot, taken as the API takes it for a full job."""
+    limits = PrefectLimits(lambda: prefect)
+    lease = limits.take([full_sync_limit(workspace_id, "gmail")], 600)
+    assert isinstance(lease, str)
+    return limits, lease
+
+
 def _stored(settings: Settings, job_id: str) -> SyncJob:
     with Session(get_engine(settings.resolved_database_url)) as session:
         job = session.get(SyncJob, job_id)
@@ -66,9 +76,7 @@ def test_a_full_job_left_without_a_run_is_failed_by_the_next_round_and_frees_its
     settings = prefect_stack.settings
     tenant = make_tenant(settings, fakes, providers=("gmail",))
     with SyncPrefectClient(prefect_stack.api_url) as prefect:
-        limits = PrefectLimits(lambda: prefect)
-        lease = limits.take([full_sync_limit(tenant.workspace_id, "gmail")], 600)
-        assert isinstance(lease, str)
+        limits, lease = _take_full_sync_slot(prefect, tenant.workspace_id)
         stuck = _job(
             settings,
             tenant.workspace_id,
@@ -164,9 +172,7 @@ def test_an_administrator_fails_a_stuck_job_and_frees_its_slot(
     settings = prefect_stack.settings
     tenant = make_tenant(settings, fakes, providers=("gmail",))
     with SyncPrefectClient(prefect_stack.api_url) as prefect:
-        limits = PrefectLimits(lambda: prefect)
-        lease = limits.take([full_sync_limit(tenant.workspace_id, "gmail")], 600)
-        assert isinstance(lease, str)
+        limits, lease = _take_full_sync_slot(prefect, tenant.workspace_id)
         job_id = _job(settings, tenant.workspace_id, "full", lease_id=lease)
         for name, value in {
             "MAILSYNC_DATA_DIR": str(settings.data_dir),

@@ -10,6 +10,7 @@ import json
 import os
 import select
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,24 +123,34 @@ class Microsoft:
         return owner
 
 
-@pytest.fixture
-def microsoft(tls: FakeTLS) -> Iterator[Microsoft]:
-    """A fake of its own per test: its port keys pools of its own, so counts start at zero."""
+@contextmanager
+def _recorded(app: FastAPI, tls: FakeTLS) -> Iterator[tuple[str, httpx.Client, Wire]]:
+    """`app` served with every request recorded, and an admin client for it; the shared pools
+    are closed before the server (idle ones close by themselves after a while, and the
+    server's shutdown would wait for that)."""
     wire = Wire()
-    app = microsoft_app(seed_messages=0, seed=5)
     app.add_middleware(_Recorder, wire=wire)
     with (
         serve_in_thread(app, tls) as base,
         httpx.Client(base_url=base, verify=str(tls.ca_path), trust_env=False, timeout=30) as admin,
     ):
+        try:
+            yield base, admin, wire
+        finally:
+            pools.close_all()
+
+
+@pytest.fixture
+def microsoft(tls: FakeTLS) -> Iterator[Microsoft]:
+    """A fake of its own per test: its port keys pools of its own, so counts start at zero."""
+    app = microsoft_app(seed_messages=0, seed=5)
+    with _recorded(app, tls) as (base, admin, wire):
         endpoints = ProviderEndpoints(
             microsoft_authority_host=base,
             graph_api_url=f"{base}/v1.0",
             ca_bundle=str(tls.ca_path),
         )
         yield Microsoft(MicrosoftFake(base, admin, endpoints), wire, app)
-        # Idle pools close by themselves after a while; the fake's shutdown waits for that.
-        pools.close_all()
 
 
 @dataclass
@@ -168,18 +179,12 @@ class Gmail:
 
 @pytest.fixture
 def gmail(tls: FakeTLS) -> Iterator[Gmail]:
-    wire = Wire()
     app = gmail_app(seed_messages=0, seed=5)
-    app.add_middleware(_Recorder, wire=wire)
-    with (
-        serve_in_thread(app, tls) as base,
-        httpx.Client(base_url=base, verify=str(tls.ca_path), trust_env=False, timeout=30) as admin,
-    ):
+    with _recorded(app, tls) as (base, admin, wire):
         endpoints = ProviderEndpoints(
             google_token_uri=f"{base}/token", gmail_api_url=f"{base}/", ca_bundle=str(tls.ca_path)
         )
         yield Gmail(GmailFake(base, endpoints, admin), wire, app)
-        pools.close_all()
 
 
 def hold(admin: httpx.Client, address: str) -> None:
