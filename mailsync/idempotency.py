@@ -191,18 +191,6 @@ def purge_expired(
         return session.connection().execute(statement).rowcount or 0
 
 
-def prefect_idempotency_key(workspace_id: str, key: str, created_at: datetime) -> str:
-    """The flow run's Prefect idempotency key: one per workspace, key and UTC day, opaque."""
-    day = _utc(created_at).date().isoformat()
-    return hashlib.sha256(f"{workspace_id}\x00{key}\x00{day}".encode()).hexdigest()
-
-
-def record_created_at(database_url: str, workspace_id: str, key: str) -> datetime | None:
-    """When the key's current record was created (UTC), or None without a record."""
-    record = _read(database_url, workspace_id, key)
-    return as_utc(record.created_at) if record is not None else None
-
-
 def _utc(value: datetime) -> datetime:
     result = as_utc(value)
     assert result is not None

@@ -79,8 +79,10 @@ class Orchestrator:
         deployment: str = SYNC_DEPLOYMENT,
         clock: Clock = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.api_url = api_url
+        self._transport = transport  # how Prefect is reached (tests inject failures here)
         self.deployment = deployment
         self._client: SyncPrefectClient | None = None
         self._deployment_id: UUID | None = None
@@ -102,7 +104,9 @@ class Orchestrator:
                 # answer 503 soon and let its caller retry. Each call gets a time budget
                 # across those retries (deadline.py).
                 budget = self.settings.prefect_call_budget_seconds
-                transport = DeadlineTransport(httpx.HTTPTransport(retries=1), budget)
+                transport = DeadlineTransport(
+                    self._transport or httpx.HTTPTransport(retries=1), budget
+                )
                 client = SyncPrefectClient(
                     self.api_url,
                     httpx_settings={"transport": transport, "timeout": httpx.Timeout(budget)},
@@ -122,15 +126,18 @@ class Orchestrator:
             self._deployment_id = self.client.read_deployment_by_name(self.deployment).id
         return self._deployment_id
 
-    def submit(self, job: SyncJob, idempotency_key: str | None = None) -> str:
-        """Create the flow run for a recorded job; its name is the job id."""
+    def submit(self, job: SyncJob) -> str:
+        """Create the flow run for a recorded job; its name and Prefect idempotency key are
+        the job id: a retried submission of the job gets its run, and no other job can (a key
+        derived from the client's Idempotency-Key handed a retried trigger's new job the run
+        of the first, failed one)."""
         try:
             run = self.client.create_flow_run_from_deployment(
                 self._deployment(),
                 parameters=flow_parameters(job),
                 name=job.id,
                 tags=job_tags(job.workspace_id, job.providers, job.mode),
-                idempotency_key=idempotency_key,
+                idempotency_key=job.id,
             )
         except ObjectNotFound as exc:
             self._deployment_id = None
@@ -139,6 +146,8 @@ class Orchestrator:
             ) from exc
         except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
             raise OrchestratorUnavailableError("the Prefect API could not be reached") from exc
+        if (run.parameters or {}).get("job_id") != job.id:
+            raise OrchestratorUnavailableError(f"Prefect answered with another job's run {run.id}")
         return str(run.id)
 
     def trigger(
@@ -149,7 +158,6 @@ class Orchestrator:
         provider: str | None,
         *,
         trigger: str = "api",
-        idempotency_key: str | None = None,
     ) -> SyncJob:
         """Apply the sync rules, record the job and start its flow run.
 
@@ -181,7 +189,7 @@ class Orchestrator:
             self._release(leases)
             raise
         try:
-            flow_run_id = self.submit(job, idempotency_key)
+            flow_run_id = self.submit(job)
         except OrchestratorUnavailableError as exc:
             self._release(leases)
             job.lease_id = job.quota_lease_id = None

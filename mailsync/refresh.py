@@ -343,7 +343,6 @@ class Trigger(Protocol):
         provider: str | None,
         *,
         trigger: str = ...,
-        idempotency_key: str | None = ...,
     ) -> SyncJob: ...
 
 

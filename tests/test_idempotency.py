@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from mailsync.idempotency import (
     InvalidIdempotencyKey,
     Replay,
 )
-from mailsync.models import IdempotencyRecord, new_id, utcnow
+from mailsync.models import IdempotencyRecord, as_utc, new_id, utcnow
 
 TTL = 24 * 3600
 BODY = {"job_id": "sync_01TEST", "status": "queued"}
@@ -203,8 +203,8 @@ def test_expired_record_is_replaced_by_a_fresh_owner(database_url: str, workspac
             wait_seconds=0,  # replacing an expired record is never a wait
         )
         assert outcome is None
-        created = idempotency.record_created_at(database_url, workspace_id, key)
-        assert created == later
+        [record] = [r for r in _records(database_url, workspace_id) if r.key == key]
+        assert as_utc(record.created_at) == later
     assert {r.request_hash for r in _records(database_url, workspace_id)} == {_hash("full")}
 
 
@@ -346,36 +346,6 @@ def test_begin_for_an_unknown_workspace_fails_loudly(database_url: str) -> None:
     with pytest.raises(IntegrityError):
         idempotency.begin(database_url, "no-such-workspace", _key(), _hash(), ttl_seconds=TTL)
     assert time.monotonic() - started < 5
-
-
-def test_prefect_idempotency_key_is_scoped_to_workspace_key_and_day() -> None:
-    """Stable for one workspace, key and UTC day; different otherwise; reveals neither."""
-    key = _key()
-    morning = datetime(2026, 5, 1, 0, 0, 1, tzinfo=UTC)
-    evening = datetime(2026, 5, 1, 23, 59, 59, tzinfo=UTC)
-    # 21:00 UTC is already 2 May at +05:00: the UTC day counts, not the local one.
-    same_instant_elsewhere = datetime(2026, 5, 1, 21, 0, tzinfo=UTC).astimezone(
-        timezone(timedelta(hours=5))
-    )
-    first = idempotency.prefect_idempotency_key("ws-a", key, morning)
-    assert first == idempotency.prefect_idempotency_key("ws-a", key, evening)
-    assert first == idempotency.prefect_idempotency_key("ws-a", key, same_instant_elsewhere)
-    assert first == idempotency.prefect_idempotency_key("ws-a", key, morning.replace(tzinfo=None))
-    assert first != idempotency.prefect_idempotency_key("ws-b", key, morning)
-    assert first != idempotency.prefect_idempotency_key("ws-a", _key(), morning)
-    assert first != idempotency.prefect_idempotency_key("ws-a", key, morning + timedelta(days=1))
-    assert "ws-a" not in first and key not in first
-
-
-def test_record_created_at_is_utc_and_none_without_a_record(
-    database_url: str, workspace_id: str
-) -> None:
-    """The creation time used for the Prefect key round-trips as aware UTC on both databases."""
-    key = _key()
-    assert idempotency.record_created_at(database_url, workspace_id, key) is None
-    moment = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
-    idempotency.begin(database_url, workspace_id, key, _hash(), ttl_seconds=10**9, now=_at(moment))
-    assert idempotency.record_created_at(database_url, workspace_id, key) == moment
 
 
 def test_pending_record_of_a_dead_request_is_claimed_afresh(

@@ -25,7 +25,7 @@ from mailsync.api.schemas import ErrorEnvelope, JobCreatedEnvelope, JobEnvelope,
 from mailsync.apikeys import Principal
 from mailsync.jobs import Orchestrator, OrchestratorUnavailableError
 from mailsync.limits import LimitsUnavailableError
-from mailsync.models import SyncJob, utcnow
+from mailsync.models import SyncJob
 from mailsync.settings import Settings
 
 router = APIRouter(prefix="/v1/email/sync", tags=["email sync"])
@@ -165,7 +165,6 @@ def trigger_sync(
             workspace_id,
             body.mode,
             body.provider,
-            idempotency_key=_prefect_key(settings, workspace_id, key),
         )
     except BaseException as exc:
         if key is not None:
@@ -214,13 +213,6 @@ def _begin_idempotent(
             "a request with this Idempotency-Key is still in progress; retry shortly",
             headers={"Retry-After": "1"},
         ) from exc
-
-
-def _prefect_key(settings: Settings, workspace_id: str, key: str | None) -> str | None:
-    if key is None:
-        return None
-    created = idempotency.record_created_at(settings.resolved_database_url, workspace_id, key)
-    return idempotency.prefect_idempotency_key(workspace_id, key, created or utcnow())
 
 
 def _translate(exc: BaseException) -> BaseException:
