@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
+from mailsync import jobstore
 from mailsync.db import session_scope
-from mailsync.models import IdempotencyRecord, Workspace, as_utc, utcnow
+from mailsync.models import IdempotencyRecord, SyncJob, Workspace, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,13 @@ def begin(
     now: Callable[[], datetime] = utcnow,
     wait_seconds: float = 10.0,
     poll_seconds: float = 0.05,
+    job_id: str | None = None,
 ) -> Replay | None:
     """Claim the key (None: the caller owns it and must `complete` or `abandon` it) or replay.
+
+    `job_id` is the job the caller will record if it owns the key: the record names it from
+    the claim on, so a request that takes over the key of one that died after recording its
+    job replays that job (its run may be syncing it) instead of starting a second one.
 
     The unique constraint (workspace_id, key) decides the owner: everyone inserts, the losers
     read the winner's record. A completed record with the same hash is replayed; another hash
@@ -97,7 +103,9 @@ def begin(
     deadline = time.monotonic() + wait_seconds
     _purge_quietly(database_url, now)
     for attempt in itertools.count(1):
-        failure = _try_insert(database_url, workspace_id, key, request_hash, ttl_seconds, now)
+        failure = _try_insert(
+            database_url, workspace_id, key, request_hash, ttl_seconds, now, job_id
+        )
         if failure is None:
             return None
         # Someone holds the key: follow their record until it settles or disappears.
@@ -107,6 +115,8 @@ def begin(
                 if not _workspace_exists(database_url, workspace_id):
                     raise failure  # the foreign key failed, not the unique constraint
                 break  # abandoned or purged meanwhile: try to claim it
+            if _orphaned(record, now) and _adopt(database_url, record):
+                continue  # now completed with its job: replayed below
             if _expired(record, now) or _orphaned(record, now):
                 _delete_record(database_url, record)
                 break
@@ -214,6 +224,7 @@ def _try_insert(
     request_hash: str,
     ttl_seconds: int,
     now: Callable[[], datetime],
+    job_id: str | None = None,
 ) -> IntegrityError | None:
     """Insert the pending record; the IntegrityError if the key (or workspace) says no."""
     created = _utc(now())
@@ -223,6 +234,7 @@ def _try_insert(
         request_hash=request_hash,
         created_at=created,
         expires_at=created + timedelta(seconds=ttl_seconds),
+        job_id=job_id,
     )
     try:
         with session_scope(database_url) as session:
@@ -239,6 +251,25 @@ def _read(database_url: str, workspace_id: str, key: str) -> IdempotencyRecord |
                 IdempotencyRecord.workspace_id == workspace_id, IdempotencyRecord.key == key
             )
         ).first()
+
+
+def _adopt(database_url: str, record: IdempotencyRecord) -> bool:
+    """Complete an orphaned record with the job its dead owner recorded, as the 202 that
+    owner would have answered; False when it recorded none (or someone settled it first)."""
+    if record.job_id is None:
+        return False
+    with session_scope(database_url) as session:
+        job = session.get(SyncJob, record.job_id)
+        if job is None:
+            return False
+        body = {"data": jobstore.public_view(job, brief=True)}
+    statement = (
+        sa.update(IdempotencyRecord)
+        .where(col(IdempotencyRecord.id) == record.id, col(IdempotencyRecord.status_code).is_(None))
+        .values(status_code=202, response_body=body)
+    )
+    with session_scope(database_url) as session:
+        return bool(session.connection().execute(statement).rowcount)
 
 
 def _workspace_exists(database_url: str, workspace_id: str) -> bool:

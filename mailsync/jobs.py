@@ -158,14 +158,18 @@ class Orchestrator:
         provider: str | None,
         *,
         trigger: str = "api",
+        job_id: str | None = None,
     ) -> SyncJob:
-        """Apply the sync rules, record the job and start its flow run.
+        """Apply the sync rules, record the job (as `job_id`, when the caller named it
+        already) and start its flow run.
 
         Raises jobstore.NoMailboxError (nothing to sync), SyncInProgressError (409),
         RateLimitedError (429; only requests from the API count against the quota), and
         OrchestratorUnavailableError when Prefect cannot take the run (nothing is held then).
         """
         job = jobstore.build_job(session, workspace_id, mode, provider, trigger=trigger)
+        if job_id is not None:
+            job.id = job_id
         leases: list[str] = []
         try:
             if mode == SyncMode.full:

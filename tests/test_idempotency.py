@@ -22,7 +22,7 @@ from mailsync.idempotency import (
     InvalidIdempotencyKey,
     Replay,
 )
-from mailsync.models import IdempotencyRecord, as_utc, new_id, utcnow
+from mailsync.models import IdempotencyRecord, SyncJob, as_utc, new_id, utcnow
 
 TTL = 24 * 3600
 BODY = {"job_id": "sync_01TEST", "status": "queued"}
@@ -378,3 +378,42 @@ def test_pending_record_of_a_dead_request_is_claimed_afresh(
         )  # fmt: skip
         is None
     )
+
+
+def test_a_dead_requests_job_is_what_a_takeover_returns(
+    database_url: str, workspace_id: str
+) -> None:
+    """The record names its job from the moment the key is claimed. When the first request
+    died after recording the job (its run may be syncing it), the request that takes the
+    orphaned key over gets that job, replayed as a 202, not a second job and sync; when it
+    died before recording it, the key is claimed afresh."""
+    start = utcnow()
+    late = start + timedelta(seconds=idempotency.ORPHAN_AFTER_SECONDS + 1)
+    recorded, unrecorded = _key(), _key()
+    job_id = new_id("sync")
+    for key, job in ((recorded, job_id), (unrecorded, new_id("sync"))):
+        assert (
+            idempotency.begin(
+                database_url,
+                workspace_id,
+                key,
+                _hash(),
+                ttl_seconds=TTL,
+                now=_at(start),
+                job_id=job,
+            )  # fmt: skip
+            is None
+        )
+    with session_scope(database_url) as session:
+        session.add(SyncJob(id=job_id, workspace_id=workspace_id, mode="incremental"))
+
+    def take_over(key: str) -> idempotency.Replay | None:
+        return idempotency.begin(
+            database_url, workspace_id, key, _hash(), ttl_seconds=TTL, now=_at(late),
+            wait_seconds=0, job_id=new_id("sync"),
+        )  # fmt: skip
+
+    replay = take_over(recorded)
+    assert replay is not None and replay.status_code == 202 and replay.job_id == job_id
+    assert replay.body["data"]["job_id"] == job_id and replay.body["data"]["status"] == "queued"
+    assert take_over(unrecorded) is None

@@ -25,7 +25,7 @@ from mailsync.api.schemas import ErrorEnvelope, JobCreatedEnvelope, JobEnvelope,
 from mailsync.apikeys import Principal
 from mailsync.jobs import Orchestrator, OrchestratorUnavailableError
 from mailsync.limits import LimitsUnavailableError
-from mailsync.models import SyncJob
+from mailsync.models import SyncJob, new_id
 from mailsync.settings import Settings
 
 router = APIRouter(prefix="/v1/email/sync", tags=["email sync"])
@@ -151,9 +151,10 @@ def trigger_sync(
         raise ApiError(403, "insufficient_permissions", str(exc)) from exc
     settings = orchestrator.admission.settings
     key = _idempotency_key(idempotency_key)
+    job_id = new_id("sync")  # named in the key's record from its claim on (idempotency.begin)
     if key is not None:
         session.rollback()  # give the connection back while waiting on another request
-        replay = _begin_idempotent(settings, workspace_id, key, body)
+        replay = _begin_idempotent(settings, workspace_id, key, body, job_id)
         if replay is not None:
             _report_quota(request, session, orchestrator, workspace_id)
             return JSONResponse(
@@ -165,6 +166,7 @@ def trigger_sync(
             workspace_id,
             body.mode,
             body.provider,
+            job_id=job_id,
         )
     except BaseException as exc:
         if key is not None:
@@ -190,7 +192,7 @@ def _idempotency_key(raw: str | None) -> str | None:
 
 
 def _begin_idempotent(
-    settings: Settings, workspace_id: str, key: str, body: SyncRequest
+    settings: Settings, workspace_id: str, key: str, body: SyncRequest, job_id: str
 ) -> idempotency.Replay | None:
     try:
         return idempotency.begin(
@@ -199,6 +201,7 @@ def _begin_idempotent(
             key,
             idempotency.fingerprint(body.model_dump()),
             ttl_seconds=settings.idempotency_ttl_seconds,
+            job_id=job_id,
         )
     except idempotency.IdempotencyKeyReused as exc:
         raise ApiError(
