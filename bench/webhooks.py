@@ -30,9 +30,10 @@ from bench.local_stack import LocalStack, local_stack
 from mailsync import apikeys
 from mailsync.db import get_engine, session_scope
 from mailsync.models import SyncJob, as_utc
+from mailsync.webhooks.dispatch import DELIVER_IN_RUN
 
 SIZES = {"tiny": 2, "small": 8, "full": 20}
-IN_RUN = 4  # dispatch.DELIVER_IN_RUN: endpoints a job's own run attempts
+IN_RUN = DELIVER_IN_RUN  # endpoints a job's own run attempts
 
 
 class Arrivals:

@@ -61,23 +61,19 @@ def new_job(
 _OPEN = (JobStatus.queued.value, JobStatus.running.value)
 
 
-def _now_for(column: Any, now: datetime) -> Any:
-    return sa.literal(now, column.type)
+def _started_at_or(now: datetime) -> Any:
+    """started_at as stored, or `now` for a job that never started (typed as the column)."""
+    column = SyncJob.__table__.c.started_at  # type: ignore[attr-defined]
+    return sa.func.coalesce(col(SyncJob.started_at), sa.literal(now, column.type))
 
 
 def mark_running(session: Session, job: SyncJob, flow_run_id: str | None) -> None:
     """queued -> running, and the first flow run's id; `job` is reloaded with what is stored."""
     session.flush()
-    table = SyncJob.__table__  # type: ignore[attr-defined]
     session.exec(  # type: ignore[call-overload]
         update(SyncJob)
         .where(col(SyncJob.id) == job.id, col(SyncJob.status) == JobStatus.queued.value)
-        .values(
-            status=JobStatus.running.value,
-            started_at=sa.func.coalesce(
-                col(SyncJob.started_at), _now_for(table.c.started_at, utcnow())
-            ),
-        )
+        .values(status=JobStatus.running.value, started_at=_started_at_or(utcnow()))
     )
     if flow_run_id:
         link_run(session, job, flow_run_id)
@@ -109,14 +105,13 @@ def mark_finished(
     once: False (and nothing written) when the job had already ended. `job` is reloaded
     with what is stored."""
     session.flush()
-    table = SyncJob.__table__  # type: ignore[attr-defined]
     now = utcnow()
     ended = session.exec(  # type: ignore[call-overload]
         update(SyncJob)
         .where(col(SyncJob.id) == job.id, col(SyncJob.status).in_(_OPEN))
         .values(
             status=(JobStatus.failed if error_code else JobStatus.completed).value,
-            started_at=sa.func.coalesce(col(SyncJob.started_at), _now_for(table.c.started_at, now)),
+            started_at=_started_at_or(now),
             finished_at=now,
             counts=counts,
             mailboxes=mailboxes,
