@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from mailsync.api.app import create_app as create_api
 from mailsync.db import get_engine
-from mailsync.models import IdempotencyRecord, new_id, utcnow
+from mailsync.db.tables import IdempotencyRecord, new_id, utcnow
 from mailsync.settings import get_settings
 
 

@@ -39,7 +39,7 @@ from sqlmodel import Session
 from bench import harness
 from bench.local_stack import LocalStack, local_stack
 from mailsync.db import get_engine
-from mailsync.models import SyncJob, as_utc
+from mailsync.db.tables import SyncJob, as_utc
 
 SIZES = {"tiny": 2, "small": 8, "full": 20}
 # Issue 13's targets, on the default stack (Prefect on SQLite): scenario -> (p50 s, p95 s).

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select, update
 from bench import harness
 from bench.local_stack import LocalStack, local_stack
 from mailsync.db import get_engine
-from mailsync.models import Mailbox, SyncJob, utcnow
+from mailsync.db.tables import Mailbox, SyncJob, utcnow
 
 SIZES = {"tiny": 20, "small": 200, "full": 1_000}
 PER_WORKSPACE = 20

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mailsync.demo import Fakes
+from mailsync.devstack.demo import Fakes
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import ensure_tls
 from mailsync.providers.base import ProviderEndpoints, ProviderOptions
@@ -103,15 +103,16 @@ def timed_full_sync(
     credentials: dict[str, Any],
     options: ProviderOptions,
 ) -> dict[str, Any]:
-    """A full sync as a job runs it (`mailsync.sync.sync_mailbox`) into a throwaway SQLite
+    """A full sync as a job runs it (`core.sync.engine.sync_mailbox`) into a throwaway SQLite
     index: messages added, seconds, RSS just before and peak; a provider error that ends the
     sync is reported in `failed` instead of raised."""
     from cryptography.fernet import Fernet
 
-    from mailsync import db, workspaces
-    from mailsync.crypto import CredentialBox
+    from mailsync import db
+    from mailsync.core import workspaces
+    from mailsync.core.sync.engine import sync_mailbox
+    from mailsync.db.crypto import CredentialBox
     from mailsync.providers.base import ProviderError
-    from mailsync.sync import sync_mailbox
 
     with tempfile.TemporaryDirectory() as workdir:
         url = f"sqlite:///{Path(workdir) / 'bench.db'}"

@@ -25,13 +25,12 @@ import httpx
 from cryptography.fernet import Fernet
 
 from bench import harness
-from mailsync import apikeys, db, workspaces
-from mailsync.crypto import CredentialBox
-from mailsync.demo import Fakes
-from mailsync.fakes.server import free_port
-from mailsync.models import Workspace
-from mailsync.settings import Settings
-from mailsync.stack import (
+from mailsync import db
+from mailsync.core import apikeys, workspaces
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import Workspace
+from mailsync.devstack.demo import Fakes
+from mailsync.devstack.processes import (
     Stack,
     http_ok,
     prefect_env,
@@ -41,6 +40,8 @@ from mailsync.stack import (
     wait_until,
     worker_name,
 )
+from mailsync.fakes.server import free_port
+from mailsync.settings import Settings
 
 WORKSPACE = "bench"
 UNLIMITED = str(10**7)  # the benchmarks measure speed, not the quotas

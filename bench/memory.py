@@ -19,8 +19,8 @@ import httpx
 
 from bench import harness
 from bench.local_stack import LocalStack, local_stack
-from mailsync.models import SyncJob
-from mailsync.stack import worker_name
+from mailsync.db.tables import SyncJob
+from mailsync.devstack.processes import worker_name
 
 SIZES = {"tiny": 2, "small": 4, "full": 4}
 SETTLE_S = 2.0  # inside the sync, so its lazy imports and first pages count

@@ -6,7 +6,7 @@ getProfile 1). Time is scaled so that the run takes a minute or two: the fake en
 manage unpaced, so the quota is what limits the sync) and the sync paces to the same quota
 and window. Reported: the achieved rate as a share of the quota ceiling, the fake's
 refusals, and failed syncs (must be 0). The sync is the unit a job runs
-(`mailsync.sync.sync_mailbox`, SQLite index), in a fresh process.
+(`mailsync.core.sync.engine.sync_mailbox`, SQLite index), in a fresh process.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each measurement runs in a freshly spawned interpreter (its peak RSS is its own)
 fakes served from this process. "raw" is the same client library (google-api-python-client
 with batches of 50 / httpx + msal on Graph delta) fetching the same messages with nothing of
 ours around it: no pacing, retries, checkpoints or index writes. "pipeline" is what a full
-sync job runs (`mailsync.sync.sync_mailbox`, SQLite index). Gmail pacing is switched off on
+sync job runs (`core.sync.engine.sync_mailbox`, SQLite index). Gmail pacing is switched off on
 both sides; the quota benchmark measures pacing.
 """
 

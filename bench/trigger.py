@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from bench import harness
 from bench.local_stack import LocalStack, local_stack
 from mailsync.api.app import create_app
-from mailsync.jobs import Orchestrator
+from mailsync.orchestration.orchestrator import Orchestrator
 
 SIZES = {"tiny": (10, [1, 4]), "small": (100, [1, 16]), "full": (300, [1, 16, 64])}
 

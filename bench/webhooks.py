@@ -27,9 +27,9 @@ from sqlmodel import Session
 
 from bench import harness
 from bench.local_stack import LocalStack, local_stack
-from mailsync import apikeys
+from mailsync.core import apikeys
 from mailsync.db import get_engine, session_scope
-from mailsync.models import SyncJob, as_utc
+from mailsync.db.tables import SyncJob, as_utc
 from mailsync.webhooks.dispatch import DELIVER_IN_RUN
 
 SIZES = {"tiny": 2, "small": 8, "full": 20}

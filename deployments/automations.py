@@ -5,7 +5,7 @@ RUNNING in Prefect forever; its job reads `running` and, for a full sync, every 
 its providers gets 409 until someone marks the run Crashed. Prefect's documented answer
 (docs: "Detect zombie flows") is flow-run heartbeats plus this proactive automation; once the
 run is Crashed, the job reconciles to `job_crashed` and the full-sync slot is released
-(mailsync/jobs.py `refresh`, admission's view of non-terminal runs).
+(mailsync/orchestration/orchestrator.py `refresh`, admission's view of non-terminal runs).
 
 Heartbeats come every `HEARTBEAT_SECONDS` (prefect.yaml sets PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 for the sync flow runs; 30 s is Prefect's minimum); three missed beats make a zombie.

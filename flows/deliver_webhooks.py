@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from mailsync.models import utcnow
+from mailsync.db.tables import utcnow
 from mailsync.webhooks import dispatch
 from tasks.deliver_webhook import deliver_webhook
 

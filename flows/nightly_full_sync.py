@@ -12,9 +12,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL
 
-from mailsync import refresh
 from mailsync.db import session_scope
-from mailsync.jobs import Orchestrator
+from mailsync.orchestration import rounds as refresh
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import get_settings
 
 

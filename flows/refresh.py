@@ -1,7 +1,7 @@
 """A scheduled refresh round: incremental syncs of the due mailboxes, inside this flow run.
 
-Which mailboxes and why: mailsync/refresh.py. This flow only orchestrates: reconcile the open
-jobs with their flow runs (core/reconcile.py), ask Prefect what is busy, plan, record one job
+Which mailboxes and why: orchestration/rounds.py. This flow only orchestrates: reconcile the open
+jobs with their flow runs (core/jobs/reconcile.py), ask Prefect what is busy, plan, record one job
 per workspace, sync the mailboxes in batches (one task run each, every mailbox retried on its
 own), close the jobs, summarize. It never spawns flow runs, so a round over a thousand quiet
 mailboxes costs one process and about a hundred task runs.
@@ -21,9 +21,10 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run as current_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mailsync import refresh, runtime
 from mailsync.db import session_scope
-from mailsync.models import utcnow
+from mailsync.db.tables import utcnow
+from mailsync.orchestration import rounds as refresh
+from mailsync.orchestration import runtime
 from mailsync.settings import get_settings
 from mailsync.webhooks import dispatch
 from tasks.refresh import reconcile_jobs, refresh_batch

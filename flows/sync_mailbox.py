@@ -12,11 +12,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run as current_run
 
-from mailsync import runtime
-from mailsync.jobs import job_tags
-from mailsync.leases import MailboxBusyError, SlotBusyError
+from mailsync.orchestration import runtime
+from mailsync.orchestration.leases import MailboxBusyError, SlotBusyError
+from mailsync.orchestration.orchestrator import job_tags
+from mailsync.orchestration.rounds import artifact_key, strip_cursors, summary_markdown
 from mailsync.providers.base import ProviderError
-from mailsync.refresh import artifact_key, strip_cursors, summary_markdown
 from tasks.deliver_webhook import deliver_job_event
 from tasks.sync_mailbox import close_job, open_job, sync_one_mailbox
 

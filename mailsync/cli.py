@@ -17,10 +17,12 @@ from rich.console import Console
 from rich.table import Column, Table
 from sqlmodel import col, select
 
-from mailsync import apikeys, db, jobstore, workspaces
-from mailsync.crypto import CredentialBox
-from mailsync.jobs import Orchestrator, OrchestratorUnavailableError
-from mailsync.models import JobStatus, SyncJob, iso, utcnow
+from mailsync import db
+from mailsync.core import apikeys, workspaces
+from mailsync.core.jobs import store as jobstore
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import JobStatus, SyncJob, iso, utcnow
+from mailsync.orchestration.orchestrator import Orchestrator, OrchestratorUnavailableError
 from mailsync.settings import Settings, get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -67,8 +69,8 @@ def encryption_rotate() -> None:
 
     Set MAILSYNC_ENCRYPTION_KEY="new,old" on every process first; afterwards drop "old".
     """
-    from mailsync.crypto import CredentialsUnreadableError
-    from mailsync.keyrotation import reencrypt_all, unrotated
+    from mailsync.db.crypto import CredentialsUnreadableError
+    from mailsync.db.keyrotation import reencrypt_all, unrotated
 
     settings = _ready_settings()
     box = CredentialBox(settings.fernet_key())
@@ -372,7 +374,7 @@ def up(
     ] = WorkerType.warm,
 ) -> None:
     """Run the whole service on this machine until Ctrl-C."""
-    from mailsync.up import run_stack
+    from mailsync.devstack.up import run_stack
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     run_stack(

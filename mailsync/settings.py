@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     prefect_api_url: str | None = None
     # The longest one Prefect API call of the API process may take, the Prefect client's own
-    # retries included (mailsync/deadline.py); past it the request gets 503 + Retry-After.
+    # retries included (orchestration/deadline.py); past it the request gets 503 + Retry-After.
     prefect_call_budget_seconds: float = Field(default=10.0, gt=0)
     prefect_port: int = 4200
     api_host: str = "127.0.0.1"
@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # Flow runs one worker runs at once (`prefect worker start --limit`); unset: no limit.
     worker_limit: int | None = Field(default=None, ge=1)
     # One Fernet key, or a comma-separated list during a rotation: the first encrypts, all
-    # decrypt (mailsync/crypto.py, `mailsync encryption rotate`).
+    # decrypt (mailsync/db/crypto.py, `mailsync encryption rotate`).
     encryption_key: SecretStr | None = None
 
     google_token_uri: str = "https://oauth2.googleapis.com/token"
@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     max_header_bytes: int = Field(default=8 * 1024, ge=1024)
     max_header_count: int = Field(default=100, ge=10)
-    # Served by `mailsync up` (up.py, uvicorn): an idle keep-alive connection is closed after
+    # Served by `mailsync up` (devstack/up.py): an idle keep-alive connection is closed after
     # this; past max_connections open connections (or requests) uvicorn itself answers a plain
     # 503 (its --limit-concurrency, a backstop far above the in-flight caps below).
     api_keep_alive_seconds: int = Field(default=5, ge=1)

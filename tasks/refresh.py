@@ -8,7 +8,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mailsync import refresh, runtime
+from mailsync.orchestration import rounds as refresh
+from mailsync.orchestration import runtime
 from tasks.sync_mailbox import is_transient_error
 
 

@@ -10,8 +10,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from mailsync import runtime
 from mailsync.db import connection_lost
+from mailsync.orchestration import runtime
 from mailsync.providers.base import TransientProviderError
 
 

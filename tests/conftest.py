@@ -16,12 +16,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from mailsync import db
-from mailsync.demo import Fakes
-from mailsync.fakes.server import free_port, serve_in_thread
-from mailsync.fakes.tls import FakeTLS, ensure_tls
-from mailsync.providers import pools
-from mailsync.settings import Settings
-from mailsync.stack import (
+from mailsync.devstack.demo import Fakes
+from mailsync.devstack.processes import (
     Stack,
     prefect_env,
     start_prefect_server,
@@ -29,6 +25,10 @@ from mailsync.stack import (
     wait_for_workers,
     worker_name,
 )
+from mailsync.fakes.server import free_port, serve_in_thread
+from mailsync.fakes.tls import FakeTLS, ensure_tls
+from mailsync.providers import pools
+from mailsync.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from mailsync import apikeys, workspaces
+from mailsync.core import apikeys, workspaces
 from mailsync.db import get_engine, session_scope
-from mailsync.models import ApiKey, utcnow
+from mailsync.db.tables import ApiKey, utcnow
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from mailsync import apikeys
 from mailsync.cli import app
+from mailsync.core import apikeys
 from mailsync.db import get_engine
-from mailsync.models import ApiKey, Mailbox
+from mailsync.db.tables import ApiKey, Mailbox
 from mailsync.settings import Settings, get_settings
 from tests.conftest import ENCRYPTION_KEY, FakeProviders, PrefectStack
 

@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from mailsync import db
-from mailsync.crypto import CredentialBox, CredentialsUnreadableError
+from mailsync.db.crypto import CredentialBox, CredentialsUnreadableError
 from mailsync.settings import KeyFileError, Settings
 
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from prefect.client.base import PrefectHttpxSyncClient
 
-from mailsync.deadline import DeadlineTransport, PrefectCallTimeout
+from mailsync.orchestration.deadline import DeadlineTransport, PrefectCallTimeout
 
 
 class StepClock:

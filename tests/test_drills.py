@@ -34,14 +34,9 @@ from prefect.client.schemas.objects import FlowRun
 from sqlmodel import Session, select
 
 from mailsync import db
-from mailsync.admission import full_sync_limit
 from mailsync.api.app import create_app
-from mailsync.fakes.server import free_port, serve_in_thread
-from mailsync.jobs import Orchestrator
-from mailsync.limits import LimitSpec, PrefectLimits, Refusal
-from mailsync.models import Mailbox, Message, SyncJob
-from mailsync.settings import Settings
-from mailsync.stack import (
+from mailsync.db.tables import Mailbox, Message, SyncJob
+from mailsync.devstack.processes import (
     Child,
     Stack,
     prefect_env,
@@ -50,6 +45,11 @@ from mailsync.stack import (
     wait_for_workers,
     worker_name,
 )
+from mailsync.fakes.server import free_port, serve_in_thread
+from mailsync.orchestration.admission import full_sync_limit
+from mailsync.orchestration.limits import LimitSpec, PrefectLimits, Refusal
+from mailsync.orchestration.orchestrator import Orchestrator
+from mailsync.settings import Settings
 from tests.api.conftest import Api, ManualClock, Tenant, make_tenant, slow_down, speed_up
 from tests.conftest import (
     ENCRYPTION_KEY,
@@ -66,6 +66,7 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("drills")]
 POOL = "mailsync"
 LEASE_S = 60  # the shortest lease Prefect grants (and MAILSYNC_FULL_SYNC_LEASE_SECONDS)
+SENTINEL_LEASE_S = 120  # outlives a Prefect server restart on a loaded machine (~20-60 s)
 RECLAIM_S = 15  # Prefect's repossessor loop: an expired lease is reclaimed within this
 
 
@@ -334,11 +335,13 @@ def test_prefect_server_restart_mid_sync(drills: Drills) -> None:
     address = tenant.gmail_address
     slow_down(fakes, "gmail", address, 300)  # ~3.5 s a page of 500: running across the restart
     job_id = drills.full_sync(tenant, "gmail")
+    wait_for(lambda: drills.processed(tenant, job_id), "a first page written", 60)
+    # Taken just before the restart, for longer than a restart takes on a loaded machine: a
+    # 60 s lease taken before the first page was seen to expire before the server was back.
     drills.sentinel = full_sync_limit(f"drill-{secrets.token_hex(3)}", "gmail")
     client, limits = drills.limits()
     with client:
-        assert isinstance(limits.take([drills.sentinel], LEASE_S), str)
-    wait_for(lambda: drills.processed(tenant, job_id), "a first page written", 60)
+        assert isinstance(limits.take([drills.sentinel], SENTINEL_LEASE_S), str)
 
     down = time.monotonic()
     drills.server.stop()
@@ -505,7 +508,9 @@ def test_lease_taken_before_the_restart_expires(drills: Drills) -> None:
 
         # The bound tells "reclaimed" from "kept for ever" (the in-memory storage's failure);
         # its margin is for a loaded machine (95 s was seen against lease + reclaim = 75 s).
-        lease = wait_for(take, "the sentinel's slot free again", LEASE_S + RECLAIM_S + 60, 1)
+        lease = wait_for(
+            take, "the sentinel's slot free again", SENTINEL_LEASE_S + RECLAIM_S + 60, 1
+        )
         limits.release(lease)
     freed = time.monotonic() - restarted
     print(f"sentinel slot free {freed:.1f} s after the restart")

@@ -14,15 +14,16 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 
-from mailsync import idempotency, workspaces
-from mailsync.db import session_scope
-from mailsync.idempotency import (
+from mailsync.core import workspaces
+from mailsync.core.rules import idempotency
+from mailsync.core.rules.idempotency import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvalidIdempotencyKey,
     Replay,
 )
-from mailsync.models import IdempotencyRecord, SyncJob, as_utc, new_id, utcnow
+from mailsync.db import session_scope
+from mailsync.db.tables import IdempotencyRecord, SyncJob, as_utc, new_id, utcnow
 
 TTL = 24 * 3600
 BODY = {"job_id": "sync_01TEST", "status": "queued"}

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.fernet import Fernet
 
-from mailsync import index, workspaces
-from mailsync.crypto import CredentialBox
+from mailsync.core import workspaces
+from mailsync.core.sync import index
 from mailsync.db import session_scope
-from mailsync.models import Mailbox, Workspace, new_id
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import Mailbox, Workspace, new_id
 from mailsync.providers.base import MessageRecord
 
 

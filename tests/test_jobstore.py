@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
-from mailsync import jobstore
+from mailsync.core.jobs import store as jobstore
 from mailsync.db import get_engine, session_scope
-from mailsync.models import JobStatus, SyncJob, WebhookEvent, as_utc
+from mailsync.db.tables import JobStatus, SyncJob, WebhookEvent, as_utc
 from tests.webhooks.conftest import new_workspace
 
 

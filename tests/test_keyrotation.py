@@ -12,11 +12,12 @@ from cryptography.fernet import Fernet
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from mailsync import db, workspaces
+from mailsync import db
 from mailsync.cli import app
-from mailsync.crypto import CredentialBox, CredentialsUnreadableError
-from mailsync.keyrotation import reencrypt_all, unrotated
-from mailsync.models import Mailbox, WebhookEndpoint
+from mailsync.core import workspaces
+from mailsync.db.crypto import CredentialBox, CredentialsUnreadableError
+from mailsync.db.keyrotation import reencrypt_all, unrotated
+from mailsync.db.tables import Mailbox, WebhookEndpoint
 from mailsync.settings import get_settings
 from mailsync.webhooks import store
 

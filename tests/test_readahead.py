@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailsync.readahead import read_ahead
+from mailsync.core.sync.readahead import read_ahead
 
 
 def test_items_arrive_in_order_and_errors_after_the_items_before_them() -> None:

@@ -17,13 +17,16 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.states import Scheduled
 from sqlmodel import Session, select
 
-from mailsync import index, jobstore, refresh, workspaces
-from mailsync.admission import SyncInProgressError, full_sync_limit, mailbox_limit
 from mailsync.api.app import create_app
+from mailsync.core import workspaces
+from mailsync.core.jobs import store as jobstore
+from mailsync.core.sync import index
 from mailsync.db import get_engine, session_scope
-from mailsync.jobs import job_tags
-from mailsync.limits import PrefectLimits
-from mailsync.models import Mailbox, SyncJob, utcnow
+from mailsync.db.tables import Mailbox, SyncJob, utcnow
+from mailsync.orchestration import rounds as refresh
+from mailsync.orchestration.admission import SyncInProgressError, full_sync_limit, mailbox_limit
+from mailsync.orchestration.limits import PrefectLimits
+from mailsync.orchestration.orchestrator import job_tags
 from mailsync.providers.base import ProviderError
 from mailsync.providers.registry import PROVIDERS
 from tests.api.conftest import make_tenant

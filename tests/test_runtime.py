@@ -8,11 +8,12 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from mailsync import jobstore, runtime
-from mailsync.admission import mailbox_limit
+from mailsync.core.jobs import store as jobstore
 from mailsync.db import session_scope
-from mailsync.leases import MailboxBusyError
-from mailsync.models import JobStatus, SyncJob
+from mailsync.db.tables import JobStatus, SyncJob
+from mailsync.orchestration import runtime
+from mailsync.orchestration.admission import mailbox_limit
+from mailsync.orchestration.leases import MailboxBusyError
 from mailsync.settings import Settings
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack

@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from mailsync import apikeys, workspaces
 from mailsync.api.app import create_app
-from mailsync.crypto import CredentialBox
+from mailsync.core import apikeys, workspaces
 from mailsync.db import get_engine, session_scope
-from mailsync.models import Mailbox
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import Mailbox
 from mailsync.settings import Settings
 from tests.api.conftest import Tenant, make_tenant
 from tests.conftest import FakeProviders, PrefectStack

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from mailsync import index, runtime, workspaces
-from mailsync.crypto import CredentialBox
+from mailsync.core import workspaces
+from mailsync.core.sync import index
 from mailsync.db import session_scope
+from mailsync.db.crypto import CredentialBox
+from mailsync.orchestration import runtime
 from mailsync.providers.base import ProviderError
 from mailsync.settings import Settings
 from tests.conftest import FakeProviders

@@ -1,1 +1,1 @@
-"""The HTTP API: a thin FastAPI layer over mailsync.jobs; it knows nothing of providers."""
+"""The HTTP API: a thin FastAPI layer over the orchestrator; it knows nothing of providers."""

@@ -20,8 +20,8 @@ from mailsync.api.middleware import (
 from mailsync.api.openapi import document_limits
 from mailsync.api.overload import Gates, OverloadMiddleware
 from mailsync.api.routes import health, sync, webhooks
-from mailsync.core.token_buckets import TokenBuckets
-from mailsync.jobs import Orchestrator
+from mailsync.core.rules.token_buckets import TokenBuckets
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings, get_settings
 
 

@@ -15,9 +15,9 @@ from sqlmodel import Session
 
 from mailsync.api.errors import ApiError
 from mailsync.api.ratelimit import get_rate_limit, meter_address, meter_key, note_key_checked
-from mailsync.apikeys import Principal, authenticate
+from mailsync.core.apikeys import Principal, authenticate
 from mailsync.db import get_engine
-from mailsync.jobs import Orchestrator
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 
 

@@ -4,7 +4,7 @@ Every response carries X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-
 epoch seconds, when the next slot frees). A route that reports a quota of its own calls
 `set_rate_limit` (POST /v1/email/sync reports the on-demand sync quota and is never metered
 here); every other response describes one of two general quotas, each a token bucket of N
-tokens refilled at N a minute (core/token_buckets.py), kept in this API process:
+tokens refilled at N a minute (core/rules/token_buckets.py), kept in this API process:
 
 - per API key, `key:<api key id>`, `request_quota_per_minute` tokens: requests whose key
   authenticated on an endpoint that checks keys (the `EmailReader` dependency takes the
@@ -48,7 +48,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from mailsync.api.errors import ApiError
-from mailsync.core.token_buckets import TokenBuckets
+from mailsync.core.rules.token_buckets import TokenBuckets
 
 KEY_PREFIX = "key:"
 ADDRESS_PREFIX = "address:"

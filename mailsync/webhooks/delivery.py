@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from mailsync import __version__
-from mailsync.models import utcnow
+from mailsync.db.tables import utcnow
 from mailsync.webhooks import signing, ssrf
 
 USER_AGENT = f"mailsync-webhooks/{__version__}"

@@ -15,9 +15,9 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.deployments import run_deployment
 from sqlmodel import col, select
 
-from mailsync.crypto import CredentialBox
 from mailsync.db import session_scope
-from mailsync.models import WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
 from mailsync.settings import Settings, get_settings
 from mailsync.webhooks import delivery, outbox, ssrf, store
 

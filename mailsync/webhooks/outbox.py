@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from sqlmodel import Session, col, select, update
 
-from mailsync.models import (
+from mailsync.db.tables import (
     SyncJob,
     WebhookAttempt,
     WebhookDelivery,

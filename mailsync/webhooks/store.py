@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlmodel import Session, col, delete, select
 
-from mailsync.crypto import CredentialBox
-from mailsync.models import (
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,

@@ -16,13 +16,13 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 from sqlmodel import Session, select
 
-from mailsync import apikeys, workspaces
 from mailsync.api.app import create_app
-from mailsync.crypto import CredentialBox
+from mailsync.core import apikeys, workspaces
 from mailsync.db import get_engine, session_scope
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import SyncJob, utcnow
 from mailsync.fakes.server import serve_in_thread
-from mailsync.jobs import Orchestrator
-from mailsync.models import SyncJob, utcnow
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 from tests.conftest import FakeProviders, PrefectStack
 

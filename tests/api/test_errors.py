@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from mailsync.db import get_engine
-from mailsync.models import SyncJob
+from mailsync.db.tables import SyncJob
 from mailsync.settings import Settings
 from tests.api.conftest import Tenant, make_tenant
 from tests.conftest import FakeProviders

@@ -29,8 +29,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from mailsync import apikeys, workspaces
 from mailsync.api.app import create_app
+from mailsync.core import apikeys, workspaces
 from mailsync.db import session_scope
 from mailsync.webhooks import ssrf
 from tests.conftest import PrefectStack

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mailsync.models import SyncJob
+from mailsync.db.tables import SyncJob
 from tests.api.conftest import URL, Api, Tenant, make_tenant
 from tests.api.test_sync_drills import fake_index, live_index
 from tests.conftest import FakeProviders, PrefectStack

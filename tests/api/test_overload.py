@@ -27,8 +27,8 @@ from sqlmodel import Session, select
 from mailsync.api.app import create_app
 from mailsync.api.overload import Gates
 from mailsync.db import get_engine
-from mailsync.jobs import Orchestrator
-from mailsync.models import SyncJob
+from mailsync.db.tables import SyncJob
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 from tests.api.conftest import Tenant, make_tenant
 from tests.api.test_input_limits import serve_like_up

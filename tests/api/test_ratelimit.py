@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from mailsync.api.app import create_app
 from mailsync.db import get_engine
-from mailsync.models import JobStatus, SyncJob
+from mailsync.db.tables import JobStatus, SyncJob
 from mailsync.settings import Settings
 from tests.api.conftest import Tenant, make_tenant
 from tests.conftest import FakeProviders, PrefectStack

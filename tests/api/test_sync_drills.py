@@ -16,7 +16,7 @@ from prefect.states import Cancelling
 from sqlmodel import Session, col, select
 
 from mailsync.db import get_engine
-from mailsync.models import Mailbox, Message
+from mailsync.db.tables import Mailbox, Message
 from tests.api.conftest import Api, Tenant, hold, make_tenant, slow_down, speed_up, wait_final
 from tests.conftest import FakeProviders, PrefectStack
 from tests.support.waiting import wait_for

@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from prefect.client.orchestration import SyncPrefectClient
 from sqlmodel import Session, select
 
-from mailsync import index
 from mailsync.api.app import create_app
+from mailsync.core.sync import index
 from mailsync.db import get_engine
-from mailsync.models import Mailbox, SyncJob
+from mailsync.db.tables import Mailbox, SyncJob
 from tests.api.conftest import Tenant, make_tenant
 from tests.conftest import FakeProviders, PrefectStack
 from tests.support.waiting import wait_for

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
-from mailsync.models import SyncJob, utcnow
+from mailsync.db.tables import SyncJob, utcnow
 from tests.api.conftest import (
     Api,
     Tenant,

@@ -19,10 +19,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
-from mailsync import apikeys
 from mailsync.api.app import create_app
+from mailsync.core import apikeys
 from mailsync.db import get_engine, session_scope
-from mailsync.models import (
+from mailsync.db.tables import (
     ApiKey,
     Mailbox,
     SyncJob,

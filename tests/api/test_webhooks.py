@@ -18,10 +18,10 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
 
-from mailsync import apikeys, workspaces
 from mailsync.api.app import create_app
+from mailsync.core import apikeys, workspaces
 from mailsync.db import session_scope
-from mailsync.models import WebhookEndpoint, utcnow
+from mailsync.db.tables import WebhookEndpoint, utcnow
 from mailsync.settings import Settings
 from mailsync.webhooks.dispatch import DELIVER_DEPLOYMENT
 from tests.api.conftest import make_tenant

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mailsync.devstack.processes import Stack, prefect_env, start_prefect_server
 from mailsync.fakes.server import free_port
-from mailsync.stack import Stack, prefect_env, start_prefect_server
 
 
 @dataclass(frozen=True)

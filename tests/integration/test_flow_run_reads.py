@@ -10,10 +10,10 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.states import Cancelled, Scheduled
 from sqlmodel import Session, col, update
 
-from mailsync import jobstore
+from mailsync.core.jobs import store as jobstore
 from mailsync.db import get_engine, session_scope
-from mailsync.jobs import SYNC_DEPLOYMENT, Orchestrator
-from mailsync.models import JobStatus, SyncJob, utcnow
+from mailsync.db.tables import JobStatus, SyncJob, utcnow
+from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT, Orchestrator
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack
 

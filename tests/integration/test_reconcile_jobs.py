@@ -13,15 +13,15 @@ from prefect.states import Completed, Scheduled
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from mailsync import jobstore
-from mailsync.admission import full_sync_limit
 from mailsync.api.app import create_app
 from mailsync.cli import app as cli
-from mailsync.core.reconcile import Bounds
+from mailsync.core.jobs import store as jobstore
+from mailsync.core.jobs.reconcile import Bounds
 from mailsync.db import get_engine, session_scope
-from mailsync.jobs import SYNC_DEPLOYMENT, Orchestrator, job_tags
-from mailsync.limits import PrefectLimits
-from mailsync.models import JobStatus, SyncJob, utcnow
+from mailsync.db.tables import JobStatus, SyncJob, utcnow
+from mailsync.orchestration.admission import full_sync_limit
+from mailsync.orchestration.limits import PrefectLimits
+from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT, Orchestrator, job_tags
 from mailsync.settings import Settings, get_settings
 from tests.api.conftest import make_tenant
 from tests.conftest import ENCRYPTION_KEY, FakeProviders, PrefectStack

@@ -13,7 +13,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from mailsync.api.app import create_app
-from mailsync.jobs import Orchestrator
+from mailsync.orchestration.orchestrator import Orchestrator
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack
 from tests.support.waiting import wait_for

@@ -24,7 +24,13 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.states import Cancelling
 
-from mailsync.stack import PROJECT_DIR, Stack, start_worker, wait_for_workers, worker_name
+from mailsync.devstack.processes import (
+    PROJECT_DIR,
+    Stack,
+    start_worker,
+    wait_for_workers,
+    worker_name,
+)
 from tests.conftest import PrefectStack
 from tests.support.waiting import wait_for
 

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from mailsync.leases import MailboxBusyError, MailboxTurn
-from mailsync.limits import LimitSpec, LimitsUnavailableError, Refusal
+from mailsync.orchestration.leases import MailboxBusyError, MailboxTurn
+from mailsync.orchestration.limits import LimitSpec, LimitsUnavailableError, Refusal
 
 SPEC = LimitSpec("mailsync-mailbox:mbx_1", 1)
 

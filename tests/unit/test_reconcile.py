@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailsync.core.reconcile import Bounds, RunState, Verdict, run_failure, verdict
+from mailsync.core.jobs.reconcile import Bounds, RunState, Verdict, run_failure, verdict
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 BOUNDS = Bounds(without_run=timedelta(minutes=2), after_run_end=timedelta(minutes=1))

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from mailsync.orchestration.rounds import Retry, batches, sync_batch
 from mailsync.providers.base import AuthError, TransientProviderError
-from mailsync.refresh import Retry, batches, sync_batch
 
 
 def _job(job_id: str, synced: int, new: int = 0) -> dict[str, Any]:

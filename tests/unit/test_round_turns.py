@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mailsync.admission import mailbox_limit
-from mailsync.leases import MailboxTurns
-from mailsync.limits import LimitSpec, LimitsUnavailableError, Refusal
-from mailsync.runtime import RoundTurns
+from mailsync.orchestration.admission import mailbox_limit
+from mailsync.orchestration.leases import MailboxTurns
+from mailsync.orchestration.limits import LimitSpec, LimitsUnavailableError, Refusal
+from mailsync.orchestration.runtime import RoundTurns
 
 
 class Limits:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mailsync.core.token_buckets import TokenBuckets
+from mailsync.core.rules.token_buckets import TokenBuckets
 
 
 class Clock:

@@ -10,8 +10,6 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from mailsync import idempotency, jobstore
-from mailsync.admission import RateLimitedError, SyncInProgressError
 from mailsync.api.deps import (
     EmailReader,
     OrchestratorDep,
@@ -22,10 +20,13 @@ from mailsync.api.deps import (
 from mailsync.api.errors import ApiError
 from mailsync.api.ratelimit import RateLimitInfo, set_rate_limit
 from mailsync.api.schemas import ErrorEnvelope, JobCreatedEnvelope, JobEnvelope, SyncRequest
-from mailsync.apikeys import Principal
-from mailsync.jobs import Orchestrator, OrchestratorUnavailableError
-from mailsync.limits import LimitsUnavailableError
-from mailsync.models import SyncJob, new_id
+from mailsync.core.apikeys import Principal
+from mailsync.core.jobs import store as jobstore
+from mailsync.core.rules import idempotency
+from mailsync.db.tables import SyncJob, new_id
+from mailsync.orchestration.admission import RateLimitedError, SyncInProgressError
+from mailsync.orchestration.limits import LimitsUnavailableError
+from mailsync.orchestration.orchestrator import Orchestrator, OrchestratorUnavailableError
 from mailsync.settings import Settings
 
 router = APIRouter(prefix="/v1/email/sync", tags=["email sync"])

@@ -20,9 +20,9 @@ from mailsync.api.webhook_schemas import (
     WebhookEndpointList,
     WebhookSecretEnvelope,
 )
-from mailsync.apikeys import Principal
-from mailsync.crypto import CredentialBox
-from mailsync.models import WebhookEndpoint, iso
+from mailsync.core.apikeys import Principal
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import WebhookEndpoint, iso
 from mailsync.settings import Settings
 from mailsync.webhooks import dispatch, outbox, ssrf, store
 

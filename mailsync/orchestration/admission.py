@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from mailsync.limits import LimitSpec, PrefectLimits, Refusal
-from mailsync.models import JobStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.orchestration.limits import LimitSpec, PrefectLimits, Refusal
 from mailsync.settings import Settings
 
 Clock = Callable[[], datetime]

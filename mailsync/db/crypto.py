@@ -2,7 +2,7 @@
 
 The key may be a comma-separated list (MAILSYNC_ENCRYPTION_KEY="new,old"): the first key
 encrypts, every key decrypts, so the key can be rotated without downtime
-(`mailsync encryption rotate`, mailsync/keyrotation.py).
+(`mailsync encryption rotate`, mailsync/db/keyrotation.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select, update
 
-from mailsync.models import JobStatus, Mailbox, SyncJob, Workspace, iso, utcnow
+from mailsync.db.tables import JobStatus, Mailbox, SyncJob, Workspace, iso, utcnow
 from mailsync.webhooks import outbox
 
 

@@ -10,10 +10,10 @@ from types import TracebackType
 
 from sqlmodel import col, update
 
-from mailsync.admission import full_sync_limit
 from mailsync.db import session_scope
-from mailsync.limits import LimitSpec, LimitsUnavailableError, PrefectLimits, Refusal
-from mailsync.models import SyncJob
+from mailsync.db.tables import SyncJob
+from mailsync.orchestration.admission import full_sync_limit
+from mailsync.orchestration.limits import LimitSpec, LimitsUnavailableError, PrefectLimits, Refusal
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlmodel import Session, col, select, update
 
-from mailsync import jobstore
-from mailsync.admission import Admission, Clock
-from mailsync.core import reconcile
-from mailsync.deadline import DeadlineTransport
-from mailsync.limits import LimitsUnavailableError, PrefectLimits
-from mailsync.models import JobStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.core.jobs import reconcile
+from mailsync.core.jobs import store as jobstore
+from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.orchestration.admission import Admission, Clock
+from mailsync.orchestration.deadline import DeadlineTransport
+from mailsync.orchestration.limits import LimitsUnavailableError, PrefectLimits
 from mailsync.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class Orchestrator:
     def reconcile_open_jobs(
         self, session: Session, bounds: reconcile.Bounds | None = None, page: int = 200
     ) -> list[tuple[str, str]]:
-        """Bring every open job in line with its flow run (core/reconcile.py): link a run
+        """Bring every open job in line with its flow run (core/jobs/reconcile.py): link a run
         created for it, fail it when its run failed, vanished, or never came. Returns what was
         done, as (job id, what). Raises OrchestratorUnavailableError when Prefect cannot be
         read: nothing is changed then."""

@@ -11,16 +11,16 @@ from typing import Any
 from prefect import get_client
 from sqlmodel import col, select, update
 
-from mailsync import jobstore
-from mailsync.admission import mailbox_limit
-from mailsync.crypto import CredentialBox
+from mailsync.core.jobs import store as jobstore
+from mailsync.core.sync.engine import MailboxResult, Progress, sync_mailbox
 from mailsync.db import session_scope
-from mailsync.jobs import Orchestrator, OrchestratorUnavailableError
-from mailsync.leases import FullSyncSlot, MailboxTurn, MailboxTurns
-from mailsync.limits import LimitsUnavailableError, PrefectLimits
-from mailsync.models import JobStatus, SyncJob
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import JobStatus, SyncJob
+from mailsync.orchestration.admission import mailbox_limit
+from mailsync.orchestration.leases import FullSyncSlot, MailboxTurn, MailboxTurns
+from mailsync.orchestration.limits import LimitsUnavailableError, PrefectLimits
+from mailsync.orchestration.orchestrator import Orchestrator, OrchestratorUnavailableError
 from mailsync.settings import Settings, get_settings
-from mailsync.sync import MailboxResult, Progress, sync_mailbox
 
 log = logging.getLogger(__name__)
 

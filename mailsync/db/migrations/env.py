@@ -3,7 +3,7 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import mailsync.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import mailsync.db.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 connection = context.config.attributes["connection"]
 context.configure(

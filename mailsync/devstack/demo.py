@@ -9,13 +9,13 @@ from pathlib import Path
 
 import httpx
 
-from mailsync import apikeys, workspaces
-from mailsync.crypto import CredentialBox
+from mailsync.core import apikeys, workspaces
 from mailsync.db import session_scope
+from mailsync.db.crypto import CredentialBox
+from mailsync.devstack.processes import Stack, http_ok, wait_until
 from mailsync.fakes.server import free_port
 from mailsync.fakes.tls import ensure_tls
 from mailsync.settings import Settings
-from mailsync.stack import Stack, http_ok, wait_until
 
 WORKSPACE = "demo"
 GMAIL_ADDRESS = "demo.user@gmail.example"

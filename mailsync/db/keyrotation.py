@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from mailsync.crypto import CredentialBox, CredentialsUnreadableError
-from mailsync.models import Mailbox, WebhookEndpoint
+from mailsync.db.crypto import CredentialBox, CredentialsUnreadableError
+from mailsync.db.tables import Mailbox, WebhookEndpoint
 
 SEALED_COLUMNS: tuple[tuple[sa.Table, tuple[str, ...]], ...] = (
     (Mailbox.__table__, ("credentials_encrypted", "auth_state_encrypted")),  # type: ignore[attr-defined]

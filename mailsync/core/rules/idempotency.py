@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import col, select
 
-from mailsync import jobstore
+from mailsync.core.jobs import store as jobstore
 from mailsync.db import session_scope
-from mailsync.models import IdempotencyRecord, SyncJob, Workspace, as_utc, utcnow
+from mailsync.db.tables import IdempotencyRecord, SyncJob, Workspace, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 

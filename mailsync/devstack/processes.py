@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 class StackError(Exception):
@@ -101,7 +101,7 @@ def http_ok(url: str, verify: str | bool = True) -> Callable[[], bool]:
 
 
 # A CA bundle no TLS server can match (the file says why): for a Prefect API on plain HTTP.
-NO_TLS_TRUST = Path(__file__).resolve().parent / "orchestration" / "no_tls_trust.pem"
+NO_TLS_TRUST = Path(__file__).resolve().parents[1] / "orchestration" / "no_tls_trust.pem"
 
 
 def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:

@@ -14,10 +14,8 @@ from rich.console import Console
 from rich.panel import Panel
 
 from mailsync import db
-from mailsync import demo as demo_mod
-from mailsync.jobs import Orchestrator
-from mailsync.settings import Settings, ensure_private_dir
-from mailsync.stack import (
+from mailsync.devstack import demo as demo_mod
+from mailsync.devstack.processes import (
     Stack,
     StackError,
     http_ok,
@@ -28,6 +26,8 @@ from mailsync.stack import (
     wait_until,
     worker_name,
 )
+from mailsync.orchestration.orchestrator import Orchestrator
+from mailsync.settings import Settings, ensure_private_dir
 
 console = Console()
 

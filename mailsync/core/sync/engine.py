@@ -15,10 +15,11 @@ from typing import Any
 
 from sqlmodel import Session
 
-from mailsync import index
-from mailsync.crypto import CredentialBox
+from mailsync.core.sync import index
+from mailsync.core.sync.readahead import read_ahead
 from mailsync.db import session_scope
-from mailsync.models import Mailbox, SyncMode, as_utc, utcnow
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import Mailbox, SyncMode, as_utc, utcnow
 from mailsync.providers.base import (
     CursorExpiredError,
     MailProvider,
@@ -26,7 +27,6 @@ from mailsync.providers.base import (
     ProviderOptions,
 )
 from mailsync.providers.registry import open_provider
-from mailsync.readahead import read_ahead
 
 log = logging.getLogger(__name__)
 

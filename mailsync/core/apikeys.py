@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
-from mailsync.models import ApiKey, as_utc, utcnow
+from mailsync.db.tables import ApiKey, as_utc, utcnow
 
 PREFIX = "wbk_"
 _ALPHABET = string.ascii_letters + string.digits

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 from sqlmodel import Session, col, or_, select
 
-from mailsync import jobstore
-from mailsync.admission import SyncInProgressError
-from mailsync.models import JobStatus, Mailbox, SyncJob, SyncMode, Workspace, as_utc, utcnow
+from mailsync.core.jobs import store as jobstore
+from mailsync.db.tables import JobStatus, Mailbox, SyncJob, SyncMode, Workspace, as_utc, utcnow
+from mailsync.orchestration.admission import SyncInProgressError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select
 
-from mailsync.models import Mailbox, Message, as_utc
+from mailsync.db.tables import Mailbox, Message, as_utc
 from mailsync.providers.base import MessageRecord
 
 _CHUNK = 500  # keeps IN (...) lists well under every database's parameter limit

@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlmodel import Session, col, delete, select
 
-from mailsync.crypto import CredentialBox
-from mailsync.models import Mailbox, Message, Workspace
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import Mailbox, Message, Workspace
 from mailsync.providers.registry import PROVIDERS, validate_credentials
 
 _WORKSPACE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
