@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from mailsync import jobstore, workspaces
-from mailsync.crypto import CredentialBox
+from mailsync.core import workspaces
+from mailsync.core.jobs import store as jobstore
 from mailsync.db import session_scope
-from mailsync.models import SyncJob, WebhookEndpoint
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import SyncJob, WebhookEndpoint
 from mailsync.settings import Settings
 from mailsync.webhooks import store
 from mailsync.webhooks.signing import WebhookVerificationError, verify

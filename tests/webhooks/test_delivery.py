@@ -10,9 +10,9 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from mailsync.crypto import CredentialBox
 from mailsync.db import get_engine, session_scope
-from mailsync.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from mailsync.settings import Settings
 from mailsync.webhooks import delivery, dispatch, outbox, store
 from mailsync.webhooks.signing import generate_secret, verify

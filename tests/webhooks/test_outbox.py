@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from mailsync import jobstore
+from mailsync.core.jobs import store as jobstore
 from mailsync.db import get_engine, session_scope
-from mailsync.models import (
+from mailsync.db.tables import (
     JobStatus,
     SyncJob,
     WebhookAttempt,
