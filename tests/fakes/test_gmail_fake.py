@@ -20,7 +20,7 @@ import pytest
 from google.oauth2 import service_account
 
 from mailsync.fakes.gmail import create_app
-from mailsync.fakes.gmail_state import Mailbox
+from mailsync.fakes.gmail.mailbox import Mailbox
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import FakeTLS, ensure_tls
 

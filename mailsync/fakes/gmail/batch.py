@@ -1,14 +1,22 @@
-"""Google's batch wire format (multipart/mixed of application/http parts), parsed and rendered."""
+"""Google batch requests: multipart/mixed of application/http parts, parsed, served and rendered."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import BytesParser
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from mailsync.fakes.faults import Pause
+from mailsync.fakes.gmail.errors import ApiResponse, fault_response, google_error, json_response
+from mailsync.fakes.gmail.rest import serve
+from mailsync.fakes.gmail.state import FakeGmail
 
 MAX_PARTS = 100
 
@@ -23,15 +31,6 @@ class InnerRequest:
     query: list[tuple[str, str]]
     headers: dict[str, str]  # lower-cased names
     body: bytes = b""
-
-
-@dataclass
-class ApiResponse:
-    """A status, headers and JSON body: what one Gmail call answers, inside a batch or not."""
-
-    status: int
-    body: dict[str, Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def parse_batch(body: bytes, content_type: str) -> list[InnerRequest]:
@@ -111,3 +110,56 @@ def render_batch(responses: list[tuple[str | None, ApiResponse]]) -> tuple[bytes
         )
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/mixed; boundary={boundary}"
+
+
+def serve_batch(
+    fake: FakeGmail, body: bytes, content_type: str, authorization: str | None
+) -> ApiResponse | tuple[bytes, str]:
+    """A Google batch: each part is dispatched, counted, fault-checked and charged against
+    the quota on its own; a slowed mailbox delays the whole answer once."""
+    fault = fake.control.record("batch")
+    if fault is not None:
+        return fault_response(fault)
+    try:
+        parts = parse_batch(body, content_type)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return google_error(400, f"Failed to parse batch request: {exc}", "badRequest")
+    if len(parts) > MAX_PARTS:
+        return google_error(
+            400, f"Too many requests in batch; the limit is {MAX_PARTS}.", "badRequest"
+        )
+    answers = []
+    delay = Pause()
+    for part in parts:
+        if not part.path.startswith("/gmail/v1/"):
+            answers.append((part.content_id, google_error(404, "Not Found", "notFound")))
+            continue
+        auth = part.headers.get("authorization") or authorization
+        answer, part_delay = serve(fake, part.method, part.path, part.query, auth)
+        answers.append((part.content_id, answer))
+        delay = delay.longest(part_delay)
+    delay.wait()
+    return render_batch(answers)
+
+
+def batch_router(fake: FakeGmail) -> APIRouter:
+    """The documented batch URL, and the one the discovery document's batchPath yields."""
+    router = APIRouter()
+
+    async def batch(request: Request) -> Response:
+        # In a worker thread: a big batch (or a slowed mailbox) must not stall the event loop.
+        result = await run_in_threadpool(
+            serve_batch,
+            fake,
+            await request.body(),
+            request.headers.get("content-type", ""),
+            request.headers.get("authorization"),
+        )
+        if isinstance(result, ApiResponse):
+            return json_response(result)
+        body, content_type = result
+        return Response(body, media_type=None, headers={"Content-Type": content_type})
+
+    router.add_api_route("/batch/gmail/v1", batch, methods=["POST"])
+    router.add_api_route("/batch", batch, methods=["POST"])
+    return router

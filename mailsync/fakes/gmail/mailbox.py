@@ -1,4 +1,4 @@
-"""The fake Gmail's in-memory mailboxes: deterministic seed data, mutations and the history log."""
+"""One fake Gmail mailbox: seeding, the mutations the admin surface makes, and the history log."""
 
 from __future__ import annotations
 
@@ -8,71 +8,10 @@ import secrets
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
-SYSTEM_LABELS = ("INBOX", "SENT", "UNREAD", "IMPORTANT", "STARRED", "SPAM", "TRASH", "DRAFT")
-CATEGORIES = (
-    "CATEGORY_PERSONAL",
-    "CATEGORY_SOCIAL",
-    "CATEGORY_PROMOTIONS",
-    "CATEGORY_UPDATES",
-    "CATEGORY_FORUMS",
-)
-USER_LABELS = ("Label_1", "Label_2", "Label_3")
-HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
-
-_PEOPLE = (
-    ("Ada Lovelace", "ada@analytical.example"),
-    ("Grace Hopper", "grace@navy.example"),
-    (
-        "Doe, Jane",
-        "jane.doe@example.org",
-    ),  # a comma inside the name: parsers must quote-aware split
-    ("José Álvarez", "jose@correo.example"),
-    ("", "noreply@notifications.example"),
-    ("Alan Turing", "alan@bletchley.example"),
-    ("Katherine Johnson", "kj@nasa.example"),
-    ("Linus", "linus@kernel.example"),
-    ("Margaret Hamilton", "mh@apollo.example"),
-    ("Team Calendar", "calendar@corp.example"),
-)
-_WORDS = [
-    "quarterly",
-    "report",
-    "meeting",
-    "invoice",
-    "schedule",
-    "review",
-    "draft",
-    "budget",
-    "launch",
-    "update",
-    "agenda",
-    "feedback",
-    "proposal",
-    "contract",
-    "travel",
-    "dinner",
-    "release",
-    "notes",
-    "security",
-    "alert",
-    "password",
-    "project",
-    "deadline",
-    "summary",
-    "minutes",
-    "follow-up",
-    "question",
-    "photos",
-    "weekend",
-    "plan",
-]
-# Seeded messages fall in a fixed window so the same seed always yields the same mailbox.
-_SEED_START = datetime(2024, 1, 1, tzinfo=UTC)
-_SEED_SPAN_S = 180 * 24 * 3600
+from mailsync.fakes.gmail.message import FakeMessage, HistoryRecord
+from mailsync.fakes.gmail.seed import SEED_SPAN_S, SEED_START
 
 
 def _encode_token(*parts: object) -> str:
@@ -87,209 +26,6 @@ def decode_token(token: str) -> list[str]:
     except Exception as exc:  # binascii.Error, UnicodeDecodeError
         raise ValueError("bad page token") from exc
     return raw.split(":")
-
-
-def _format_address(name: str, addr: str) -> str:
-    if not name:
-        return addr
-    if "," in name or '"' in name:
-        return '"{}" <{}>'.format(name.replace('"', '\\"'), addr)
-    return f"{name} <{addr}>"
-
-
-class FakeMessage:
-    """One message. Only what listing needs is made up front; labels, headers and body are derived
-    from `seed` on first use, so a 100k-message mailbox is created in well under a second."""
-
-    __slots__ = (
-        "id",
-        "thread_id",
-        "internal_date",
-        "history_id",
-        "owner",
-        "seed",
-        "thread_seed",
-        "reply",
-        "_labels",
-        "_headers",
-        "_body",
-        "_size",
-    )
-
-    def __init__(
-        self,
-        id: str,
-        thread_id: str,
-        internal_date: int,  # epoch milliseconds, as Gmail reports it
-        history_id: int,
-        owner: str,
-        seed: int,
-        thread_seed: int,  # the seed of the thread's first message: it decides the subject
-        reply: bool,
-    ) -> None:
-        self.id = id
-        self.thread_id = thread_id
-        self.internal_date = internal_date
-        self.history_id = history_id
-        self.owner = owner
-        self.seed = seed
-        self.thread_seed = thread_seed
-        self.reply = reply
-        self._labels: list[str] | None = None
-        self._headers: list[tuple[str, str]] = []
-        self._body = ""
-        self._size = 0
-
-    def _materialize(self) -> None:
-        if self._labels is None:
-            self._labels, self._headers, self._body, self._size = _details(self)
-
-    @property
-    def label_ids(self) -> list[str]:
-        """The live label list (mutations go through Mailbox.modify_labels)."""
-        self._materialize()
-        assert self._labels is not None
-        return self._labels
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        self._materialize()
-        return self._headers
-
-    @property
-    def body(self) -> str:
-        self._materialize()
-        return self._body
-
-    @property
-    def snippet(self) -> str:
-        return self.body[:100].strip()
-
-    @property
-    def size(self) -> int:
-        self._materialize()
-        return self._size
-
-    def sort_key(self) -> tuple[int, str]:
-        return (self.internal_date, self.id)
-
-    def ref(self, with_labels: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "threadId": self.thread_id}
-        if with_labels:
-            out["labelIds"] = list(self.label_ids)
-        return out
-
-    def resource(self, fmt: str, metadata_headers: list[str] | None = None) -> dict[str, Any]:
-        """The users.messages resource in one of Gmail's formats (minimal/metadata/full/raw)."""
-        out: dict[str, Any] = {"id": self.id, "threadId": self.thread_id}
-        if self.label_ids:  # Gmail omits labelIds on an unlabelled message
-            out["labelIds"] = list(self.label_ids)
-        out.update(
-            snippet=self.snippet,
-            sizeEstimate=self.size,
-            historyId=str(self.history_id),
-            internalDate=str(self.internal_date),
-        )
-        if fmt == "metadata":
-            wanted = {h.lower() for h in metadata_headers or []}
-            headers = [
-                {"name": n, "value": v}
-                for n, v in self.headers
-                if not wanted or n.lower() in wanted
-            ]
-            out["payload"] = {"partId": "", "mimeType": "text/plain", "headers": headers}
-        elif fmt == "full":
-            data = base64.urlsafe_b64encode(self.body.encode()).decode()
-            out["payload"] = {
-                "partId": "",
-                "mimeType": "text/plain",
-                "filename": "",
-                "headers": [{"name": n, "value": v} for n, v in self.headers],
-                "body": {"size": len(self.body.encode()), "data": data},
-            }
-        elif fmt == "raw":
-            text = "".join(f"{n}: {v}\r\n" for n, v in self.headers) + "\r\n" + self.body
-            out["raw"] = base64.urlsafe_b64encode(text.encode()).decode()
-        return out
-
-
-def _subject(thread_seed: int) -> str:
-    rng = random.Random(thread_seed ^ 0x5B1EC7)
-    return " ".join(rng.sample(_WORDS, rng.randint(2, 5))).capitalize()
-
-
-def _details(msg: FakeMessage) -> tuple[list[str], list[tuple[str, str]], str, int]:
-    """Labels, headers, body and size of `msg`, a pure function of its seed and owner."""
-    rng = random.Random(msg.seed)
-    sent = rng.random() < 0.15
-    me = ("", msg.owner)
-    others = [p for p in _PEOPLE if p[1] != msg.owner]
-    sender = me if sent else rng.choice(others)
-    to = (
-        rng.sample(others, rng.randint(1, 3))
-        if sent
-        else [me, *rng.sample(others, rng.randint(0, 2))]
-    )
-    cc = rng.sample(others, rng.randint(1, 2)) if rng.random() < 0.3 else []
-    subject = ("Re: " if msg.reply else "") + _subject(msg.thread_seed)
-    labels: list[str] = []
-    if sent:
-        labels.append("SENT")
-    else:
-        labels += ["INBOX", rng.choice(CATEGORIES)]
-        if rng.random() < 0.4:
-            labels.append("UNREAD")
-    if rng.random() < 0.1:
-        labels.append("IMPORTANT")
-    if rng.random() < 0.05:
-        labels.append("STARRED")
-    if rng.random() < 0.1:
-        labels.append(rng.choice(USER_LABELS))
-    roll = rng.random()
-    if roll < 0.03:
-        labels = [lbl for lbl in labels if lbl != "INBOX"] + ["TRASH"]
-    elif roll < 0.05:
-        labels = [lbl for lbl in labels if lbl != "INBOX"] + ["SPAM"]
-    words = [rng.choice(_WORDS) for _ in range(rng.randint(12, 40))]
-    body = " ".join(words).capitalize() + ".\n"
-    date = datetime.fromtimestamp(msg.internal_date / 1000, tz=UTC)
-    headers = [
-        ("From", _format_address(*sender)),
-        ("To", ", ".join(_format_address(*p) for p in to)),
-    ]
-    if cc:
-        headers.append(("Cc", ", ".join(_format_address(*p) for p in cc)))
-    headers += [
-        ("Subject", subject),
-        ("Date", format_datetime(date)),
-        ("Message-ID", f"<{msg.id}.{rng.getrandbits(32):x}@mail.example>"),
-        ("MIME-Version", "1.0"),
-        ("Content-Type", 'text/plain; charset="UTF-8"'),
-    ]
-    return labels, headers, body, rng.randint(2_000, 250_000)
-
-
-@dataclass
-class HistoryRecord:
-    id: int
-    kind: str  # one of HISTORY_TYPES
-    message: dict[str, Any]  # {id, threadId, labelIds} as of the change
-    label_ids: list[str] = field(default_factory=list)  # the labels added/removed
-
-    def resource(self) -> dict[str, Any]:
-        ref = {"id": self.message["id"], "threadId": self.message["threadId"]}
-        out: dict[str, Any] = {"id": str(self.id), "messages": [ref]}
-        key = {
-            "messageAdded": "messagesAdded",
-            "messageDeleted": "messagesDeleted",
-            "labelAdded": "labelsAdded",
-            "labelRemoved": "labelsRemoved",
-        }[self.kind]
-        entry: dict[str, Any] = {"message": dict(self.message)}
-        if self.kind in ("labelAdded", "labelRemoved"):
-            entry["labelIds"] = list(self.label_ids)
-        out[key] = [entry]
-        return out
 
 
 class NotFound(LookupError):
@@ -323,7 +59,7 @@ class Mailbox:
             rng=rng,
             history_id=rng.randint(100_000, 900_000),
         )
-        start_ms, span_ms = int(_SEED_START.timestamp() * 1000), _SEED_SPAN_S * 1000
+        start_ms, span_ms = int(SEED_START.timestamp() * 1000), SEED_SPAN_S * 1000
         for when in sorted(start_ms + int(rng.random() * span_ms) for _ in range(count)):
             box._insert(box._generate(when))
         box.order.sort(key=FakeMessage.sort_key)  # equal timestamps: ids decide

@@ -1,5 +1,4 @@
-"""The fake Google OAuth side: the token endpoint (refresh and service-account JWT grants),
-service accounts with real RSA keys, and the access tokens the Gmail API accepts."""
+"""Google's OAuth side: POST /token (refresh and JWT grants), service accounts, access tokens."""
 
 from __future__ import annotations
 
@@ -10,26 +9,22 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+from urllib.parse import parse_qs
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from fastapi import APIRouter, Request, Response
 
 from mailsync.fakes.control import FakeControl
-from mailsync.fakes.gmail_state import Mailbox
+from mailsync.fakes.gmail.errors import Fault
+from mailsync.fakes.gmail.mailbox import Mailbox
 
 GMAIL_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 TokenAnswer = tuple[int, dict[str, Any], dict[str, str]]  # status, JSON body, headers
-
-
-class Fault(Protocol):
-    """What FakeControl.record hands back when a call is to fail."""
-
-    status: int
-    retry_after: int | None
 
 
 def _oauth_error(status: int, error: str, description: str) -> TokenAnswer:
@@ -201,3 +196,18 @@ class FakeOAuth:
                 "Client is unauthorized to retrieve access tokens using this method.",
             )
         return self._issue(box.address, str(claims.get("scope") or GMAIL_SCOPE))
+
+
+def token_router(oauth: FakeOAuth) -> APIRouter:
+    """POST /token, Google's OAuth token endpoint (form in, RFC 6749 JSON out)."""
+    router = APIRouter()
+
+    @router.post("/token")
+    async def token(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        status, body, headers = oauth.token(form)
+        return Response(
+            json.dumps(body), status_code=status, headers=headers, media_type="application/json"
+        )
+
+    return router
