@@ -19,6 +19,7 @@ import httpx
 import pytest
 from google.oauth2 import service_account
 
+from mailsync.fakes.client import AdminError, FaultPlan, GmailAdmin
 from mailsync.fakes.gmail import create_app
 from mailsync.fakes.gmail.mailbox import Mailbox
 from mailsync.fakes.server import serve_in_thread
@@ -41,15 +42,15 @@ NOT_FOUND_BODY = {
 class Fake:
     base: str
     tls: FakeTLS
-    client: httpx.Client
+    client: httpx.Client  # the wire, for what the tests check byte by byte
+    admin: GmailAdmin  # the /_admin surface, over the same client
     counter: Iterator[int] = field(default_factory=itertools.count)
 
     def mailbox(self, messages: int | None = None) -> tuple[str, dict[str, str]]:
         address = f"user{next(self.counter)}@example.com"  # deterministic seed data per run
-        body: dict[str, Any] = {"address": address, "messages": messages}
-        resp = self.client.post("/_admin/mailboxes", json=body)
-        assert resp.status_code == 201
-        return address, resp.json()["credentials"]
+        account = self.admin.create_mailbox(address, messages)
+        assert account.created
+        return address, account.provider_credentials()
 
     def token(self, creds: dict[str, str]) -> str:
         resp = self.client.post(
@@ -68,8 +69,7 @@ class Fake:
         )
 
     def stats(self) -> dict[str, int]:
-        result: dict[str, int] = self.client.get("/_admin/stats").json()["requests"]
-        return result
+        return self.admin.stats()
 
 
 _OAUTH_KEYS = ("client_id", "client_secret", "refresh_token")
@@ -83,12 +83,12 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fake]:
         serve_in_thread(create_app(seed_messages=30, seed=3), tls) as base,
         httpx.Client(base_url=base, verify=verify, trust_env=False, timeout=30) as client,
     ):
-        yield Fake(base, tls, client)
+        yield Fake(base, tls, client, GmailAdmin(base, http=client))
 
 
 @pytest.fixture(autouse=True)
 def _reset(fake: Fake) -> None:
-    fake.client.post("/_admin/stats/reset")
+    fake.admin.reset_stats()
 
 
 def _list_all(fake: Fake, token: str, **params: Any) -> list[str]:
@@ -105,20 +105,18 @@ def _list_all(fake: Fake, token: str, **params: Any) -> list[str]:
 def test_mailbox_creation_is_idempotent_and_seeding_deterministic(fake: Fake) -> None:
     """Same address -> same credentials (200); same seed + address -> same messages in any app."""
     address, creds = fake.mailbox()
-    again = fake.client.post("/_admin/mailboxes", json={"address": address})
-    assert again.status_code == 200
-    assert again.json()["credentials"] == creds
-    ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
+    again = fake.admin.create_mailbox(address)
+    assert not again.created
+    assert again.provider_credentials() == creds
+    ids = fake.admin.ids(address)
     assert len(ids) == 30
 
     other_app = create_app(seed_messages=30, seed=3)
-    with serve_in_thread(other_app, fake.tls) as base:
-        verify = ssl.create_default_context(cafile=str(fake.tls.ca_path))
-        with httpx.Client(base_url=base, verify=verify, trust_env=False) as client:
-            client.post("/_admin/mailboxes", json={"address": address})
-            assert client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"] == ids
-            view = client.get(f"/_admin/mailboxes/{address}/messages/{ids[0]}").json()
-    assert fake.client.get(f"/_admin/mailboxes/{address}/messages/{ids[0]}").json() == view
+    with serve_in_thread(other_app, fake.tls) as base, GmailAdmin(base, fake.tls.ca_path) as other:
+        assert other.create_mailbox(address).created
+        assert other.ids(address) == ids
+        view = other.message(address, ids[0])
+    assert fake.admin.message(address, ids[0]) == view
 
 
 def test_token_endpoint_grants_and_refuses_like_google(fake: Fake) -> None:
@@ -154,7 +152,7 @@ def test_api_refuses_missing_bad_and_expired_tokens_with_401(fake: Fake) -> None
         assert resp.headers["www-authenticate"].startswith("Bearer")
         assert resp.json()["error"]["status"] == "UNAUTHENTICATED"
         assert resp.json()["error"]["errors"][0]["reason"] == "authError"
-    fake.client.post("/_admin/tokens/expire")
+    fake.admin.expire_tokens()
     assert fake.get("profile", token).status_code == 401
 
 
@@ -162,7 +160,7 @@ def test_messages_list_pages_newest_first_without_gaps(fake: Fake) -> None:
     """Paging yields every listed message once, newest first, and survives deletions mid-way."""
     address, creds = fake.mailbox()
     token = fake.token(creds)
-    all_ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
+    all_ids = fake.admin.ids(address)
     listed = _list_all(fake, token, maxResults=7, includeSpamTrash="true")
     assert listed == all_ids
 
@@ -170,7 +168,7 @@ def test_messages_list_pages_newest_first_without_gaps(fake: Fake) -> None:
     assert set(first) == {"messages", "nextPageToken", "resultSizeEstimate"}
     assert set(first["messages"][0]) == {"id", "threadId"}
     # Deleting an already-listed message must not make the next page skip a survivor.
-    fake.client.delete(f"/_admin/mailboxes/{address}/messages/{first['messages'][0]['id']}")
+    fake.admin.delete_message(address, first["messages"][0]["id"])
     second = fake.get(
         "messages", token, maxResults=7, includeSpamTrash="true", pageToken=first["nextPageToken"]
     ).json()
@@ -178,9 +176,7 @@ def test_messages_list_pages_newest_first_without_gaps(fake: Fake) -> None:
     rest = _list_all(fake, token, maxResults=7, includeSpamTrash="true")
     assert rest == all_ids[1:]
 
-    fake.client.patch(
-        f"/_admin/mailboxes/{address}/messages/{rest[0]}", json={"add_labels": ["TRASH"]}
-    )
+    fake.admin.modify_labels(address, rest[0], add=["TRASH"])
     default = _list_all(fake, token, maxResults=500)
     assert rest[0] not in default  # SPAM and TRASH are left out unless asked for
     empty_address, empty_creds = fake.mailbox(messages=0)
@@ -192,7 +188,7 @@ def test_messages_get_formats(fake: Fake) -> None:
     """metadata carries only the requested headers; minimal has no payload; unknown id is 404."""
     address, creds = fake.mailbox(messages=3)
     token = fake.token(creds)
-    mid = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"][0]
+    mid = fake.admin.ids(address)[0]
     resp = fake.client.get(
         f"/gmail/v1/users/{address}/messages/{mid}",
         params=[
@@ -225,14 +221,12 @@ def test_history_records_changes_and_expires(fake: Fake) -> None:
     address, creds = fake.mailbox(messages=5)
     token = fake.token(creds)
     start = fake.get("profile", token).json()["historyId"]
-    listing = fake.client.get(f"/_admin/mailboxes/{address}/messages?labels=true").json()
-    ids = listing["ids"]
-    added = fake.client.post(f"/_admin/mailboxes/{address}/messages", json={"count": 2}).json()
-    fake.client.patch(  # every seeded message has a label to remove; Label_9 is never seeded
-        f"/_admin/mailboxes/{address}/messages/{ids[0]}",
-        json={"add_labels": ["Label_9"], "remove_labels": listing["labels"][ids[0]][:1]},
-    )
-    fake.client.delete(f"/_admin/mailboxes/{address}/messages/{ids[1]}")
+    labels = fake.admin.labels(address)
+    ids = list(labels)
+    added = fake.admin.add_messages(address, 2)
+    # Every seeded message has a label to remove; Label_9 is never seeded.
+    fake.admin.modify_labels(address, ids[0], add=["Label_9"], remove=labels[ids[0]][:1])
+    fake.admin.delete_message(address, ids[1])
 
     body = fake.get("history", token, startHistoryId=start).json()
     records = body["history"]
@@ -244,7 +238,7 @@ def test_history_records_changes_and_expires(fake: Fake) -> None:
         "labelsRemoved",
         "messagesDeleted",
     ]
-    assert [r["messagesAdded"][0]["message"]["id"] for r in records[:2]] == added["ids"]
+    assert [r["messagesAdded"][0]["message"]["id"] for r in records[:2]] == added
     assert records[2]["labelsAdded"][0]["labelIds"] == ["Label_9"]
     record_ids = [int(r["id"]) for r in records]
     assert record_ids == sorted(record_ids) and record_ids[0] > int(start)
@@ -260,7 +254,7 @@ def test_history_records_changes_and_expires(fake: Fake) -> None:
     assert "history" not in fake.get("history", token, startHistoryId=latest).json()
     assert fake.get("history", token).status_code == 400
 
-    fake.client.post(f"/_admin/mailboxes/{address}/expire-history")
+    fake.admin.expire_history(address)
     for stale in (start, latest):
         resp = fake.get("history", token, startHistoryId=stale)
         assert resp.status_code == 404 and resp.json() == NOT_FOUND_BODY
@@ -306,11 +300,8 @@ def test_batch_dispatches_each_part_with_its_own_status(fake: Fake) -> None:
     """Parts are counted and fault-checked one by one: one 429 part among 200s and a 404."""
     address, creds = fake.mailbox(messages=3)
     token = fake.token(creds)
-    ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
-    fake.client.post(
-        "/_admin/faults",
-        json={"operation": "messages.get", "status": 429, "count": 1, "retry_after": 2},
-    )
+    ids = fake.admin.ids(address)
+    fake.admin.fail("messages.get", 429, retry_after=2)
     parts = [
         (f"item{i}", f"/gmail/v1/users/me/messages/{mid}?format=minimal")
         for i, mid in enumerate(ids)
@@ -354,9 +345,7 @@ def test_injected_faults_use_googles_error_shape(fake: Fake, status: int, reason
     """Faults answer with Google's reason for the status, plus Retry-After when one was given."""
     _, creds = fake.mailbox(messages=1)
     token = fake.token(creds)
-    fake.client.post(
-        "/_admin/faults", json={"operation": "profile", "status": status, "retry_after": 7}
-    )
+    fake.admin.fail("profile", status, retry_after=7)
     resp = fake.get("profile", token)
     assert resp.status_code == status and resp.headers["retry-after"] == "7"
     assert resp.json()["error"]["errors"][0]["reason"] == reason
@@ -367,7 +356,7 @@ def test_service_account_jwt_grant_with_google_auth(fake: Fake) -> None:
     """A domain-wide-delegation JWT from google-auth yields a token for the subject, and only
     for a known mailbox."""
     address, _ = fake.mailbox(messages=2)
-    info = fake.client.post("/_admin/service-accounts", json={}).json()
+    info = fake.admin.service_account().info()
     assert info["type"] == "service_account" and "PRIVATE KEY" in info["private_key"]
     request = google_auth_httplib2.Request(httplib2.Http(ca_certs=str(fake.tls.ca_path)))
     creds = service_account.Credentials.from_service_account_info(
@@ -394,8 +383,8 @@ def test_quota_charges_gmail_costs_and_refuses_in_googles_shape(fake: Fake) -> N
     address, creds = fake.mailbox(messages=3)
     other, other_creds = fake.mailbox(messages=1)
     token = fake.token(creds)
-    resp = fake.client.put(f"/_admin/mailboxes/{address}/quota", json={"units_per_minute": 12})
-    assert resp.json()["units_per_minute"] == 12 and resp.json()["window_seconds"] == 60
+    usage = fake.admin.set_quota(address, 12)
+    assert usage.units_per_minute == 12 and usage.window_seconds == 60
     start = fake.get("profile", token).json()["historyId"]  # 1
     assert fake.get("messages", token).status_code == 200  # 6
     assert fake.get("history", token, startHistoryId=start).status_code == 200  # 8
@@ -407,16 +396,16 @@ def test_quota_charges_gmail_costs_and_refuses_in_googles_shape(fake: Fake) -> N
     assert error["errors"][0]["reason"] == "rateLimitExceeded"
     assert error["errors"][0]["domain"] == "usageLimits"
     assert fake.get("history", token, startHistoryId=start).status_code == 200  # 12: fits
-    fake.client.put(
-        f"/_admin/mailboxes/{address}/quota", json={"units_per_minute": 12, "status": 403}
-    )
+    fake.admin.set_quota(address, 12, status=403)
     refused = fake.get("profile", token)
     assert refused.status_code == 403 and refused.headers["retry-after"]
     assert refused.json()["error"]["errors"][0]["reason"] == "userRateLimitExceeded"
-    usage = fake.client.get(f"/_admin/mailboxes/{address}/quota").json()
-    assert (usage["charged_total"], usage["in_window"], usage["rejected"]) == (12, 12, 2)
+    usage = fake.admin.quota(address)
+    assert (usage.charged_total, usage.in_window, usage.rejected) == (12, 12, 2)
     assert fake.get("profile", fake.token(other_creds)).status_code == 200  # another user
-    assert fake.client.put("/_admin/mailboxes/nobody@x.y/quota", json={}).status_code == 404
+    with pytest.raises(AdminError) as unknown:
+        fake.admin.set_quota("nobody@x.y", None)
+    assert unknown.value.status == 404
 
 
 def test_batch_parts_are_charged_and_throttled_one_by_one(fake: Fake) -> None:
@@ -424,8 +413,8 @@ def test_batch_parts_are_charged_and_throttled_one_by_one(fake: Fake) -> None:
     own: with room for 3 parts, a batch of 5 answers 3 messages and 2 refusals."""
     address, creds = fake.mailbox(messages=5)
     token = fake.token(creds)
-    ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
-    fake.client.put(f"/_admin/mailboxes/{address}/quota", json={"units_per_minute": 15})
+    ids = fake.admin.ids(address)
+    fake.admin.set_quota(address, 15)
     parts = [
         (f"p{i}", f"/gmail/v1/users/me/messages/{mid}?format=minimal") for i, mid in enumerate(ids)
     ]
@@ -433,8 +422,8 @@ def test_batch_parts_are_charged_and_throttled_one_by_one(fake: Fake) -> None:
     resp = fake.client.post("/batch/gmail/v1", content=body, headers={"Content-Type": content_type})
     statuses = [status for status, _, _ in _batch_answers(resp).values()]
     assert statuses == [200, 200, 200, 429, 429]
-    usage = fake.client.get(f"/_admin/mailboxes/{address}/quota").json()
-    assert (usage["charged_total"], usage["rejected"]) == (15, 2)
+    usage = fake.admin.quota(address)
+    assert (usage.charged_total, usage.rejected) == (15, 2)
 
 
 def test_fault_share_is_seeded_per_mailbox_and_covers_batch_parts(fake: Fake) -> None:
@@ -444,39 +433,42 @@ def test_fault_share_is_seeded_per_mailbox_and_covers_batch_parts(fake: Fake) ->
     address, creds = fake.mailbox(messages=4)
     other, other_creds = fake.mailbox(messages=1)
     token, other_token = fake.token(creds), fake.token(other_creds)
-    plan = {"share": 0.5, "statuses": [429, 503], "retry_after": 2, "seed": 7}
+    plan = FaultPlan(share=0.5, statuses=[429, 503], retry_after=2, seed=7)
 
     def statuses() -> list[int]:
         return [fake.get("profile", token).status_code for _ in range(30)]
 
-    assert fake.client.post(f"/_admin/mailboxes/{address}/faults", json=plan).status_code == 200
+    fake.admin.set_faults(address, plan)
     first = statuses()
     assert set(first) == {200, 429, 503} and 8 <= first.count(200) <= 22
-    fake.client.post(f"/_admin/mailboxes/{address}/faults", json=plan)  # re-armed: same draws
+    fake.admin.set_faults(address, plan)  # re-armed: same draws
     assert statuses() == first
     assert all(fake.get("profile", other_token).status_code == 200 for _ in range(10))
 
-    fake.client.post(f"/_admin/mailboxes/{address}/faults", json={**plan, "share": 1.0})
+    fake.admin.set_faults(address, plan.model_copy(update={"share": 1.0}))
     refused = fake.get("profile", token)
     assert refused.headers["retry-after"] == "2"
     assert refused.json()["error"]["errors"][0]["reason"] in {"rateLimitExceeded", "backendError"}
-    ids = fake.client.get(f"/_admin/mailboxes/{address}/messages").json()["ids"]
+    ids = fake.admin.ids(address)
     body, content_type = _batch_body(
         [(mid, f"/gmail/v1/users/me/messages/{mid}") for mid in ids], token
     )
     resp = fake.client.post("/batch/gmail/v1", content=body, headers={"Content-Type": content_type})
     assert resp.status_code == 200
     assert all(status in (429, 503) for status, _, _ in _batch_answers(resp).values())
-    counters = fake.client.get(f"/_admin/mailboxes/{address}/faults").json()
-    assert counters["plan"]["share"] == 1.0 and counters["injected"] == counters["calls"] == 5
+    counters = fake.admin.fault_stats(address)
+    assert counters.plan is not None and counters.plan.share == 1.0
+    assert counters.injected == counters.calls == 5
 
-    fake.client.post(f"/_admin/mailboxes/{address}/faults", json={"share": 0.0, "slow_ms": 300})
+    fake.admin.slow_down(address, 300)
     started = time.monotonic()
     assert fake.get("profile", token).status_code == 200
     assert time.monotonic() - started >= 0.3
-    assert fake.client.delete(f"/_admin/mailboxes/{address}/faults").json() == {"cleared": True}
+    assert fake.admin.release(address) is True
     assert statuses() == [200] * 30
-    assert fake.client.post("/_admin/mailboxes/nobody@x.y/faults", json=plan).status_code == 404
+    with pytest.raises(AdminError) as unknown:
+        fake.admin.set_faults("nobody@x.y", plan)
+    assert unknown.value.status == 404
 
 
 def test_a_100k_message_mailbox_is_generated_whole() -> None:
