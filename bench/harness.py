@@ -112,7 +112,7 @@ def timed_full_sync(
     from mailsync.core import workspaces
     from mailsync.core.sync.engine import sync_mailbox
     from mailsync.db.crypto import CredentialBox
-    from mailsync.providers.base import ProviderError
+    from mailsync.errors import ProviderError
 
     with tempfile.TemporaryDirectory() as workdir:
         url = f"sqlite:///{Path(workdir) / 'bench.db'}"

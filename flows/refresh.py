@@ -21,6 +21,8 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run as current_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxOutcome, MailboxRef
+from mailsync.core.jobs.outcomes import job_end
 from mailsync.db import session_scope
 from mailsync.db.tables import utcnow
 from mailsync.orchestration import rounds as refresh
@@ -34,12 +36,30 @@ from tasks.refresh import reconcile_jobs, refresh_batch
 class _Unit:
     job_id: str
     key: str  # its turns' key in the round's RoundTurns
-    mailboxes: list[dict[str, Any]]
+    mailboxes: list[MailboxRef]
 
 
-def _outcomes(
-    future: PrefectFuture[list[dict[str, Any] | BaseException]], unit: _Unit
-) -> list[dict[str, Any] | BaseException]:
+@dataclass(frozen=True)
+class _Closed:
+    """A job of the round, once ended: for the round's log, summary and result."""
+
+    job: JobRef
+    end: JobEnd
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job.job_id,
+            "workspace_id": self.job.workspace_id,
+            "mailboxes": len(self.job.mailboxes),
+            "status": "failed" if self.end.error else "completed",
+            "error": self.end.error.code if self.end.error else None,
+        }
+
+
+Batch = PrefectFuture[list[MailboxOutcome]]
+
+
+def _outcomes(future: Batch, unit: _Unit) -> list[MailboxOutcome]:
     try:
         return future.result()
     except Exception as exc:  # the batch itself failed (a bug): every mailbox of it did
@@ -91,17 +111,17 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
 
     units = refresh.batches(jobs, settings.refresh_concurrency)
     with runtime.round_turns(settings) as turns:
-        futures: dict[PrefectFuture[list[dict[str, Any] | BaseException]], _Unit] = {}
+        futures: dict[Batch, _Unit] = {}
         for n, (job_id, mailboxes) in enumerate(units):
             unit = _Unit(job_id, f"{job_id}/{n}", mailboxes)
-            quick = [m["mailbox_id"] for m in mailboxes if m["has_cursor"]]
+            quick = [m.mailbox_id for m in mailboxes if m.has_cursor]
             held = bool(quick) and turns.hold(unit.key, quick)
-            label = f"{mailboxes[0]['provider']}:{mailboxes[0]['address']}" + (
+            label = f"{mailboxes[0].provider}:{mailboxes[0].address}" + (
                 f" +{len(mailboxes) - 1}" if len(mailboxes) > 1 else ""
             )
             futures[refresh_batch.submit(job_id, label, mailboxes, turn_held=held)] = unit
         summary = _close_as_they_end(jobs, futures, logger, turns.release)
-    _deliver_webhooks([s["job_id"] for s in summary])
+    _deliver_webhooks([s.job.job_id for s in summary])
     duration = time.monotonic() - started
     create_markdown_artifact(
         _markdown(summary, plan, duration),
@@ -109,28 +129,28 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
         description="Summary of a scheduled refresh round",
     )
     return {
-        "jobs": [{k: v for k, v in s.items() if k != "results"} for s in summary],
+        "jobs": [s.row() for s in summary],
         "skipped": [{"mailbox_id": s.mailbox.mailbox_id, "reason": s.reason} for s in plan.skipped],
         "duration_s": round(duration, 3),
     }
 
 
 def _close_as_they_end(
-    jobs: list[dict[str, Any]],
-    futures: dict[PrefectFuture[list[dict[str, Any] | BaseException]], _Unit],
+    jobs: list[JobRef],
+    futures: dict[Batch, _Unit],
     logger: Any,
     on_done: Callable[[str], None],
-) -> list[dict[str, Any]]:
+) -> list[_Closed]:
     """Close each job once its mailboxes are done, a batch of jobs per transaction (at
     least every second), so a quick job does not wait for the round's slowest mailbox;
     `on_done(unit key)` as soon as a unit is done (its turns are given back)."""
-    by_id = {job["job_id"]: job for job in jobs}
+    by_id = {job.job_id: job for job in jobs}
     left = {job_id: 0 for job_id in by_id}
     for unit in futures.values():
         left[unit.job_id] += 1
-    outcomes: dict[str, dict[str, dict[str, Any] | BaseException]] = {j: {} for j in by_id}
-    summary: list[dict[str, Any]] = []
-    ready: list[runtime.JobEnd] = []
+    outcomes: dict[str, dict[str, MailboxOutcome]] = {j: {} for j in by_id}
+    summary: list[_Closed] = []
+    ready: list[JobEnd] = []
     flushed = time.monotonic()
 
     def flush() -> None:
@@ -144,29 +164,21 @@ def _close_as_they_end(
         unit = futures[future]
         on_done(unit.key)
         for mailbox, outcome in zip(unit.mailboxes, _outcomes(future, unit), strict=True):
-            outcomes[unit.job_id][mailbox["mailbox_id"]] = outcome
+            outcomes[unit.job_id][mailbox.mailbox_id] = outcome
         left[unit.job_id] -= 1
         if left[unit.job_id] == 0:
             job = by_id[unit.job_id]
-            ordered = [outcomes[unit.job_id][m["mailbox_id"]] for m in job["mailboxes"]]
-            results, error = refresh.job_outcome(job["mailboxes"], ordered)
-            ready.append(
-                (unit.job_id, [refresh.strip_cursors(r) for r in results], *(error or (None, None)))
-            )
-            if error:
+            end = job_end(job, [outcomes[job.job_id][m.mailbox_id] for m in job.mailboxes])
+            ready.append(end)
+            if end.error:
                 logger.warning(
-                    "job %s of %s failed: %s: %s", unit.job_id, job["workspace_id"], *error
+                    "job %s of %s failed: %s: %s",
+                    job.job_id,
+                    job.workspace_id,
+                    end.error.code,
+                    end.error.message,
                 )
-            summary.append(
-                {
-                    "job_id": unit.job_id,
-                    "workspace_id": job["workspace_id"],
-                    "mailboxes": len(job["mailboxes"]),
-                    "status": "failed" if error else "completed",
-                    "error": error[0] if error else None,
-                    "results": results,
-                }
-            )
+            summary.append(_Closed(job, end))
         if len(ready) >= 100 or time.monotonic() - flushed > 1:
             flush()
     flush()
@@ -180,9 +192,9 @@ def _deliver_webhooks(job_ids: list[str]) -> None:
             dispatch.kick(client, f"after-refresh:{current_run.get_id()}")
 
 
-def _markdown(summary: list[dict[str, Any]], plan: refresh.RefreshPlan, duration: float) -> str:
-    added = sum(r.get("counts", {}).get("messages_added", 0) for s in summary for r in s["results"])
-    failed = [s for s in summary if s["status"] == "failed"]
+def _markdown(summary: list[_Closed], plan: refresh.RefreshPlan, duration: float) -> str:
+    added = sum(r.counts.added for s in summary for r in s.end.results)
+    failed = [s for s in summary if s.end.error]
     lines = [
         "# Refresh round",
         "",
@@ -194,10 +206,12 @@ def _markdown(summary: list[dict[str, Any]], plan: refresh.RefreshPlan, duration
         "|---|---|---|---|---|",
     ]
     for s in summary:
-        resets = sum(1 for r in s["results"] if r.get("reason") == "cursor_reset")
-        status = f"failed: `{s['error']}`" if s["error"] else s["status"]
+        row = s.row()
+        resets = sum(1 for r in s.end.results if r.reason == "cursor_reset")
+        status = f"failed: `{row['error']}`" if row["error"] else row["status"]
         lines.append(
-            f"| {s['job_id']} | {s['workspace_id']} | {s['mailboxes']} | {status} | {resets} |"
+            f"| {row['job_id']} | {row['workspace_id']} | {row['mailboxes']} | {status} "
+            f"| {resets} |"
         )
     if plan.skipped:
         lines += ["", "| skipped mailbox | workspace | why |", "|---|---|---|"]

@@ -19,10 +19,10 @@ from sqlmodel import col, select
 
 from mailsync import db
 from mailsync.core import apikeys, workspaces
-from mailsync.core.jobs import store as jobstore
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import JobStatus, SyncJob, iso, utcnow
-from mailsync.orchestration.orchestrator import Orchestrator, OrchestratorUnavailableError
+from mailsync.errors import NoMailboxError, PrefectUnavailableError, UnknownWorkspaceError
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings, get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -69,8 +69,8 @@ def encryption_rotate() -> None:
 
     Set MAILSYNC_ENCRYPTION_KEY="new,old" on every process first; afterwards drop "old".
     """
-    from mailsync.db.crypto import CredentialsUnreadableError
     from mailsync.db.keyrotation import reencrypt_all, unrotated
+    from mailsync.errors import CredentialsUnreadableError
 
     settings = _ready_settings()
     box = CredentialBox(settings.fernet_key())
@@ -247,9 +247,9 @@ def sync(
     with db.session_scope(settings.resolved_database_url) as session:
         try:
             job = orchestrator.trigger(session, workspace, mode, provider, trigger="cli")
-        except (jobstore.NoMailboxError, jobstore.UnknownWorkspaceError) as exc:
+        except (NoMailboxError, UnknownWorkspaceError) as exc:
             raise _fail(str(exc)) from exc
-        except OrchestratorUnavailableError as exc:
+        except PrefectUnavailableError as exc:
             raise _fail(f"{exc}; is `mailsync up` running?") from exc
     console.print(f"queued {job.id}")
     if wait:

@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mailsync.errors import ConfigurationError
 from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 
@@ -159,14 +160,12 @@ class Settings(BaseSettings):
         try:
             key = path.read_bytes().strip()
         except OSError as exc:
-            raise KeyFileError(f"the encryption key file {path} cannot be read: {exc}") from exc
+            raise ConfigurationError(
+                f"the encryption key file {path} cannot be read: {exc}"
+            ) from exc
         if not key:
-            raise KeyFileError(f"the encryption key file {path} is empty")
+            raise ConfigurationError(f"the encryption key file {path} is empty")
         return key
-
-
-class KeyFileError(RuntimeError):
-    """The generated encryption key file exists but is unusable."""
 
 
 def ensure_private_dir(path: Path) -> None:

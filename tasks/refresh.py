@@ -3,11 +3,11 @@ reconciliation with their flow runs."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from mailsync.core.jobs.contract import MailboxOutcome, MailboxRef
+from mailsync.core.sync.engine import MailboxResult
 from mailsync.orchestration import rounds as refresh
 from mailsync.orchestration import runtime
 from tasks.sync_mailbox import is_transient_error
@@ -15,20 +15,15 @@ from tasks.sync_mailbox import is_transient_error
 
 @task(name="refresh-mailboxes", task_run_name="{label}", cache_policy=NO_CACHE)
 def refresh_batch(
-    job_id: str, label: str, mailboxes: list[dict[str, Any]], turn_held: bool = False
-) -> list[dict[str, Any] | BaseException]:
+    job_id: str, label: str, mailboxes: list[MailboxRef], turn_held: bool = False
+) -> list[MailboxOutcome]:
     """Each mailbox's result or the exception it ended with, in order (refresh.sync_batch):
     transient failures are tried again per mailbox inside the batch, so a retry never syncs
     the batch's other mailboxes twice. `turn_held`: the round holds the batch's turns
     (runtime.RoundTurns). No progress artifact: most mailboxes of a round have nothing new."""
 
-    def sync(mailbox: dict[str, Any]) -> dict[str, Any]:
-        result = runtime.run_mailbox(mailbox["mailbox_id"], "incremental", turn_held=turn_held)
-        return {
-            **result.as_dict(),
-            "cursor_before": result.cursor_before,
-            "cursor_after": result.cursor_after,
-        }
+    def sync(mailbox: MailboxRef) -> MailboxResult:
+        return runtime.run_mailbox(mailbox.mailbox_id, "incremental", turn_held=turn_held)
 
     return refresh.sync_batch(mailboxes, sync, is_transient_error, logger=get_run_logger())
 
@@ -36,7 +31,7 @@ def refresh_batch(
 @task(name="reconcile-jobs", cache_policy=NO_CACHE)
 def reconcile_jobs() -> list[tuple[str, str]]:
     """Open jobs whose run failed, vanished or never came are failed, runs created for jobs
-    that do not record them are linked (core/reconcile.py); each change is logged."""
+    that do not record them are linked (core/jobs/reconcile.py); each change is logged."""
     done = runtime.reconcile_jobs()
     logger = get_run_logger()
     for job_id, what in done:

@@ -10,9 +10,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
+from mailsync.core.jobs.contract import JobEnd, JobRef
+from mailsync.core.sync.engine import MailboxResult
 from mailsync.db import connection_lost
+from mailsync.errors import PrefectUnavailableError, TransientProviderError
 from mailsync.orchestration import runtime
-from mailsync.providers.base import TransientProviderError
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -21,7 +23,7 @@ def is_transient_error(exc: BaseException) -> bool:
     A lost app-database connection counts too (tests/test_drills.py drops it mid-sync): the
     page being written was rolled back with its checkpoint, so the retry resumes from the last
     stored page and converges to the same index. Before, one killed backend failed the job."""
-    if isinstance(exc, TransientProviderError | runtime.TurnUnavailableError):
+    if isinstance(exc, TransientProviderError | PrefectUnavailableError):
         return True
     return isinstance(exc, Exception) and connection_lost(exc)
 
@@ -45,7 +47,7 @@ def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> boo
 )
 def sync_one_mailbox(
     job_id: str, mailbox_id: str, provider: str, address: str, mode: str
-) -> dict[str, Any]:
+) -> MailboxResult:
     to_job = runtime.job_progress(job_id).reporter(mailbox_id)
     # Created at the first page with an estimate (a full build): an incremental sync has no
     # estimate and ends within a second, so it spares Prefect the artifact's two calls.
@@ -66,9 +68,7 @@ def sync_one_mailbox(
     result = runtime.run_mailbox(mailbox_id, mode, progress=report)
     if artifact is not None:
         update_progress_artifact(artifact, 100.0)
-    # The cursors are for the run's summary artifact; the flow leaves them out of the job.
-    return {**result.as_dict(), "cursor_before": result.cursor_before,
-            "cursor_after": result.cursor_after}  # fmt: skip
+    return result
 
 
 @task(name="open-job", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
@@ -78,13 +78,11 @@ def open_job(
     providers: list[str] | None,
     mode: str,
     flow_run_id: str | None,
-) -> dict[str, Any]:
+) -> JobRef:
     return runtime.open_job(job_id, workspace, providers, mode, flow_run_id)
 
 
 @task(name="close-job", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def close_job(
-    job_id: str, results: list[dict[str, Any]], error_code: str | None, error_message: str | None
-) -> None:
+def close_job(end: JobEnd) -> None:
     # The job's webhook event is recorded with its end (tasks/deliver_webhook.py sends it).
-    runtime.close_job(job_id, results, error_code, error_message)
+    runtime.close_job(end)

@@ -11,8 +11,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 from mailsync import db
-from mailsync.db.crypto import CredentialBox, CredentialsUnreadableError
-from mailsync.settings import KeyFileError, Settings
+from mailsync.db.crypto import CredentialBox
+from mailsync.errors import ConfigurationError, CredentialsUnreadableError
+from mailsync.settings import Settings
 
 
 def test_round_trip_hides_plaintext() -> None:
@@ -66,7 +67,7 @@ def test_an_unreadable_key_file_is_an_error_not_a_new_key(tmp_path: Path) -> Non
     """A key file that exists but cannot be read (here a directory in its place, which even
     root cannot read as a file) stops with a clear error; nothing new is written."""
     (tmp_path / "encryption.key").mkdir()
-    with pytest.raises(KeyFileError, match="cannot be read"):
+    with pytest.raises(ConfigurationError, match="cannot be read"):
         Settings(data_dir=tmp_path).fernet_key()
     assert [p.name for p in tmp_path.iterdir()] == ["encryption.key"]
     assert (tmp_path / "encryption.key").is_dir()
@@ -76,7 +77,7 @@ def test_an_empty_key_file_is_an_error_not_a_new_key(tmp_path: Path) -> None:
     """An empty key file (a crash of a version that wrote it in place) stops with a clear
     error, and stays as it is."""
     (tmp_path / "encryption.key").write_bytes(b"")
-    with pytest.raises(KeyFileError, match="empty"):
+    with pytest.raises(ConfigurationError, match="empty"):
         Settings(data_dir=tmp_path).fernet_key()
     assert (tmp_path / "encryption.key").read_bytes() == b""
 

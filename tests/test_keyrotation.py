@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from mailsync import db
 from mailsync.cli import app
 from mailsync.core import workspaces
-from mailsync.db.crypto import CredentialBox, CredentialsUnreadableError
+from mailsync.db.crypto import CredentialBox
 from mailsync.db.keyrotation import reencrypt_all, unrotated
 from mailsync.db.tables import Mailbox, WebhookEndpoint
+from mailsync.errors import CredentialsUnreadableError
 from mailsync.settings import get_settings
 from mailsync.webhooks import store
 

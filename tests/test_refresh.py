@@ -20,14 +20,17 @@ from sqlmodel import Session, select
 from mailsync.api.app import create_app
 from mailsync.core import workspaces
 from mailsync.core.jobs import store as jobstore
+from mailsync.core.jobs.contract import JobEnd, JobRef
 from mailsync.core.sync import index
+from mailsync.core.sync.engine import MailboxResult
+from mailsync.core.sync.index import Counts
 from mailsync.db import get_engine, session_scope
 from mailsync.db.tables import Mailbox, SyncJob, utcnow
+from mailsync.errors import SyncInProgressError
 from mailsync.orchestration import rounds as refresh
-from mailsync.orchestration.admission import SyncInProgressError, full_sync_limit, mailbox_limit
+from mailsync.orchestration.admission import full_sync_limit, mailbox_limit
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import job_tags
-from mailsync.providers.base import ProviderError
 from mailsync.providers.registry import PROVIDERS
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack
@@ -145,32 +148,15 @@ def test_refresh_jobs_are_running_scheduled_jobs_without_quota(database_url: str
         plan = refresh.plan_refresh(refresh.due_mailboxes(session, NOW, 300, [a]), {})
         [opened] = refresh.open_refresh_jobs(session, plan, "run-1")
     with session_scope(database_url) as session:
-        job = session.get(SyncJob, opened["job_id"])
+        job = session.get(SyncJob, opened.job_id)
         assert job is not None
         assert (job.status, job.trigger, job.mode, job.flow_run_id) == (
             "running", "schedule", "incremental", "run-1"
         )  # fmt: skip
-        assert job.providers == ["gmail", "microsoft"] == opened["providers"]
+        assert job.providers == ["gmail", "microsoft"] == list(opened.providers)
         assert job.quota_lease_id is None and job.lease_id is None
-        assert [m["provider"] for m in opened["mailboxes"]] == ["gmail", "microsoft"]
+        assert [m.provider for m in opened.mailboxes] == ["gmail", "microsoft"]
         assert jobstore.public_view(job)["status"] == "running"
-
-
-def test_job_outcome_keeps_results_and_the_first_error() -> None:
-    """A provider error gives its code, anything else internal_error (naming no secret);
-    the mailboxes that succeeded keep their results."""
-    boxes = [{"provider": p, "address": f"{p}@x"} for p in ("gmail", "microsoft", "gmail")]
-
-    class Revoked(ProviderError):
-        code = "provider_auth_failed"
-
-    ok = {"provider": "gmail", "counts": {}}
-    results, error = refresh.job_outcome(boxes, [ok, Revoked("no"), KeyError("secret")])
-    assert results == [ok] and error == ("provider_auth_failed", "microsoft microsoft@x: no")
-    assert refresh.job_outcome(boxes[:1], [ValueError("token=abc")])[1] == (
-        "internal_error",
-        "gmail: ValueError",
-    )
 
 
 class FakeOrchestrator:
@@ -185,7 +171,7 @@ class FakeOrchestrator:
         assert mode == "full" and kw["trigger"] == "schedule"
         job = jobstore.build_job(session, workspace_id, mode, provider, trigger=kw["trigger"])
         if any((workspace_id, p) in self.busy for p in job.providers):
-            raise SyncInProgressError("sync_other", job.providers)
+            raise SyncInProgressError("busy", job_id="sync_other")
         self.started.append((workspace_id, provider))
         return job
 
@@ -220,19 +206,22 @@ def test_summary_artifact_names_counts_cursors_and_resets() -> None:
     cursors before and after (truncated) and whether the cursor was reset."""
     key = refresh.artifact_key("sync-summary", "sync_01JABCDEFGHJKMNPQRSTVWXYZ0")
     assert re.fullmatch(r"[a-z0-9-]+", key) and key.endswith("01jabcdefghjkmnpqrstvwxyz0")
-    result = {
-        "provider": "microsoft",
-        "address": "ada@x",
-        "performed_mode": "full",
-        "reason": "cursor_reset",
-        "counts": {"messages_added": 7, "messages_updated": 1, "messages_deleted": 2},
-        "cursor_before": "https://graph/delta?token=" + "a" * 300,
-        "cursor_after": "12345",
-    }
-    text = refresh.summary_markdown("sync_1", "incremental", [result], 2.5, None)
+    result = MailboxResult(
+        "mbx_1",
+        "microsoft",
+        "ada@x",
+        "incremental",
+        "full",
+        reason="cursor_reset",
+        counts=Counts(added=7, updated=1, deleted=2),
+        cursor_before="https://graph/delta?token=" + "a" * 300,
+        cursor_after="12345",
+    )
+    job = JobRef("sync_1", "ws_1", ("microsoft",), "incremental", ())
+    text = refresh.summary_markdown(job, JobEnd("sync_1", (result,)), 2.5)
     assert "| microsoft ada@x | full | cursor_reset | yes | 7 | 1 | 2 |" in text
     assert "`12345`" in text and "a" * 100 not in text and "2.5 s" in text
-    assert refresh.strip_cursors(result).keys() == result.keys() - {"cursor_before", "cursor_after"}
+    assert "12345" not in str(JobEnd("sync_1", (result,)).mailbox_entries())  # no cursors
 
 
 # -- through the real stack ------------------------------------------------------------------

@@ -11,9 +11,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from mailsync.core.jobs import store as jobstore
 from mailsync.db import session_scope
 from mailsync.db.tables import JobStatus, SyncJob
+from mailsync.errors import JobEndedError, MailboxBusyError
 from mailsync.orchestration import runtime
 from mailsync.orchestration.admission import mailbox_limit
-from mailsync.orchestration.leases import MailboxBusyError
 from mailsync.settings import Settings
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack
@@ -31,7 +31,7 @@ def test_a_run_for_an_ended_job_does_not_reopen_it(
         job = jobstore.new_job(session, tenant.workspace_id, "full", "gmail")
         jobstore.mark_failed(session, job, "orchestrator_unavailable", "Prefect did not answer")
         job_id = job.id
-    with pytest.raises(runtime.JobEndedError, match="already ended"):
+    with pytest.raises(JobEndedError, match="already ended"):
         runtime.open_job(job_id, None, None, "full", "run-1", settings=settings)
     with session_scope(url) as session:
         ended = session.get(SyncJob, job_id)

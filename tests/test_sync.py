@@ -11,8 +11,8 @@ from mailsync.core import workspaces
 from mailsync.core.sync import index
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
+from mailsync.errors import ProviderError
 from mailsync.orchestration import runtime
-from mailsync.providers.base import ProviderError
 from mailsync.settings import Settings
 from tests.conftest import FakeProviders
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mailsync.errors import MailsyncError, http_status
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -42,6 +45,22 @@ class ApiError(Exception):
         self.param, self.headers, self.extra = param, headers or {}, extra or {}
 
 
+def from_error(exc: MailsyncError, *, param: str | None = None) -> ApiError:
+    """Our error as the API answers it: its status from mailsync.errors.HTTP_STATUS, its
+    public message, Retry-After when it says how long to wait, its details in the body."""
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return ApiError(
+        http_status(exc),
+        exc.code,
+        exc.public_message,
+        param=param,
+        headers=headers,
+        extra=exc.details(),
+    )
+
+
 def request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
@@ -64,6 +83,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request, exc)
+
+    @app.exception_handler(MailsyncError)
+    async def _mailsync_error(request: Request, exc: MailsyncError) -> JSONResponse:
+        return error_response(request, from_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,9 +13,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-
-class CredentialsUnreadableError(Exception):
-    """The stored credentials cannot be decrypted with the configured key."""
+from mailsync.errors import CredentialsUnreadableError
 
 
 def parse_keys(keys: bytes | str | Sequence[bytes | str]) -> list[bytes]:

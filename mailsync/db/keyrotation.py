@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from mailsync.db.crypto import CredentialBox, CredentialsUnreadableError
+from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox, WebhookEndpoint
+from mailsync.errors import CredentialsUnreadableError
 
 SEALED_COLUMNS: tuple[tuple[sa.Table, tuple[str, ...]], ...] = (
     (Mailbox.__table__, ("credentials_encrypted", "auth_state_encrypted")),  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.errors import RateLimitedError, SyncInProgressError
 from mailsync.orchestration.limits import LimitSpec, PrefectLimits, Refusal
 from mailsync.settings import Settings
 
@@ -34,16 +35,6 @@ Refresh = Callable[[Session, SyncJob], SyncJob]
 # slot: the winner writes it right after taking its leases, but under a burst of requests
 # Prefect answers each take in seconds (seen: 2-3 s with 50 at once on a 2-core machine).
 _HOLDER_WAIT_S = 10.0
-
-
-class SyncInProgressError(Exception):
-    def __init__(self, job_id: str | None, providers: list[str]) -> None:
-        which = " and ".join(providers)
-        super().__init__(
-            f"a full sync of this workspace's {which} mailbox is already queued or running"
-            + (f" (job {job_id}); wait for it to finish" if job_id else "; retry shortly")
-        )
-        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -57,13 +48,13 @@ class QuotaState:
         return math.ceil(self.reset.timestamp())
 
 
-class RateLimitedError(Exception):
-    def __init__(self, state: QuotaState, retry_after: int, window_s: int) -> None:
-        super().__init__(
-            f"on-demand sync is capped at {state.limit} per {window_s // 60} minutes per "
-            f"workspace; retry in {retry_after} s"
-        )
-        self.state, self.retry_after = state, retry_after
+def _in_progress(job_id: str | None, providers: list[str]) -> SyncInProgressError:
+    which = " and ".join(providers)
+    return SyncInProgressError(
+        f"a full sync of this workspace's {which} mailbox is already queued or running"
+        + (f" (job {job_id}); wait for it to finish" if job_id else "; retry shortly"),
+        job_id=job_id,
+    )
 
 
 def full_sync_limit(workspace_id: str, provider: str) -> LimitSpec:
@@ -122,7 +113,12 @@ class Admission:
         if isinstance(taken, Refusal):
             state = self.quota_state(session, workspace_id)
             wait = (state.reset - self.clock()).total_seconds()
-            raise RateLimitedError(state, max(1, math.ceil(wait)), window)
+            retry_after = max(1, math.ceil(wait))
+            raise RateLimitedError(
+                f"on-demand sync is capped at {state.limit} per {window // 60} minutes per "
+                f"workspace; retry in {retry_after} s",
+                retry_after=retry_after,
+            )
         return taken, self.clock() + timedelta(seconds=window)
 
     # -- 409 ------------------------------------------------------------------------------
@@ -157,7 +153,7 @@ class Admission:
             if not busy:
                 return
             blockers = self._wait_for_holder(session, workspace_id, busy, refresh)
-        raise SyncInProgressError(blockers[0].id if blockers else None, providers)
+        raise _in_progress(blockers[0].id if blockers else None, providers)
 
     def take_full_sync(
         self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
@@ -170,7 +166,7 @@ class Admission:
             if not isinstance(taken, Refusal):
                 return taken
             blockers = self._wait_for_holder(session, workspace_id, providers, refresh)
-        raise SyncInProgressError(blockers[0].id if blockers else None, providers)
+        raise _in_progress(blockers[0].id if blockers else None, providers)
 
     def _wait_for_holder(
         self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh

@@ -12,22 +12,11 @@ from sqlmodel import col, update
 
 from mailsync.db import session_scope
 from mailsync.db.tables import SyncJob
+from mailsync.errors import MailboxBusyError, PrefectUnavailableError, SyncInProgressError
 from mailsync.orchestration.admission import full_sync_limit
-from mailsync.orchestration.limits import LimitSpec, LimitsUnavailableError, PrefectLimits, Refusal
+from mailsync.orchestration.limits import LimitSpec, PrefectLimits, Refusal
 
 log = logging.getLogger(__name__)
-
-
-class SlotBusyError(Exception):
-    """Another full sync of the same workspace and provider holds the slot."""
-
-    code = "sync_in_progress"
-
-
-class MailboxBusyError(Exception):
-    """Another sync of the mailbox held it for longer than this one would wait."""
-
-    code = "sync_in_progress"
 
 
 class Renewal:
@@ -74,7 +63,7 @@ class HeldLease:
         if self.lease_id:
             try:
                 self.limits.release(self.lease_id)
-            except LimitsUnavailableError:
+            except PrefectUnavailableError:
                 log.warning("could not release lease %s; it expires by itself", self.lease_id)
             self.lease_id = None
             self._released()
@@ -135,7 +124,7 @@ def _renew_turn(turn: MailboxTurn | MailboxTurns, what: str) -> None:
         if not turn.limits.renew(turn.lease_id, turn.lease_seconds):
             turn.lapsed = True
             log.warning("the lease on %s lapsed while its sync ran", what)
-    except LimitsUnavailableError as exc:
+    except PrefectUnavailableError as exc:
         log.warning("could not renew the lease on %s: %s", what, exc)
 
 
@@ -200,7 +189,7 @@ class FullSyncSlot(HeldLease):
         specs = [full_sync_limit(self.workspace_id, p) for p in self.providers]
         taken = self.limits.take(specs, self.lease_seconds)
         if isinstance(taken, Refusal):
-            raise SlotBusyError(
+            raise SyncInProgressError(
                 f"another full sync of workspace {self.workspace_id} "
                 f"({', '.join(self.providers)}) is queued or running; this one was not started"
             )
@@ -220,7 +209,7 @@ class FullSyncSlot(HeldLease):
                 return
             log.warning("full-sync lease of job %s lapsed; taking the slot again", self.job_id)
             self._take()
-        except (LimitsUnavailableError, SlotBusyError) as exc:
+        except (PrefectUnavailableError, SyncInProgressError) as exc:
             log.warning("could not renew the full-sync lease of %s: %s", self.job_id, exc)
 
     def _released(self) -> None:

@@ -17,9 +17,7 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
-
-class LimitsUnavailableError(Exception):
-    """Prefect could not be asked, or would not enforce a limit."""
+from mailsync.errors import PrefectUnavailableError
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class PrefectLimits:
             except ObjectAlreadyExists:
                 self._upsert(spec)  # a concurrent request created it first: now an update
             except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
-                raise LimitsUnavailableError("Prefect refused to create a limit") from exc
+                raise PrefectUnavailableError("Prefect refused to create a limit") from exc
             with self._lock:
                 self._known[spec.name] = spec
 
@@ -95,7 +93,7 @@ class PrefectLimits:
             # what was taken and create the limits again.
             self.release(str(body["lease_id"]))
             self._forget(names)
-        raise LimitsUnavailableError(f"Prefect does not enforce the limits {names}")
+        raise PrefectUnavailableError(f"Prefect does not enforce the limits {names}")
 
     @staticmethod
     def _increment(call: Callable[[], httpx.Response]) -> httpx.Response | Refusal:
@@ -106,9 +104,9 @@ class PrefectLimits:
             if _status(exc) == 423:
                 header = exc.response.headers.get("retry-after")
                 return Refusal(float(header) if header else None)
-            raise LimitsUnavailableError("Prefect refused the slot") from exc
+            raise PrefectUnavailableError("Prefect refused the slot") from exc
         except httpx.HTTPError as exc:
-            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+            raise PrefectUnavailableError("the Prefect API could not be reached") from exc
 
     def renew(self, lease_id: str, lease_seconds: float) -> bool:
         """Extend a lease; False when it is gone (released, expired or reclaimed)."""
@@ -117,11 +115,11 @@ class PrefectLimits:
         except PrefectHTTPStatusError as exc:
             if _status(exc) in (404, 410):
                 return False
-            raise LimitsUnavailableError("Prefect refused to renew the lease") from exc
+            raise PrefectUnavailableError("Prefect refused to renew the lease") from exc
         except ObjectNotFound:
             return False
         except httpx.HTTPError as exc:
-            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+            raise PrefectUnavailableError("the Prefect API could not be reached") from exc
         return True
 
     def release(self, lease_id: str) -> None:
@@ -130,9 +128,9 @@ class PrefectLimits:
             self._client().release_concurrency_slots_with_lease(UUID(lease_id))
         except (PrefectHTTPStatusError, ObjectNotFound) as exc:
             if _status(exc) not in (None, 404, 410):
-                raise LimitsUnavailableError("Prefect refused to release the lease") from exc
+                raise PrefectUnavailableError("Prefect refused to release the lease") from exc
         except httpx.HTTPError as exc:
-            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+            raise PrefectUnavailableError("the Prefect API could not be reached") from exc
 
     def active_slots(self, name: str) -> int:
         try:
@@ -140,4 +138,4 @@ class PrefectLimits:
         except ObjectNotFound:
             return 0
         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
-            raise LimitsUnavailableError("the Prefect API could not be reached") from exc
+            raise PrefectUnavailableError("the Prefect API could not be reached") from exc

@@ -23,9 +23,10 @@ from sqlmodel import Session, col, select, update
 from mailsync.core.jobs import reconcile
 from mailsync.core.jobs import store as jobstore
 from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.errors import PrefectUnavailableError
 from mailsync.orchestration.admission import Admission, Clock
 from mailsync.orchestration.deadline import DeadlineTransport
-from mailsync.orchestration.limits import LimitsUnavailableError, PrefectLimits
+from mailsync.orchestration.limits import PrefectLimits
 from mailsync.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ def _run_state(run: FlowRun) -> reconcile.RunState:
         message=state.message if state is not None else None,
         ended_at=as_utc(run.end_time) if run.end_time else None,
     )
-
-
-class OrchestratorUnavailableError(Exception):
-    """Prefect could not be reached or refused the flow run."""
 
 
 def job_tags(workspace_id: str, providers: list[str], mode: str) -> list[str]:
@@ -141,13 +138,13 @@ class Orchestrator:
             )
         except ObjectNotFound as exc:
             self._deployment_id = None
-            raise OrchestratorUnavailableError(
+            raise PrefectUnavailableError(
                 f"the {self.deployment} deployment is not registered"
             ) from exc
         except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
-            raise OrchestratorUnavailableError("the Prefect API could not be reached") from exc
+            raise PrefectUnavailableError("the Prefect API could not be reached") from exc
         if (run.parameters or {}).get("job_id") != job.id:
-            raise OrchestratorUnavailableError(f"Prefect answered with another job's run {run.id}")
+            raise PrefectUnavailableError(f"Prefect answered with another job's run {run.id}")
         return str(run.id)
 
     def trigger(
@@ -163,9 +160,9 @@ class Orchestrator:
         """Apply the sync rules, record the job (as `job_id`, when the caller named it
         already) and start its flow run.
 
-        Raises jobstore.NoMailboxError (nothing to sync), SyncInProgressError (409),
+        Raises NoMailboxError (nothing to sync), SyncInProgressError (409),
         RateLimitedError (429; only requests from the API count against the quota), and
-        OrchestratorUnavailableError when Prefect cannot take the run (nothing is held then).
+        PrefectUnavailableError when Prefect cannot take the run (nothing is held then).
         """
         job = jobstore.build_job(session, workspace_id, mode, provider, trigger=trigger)
         if job_id is not None:
@@ -194,7 +191,7 @@ class Orchestrator:
             raise
         try:
             flow_run_id = self.submit(job)
-        except OrchestratorUnavailableError as exc:
+        except PrefectUnavailableError as exc:
             self._release(leases)
             job.lease_id = job.quota_lease_id = None
             jobstore.mark_failed(session, job, "orchestrator_unavailable", str(exc))
@@ -212,7 +209,7 @@ class Orchestrator:
         for lease in leases:
             try:
                 self.limits.release(lease)
-            except LimitsUnavailableError:
+            except PrefectUnavailableError:
                 log.warning("could not release lease %s; it expires by itself", lease)
 
     def refresh(self, session: Session, job: SyncJob) -> SyncJob:
@@ -256,7 +253,7 @@ class Orchestrator:
     ) -> list[tuple[str, str]]:
         """Bring every open job in line with its flow run (core/jobs/reconcile.py): link a run
         created for it, fail it when its run failed, vanished, or never came. Returns what was
-        done, as (job id, what). Raises OrchestratorUnavailableError when Prefect cannot be
+        done, as (job id, what). Raises PrefectUnavailableError when Prefect cannot be
         read: nothing is changed then."""
         open_jobs = list(
             session.exec(
@@ -271,7 +268,7 @@ class Orchestrator:
             )
             by_name = self._runs([j.id for j in open_jobs if not j.flow_run_id], page, by_name=True)
         except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
-            raise OrchestratorUnavailableError("the Prefect API could not be reached") from exc
+            raise PrefectUnavailableError("the Prefect API could not be reached") from exc
         now, done = self._clock(), []
         for job in open_jobs:
             run = by_id.get(job.flow_run_id) if job.flow_run_id else by_name.get(job.id)

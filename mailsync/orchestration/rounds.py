@@ -25,8 +25,10 @@ from typing import Any, Protocol
 from sqlmodel import Session, col, or_, select
 
 from mailsync.core.jobs import store as jobstore
+from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxOutcome, MailboxRef
+from mailsync.core.sync.engine import MailboxResult
 from mailsync.db.tables import JobStatus, Mailbox, SyncJob, SyncMode, Workspace, as_utc, utcnow
-from mailsync.orchestration.admission import SyncInProgressError
+from mailsync.errors import NoMailboxError, SyncInProgressError
 
 log = logging.getLogger(__name__)
 
@@ -160,31 +162,26 @@ def read_busy(client: Any, now: datetime, horizon: timedelta, page: int = 200) -
 
 # -- the round's plan and its jobs -------------------------------------------------------------
 @dataclass(frozen=True)
-class MailboxRef:
+class DueMailbox:
     mailbox_id: str
     workspace_id: str
     provider: str
     address: str
     has_cursor: bool = False  # synced before: an incremental, quick when nothing changed
 
-    def as_job_entry(self) -> dict[str, Any]:
-        return {
-            "mailbox_id": self.mailbox_id,
-            "provider": self.provider,
-            "address": self.address,
-            "has_cursor": self.has_cursor,
-        }
+    def ref(self) -> MailboxRef:
+        return MailboxRef(self.mailbox_id, self.provider, self.address, self.has_cursor)
 
 
 @dataclass(frozen=True)
 class Skipped:
-    mailbox: MailboxRef
+    mailbox: DueMailbox
     reason: str
 
 
 @dataclass
 class RefreshPlan:
-    groups: dict[str, list[MailboxRef]] = field(default_factory=dict)  # workspace -> mailboxes
+    groups: dict[str, list[DueMailbox]] = field(default_factory=dict)  # workspace -> mailboxes
     skipped: list[Skipped] = field(default_factory=list)
 
     @property
@@ -196,7 +193,7 @@ def plan_refresh(mailboxes: Iterable[Mailbox], busy: Busy) -> RefreshPlan:
     """Group the due mailboxes by workspace, leaving out those with a sync in progress."""
     plan = RefreshPlan()
     for m in mailboxes:
-        ref = MailboxRef(m.id, m.workspace_id, m.provider, m.address, m.cursor is not None)
+        ref = DueMailbox(m.id, m.workspace_id, m.provider, m.address, m.cursor is not None)
         reason = busy.get((m.workspace_id, m.provider)) or busy.get((m.workspace_id, ANY_PROVIDER))
         if reason:
             plan.skipped.append(Skipped(ref, reason))
@@ -205,13 +202,11 @@ def plan_refresh(mailboxes: Iterable[Mailbox], busy: Busy) -> RefreshPlan:
     return plan
 
 
-def open_refresh_jobs(
-    session: Session, plan: RefreshPlan, flow_run_id: str | None
-) -> list[dict[str, Any]]:
+def open_refresh_jobs(session: Session, plan: RefreshPlan, flow_run_id: str | None) -> list[JobRef]:
     """One running job per workspace (trigger `schedule`), bound to the round's flow run, so
     its state reads as failed should the round crash. No quota slot is taken."""
     now = utcnow()
-    jobs: list[dict[str, Any]] = []
+    jobs: list[JobRef] = []
     for workspace_id, refs in plan.groups.items():
         job = SyncJob(
             workspace_id=workspace_id,
@@ -225,37 +220,16 @@ def open_refresh_jobs(
         )
         session.add(job)
         jobs.append(
-            {
-                "job_id": job.id,
-                "workspace_id": workspace_id,
-                "providers": list(job.providers),
-                "mode": job.mode,
-                "mailboxes": [r.as_job_entry() for r in refs],
-            }
+            JobRef(
+                job.id,
+                workspace_id,
+                tuple(job.providers),
+                job.mode,
+                tuple(r.ref() for r in refs),
+            )
         )
     session.flush()
     return jobs
-
-
-def job_outcome(
-    mailboxes: list[dict[str, Any]], outcomes: list[dict[str, Any] | BaseException]
-) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
-    """A job's mailbox results and its first error (code, message), as the sync flow does."""
-    from mailsync.providers.base import ProviderError
-
-    results: list[dict[str, Any]] = []
-    error: tuple[str, str] | None = None
-    for mailbox, outcome in zip(mailboxes, outcomes, strict=True):
-        if isinstance(outcome, ProviderError):
-            error = error or (
-                outcome.code,
-                f"{mailbox['provider']} {mailbox['address']}: {outcome}",
-            )
-        elif isinstance(outcome, BaseException):
-            error = error or ("internal_error", f"{mailbox['provider']}: {type(outcome).__name__}")
-        else:
-            results.append(outcome)
-    return results, error
 
 
 # -- a round's units of work -----------------------------------------------------------------
@@ -263,8 +237,8 @@ MAX_BATCH = 10
 
 
 def batches(
-    jobs: list[dict[str, Any]], concurrency: int, max_batch: int = MAX_BATCH
-) -> list[tuple[str, list[dict[str, Any]]]]:
+    jobs: list[JobRef], concurrency: int, max_batch: int = MAX_BATCH
+) -> list[tuple[str, list[MailboxRef]]]:
     """Each job's mailboxes as (job id, mailboxes) units, one Prefect task run each.
 
     A task run costs Prefect's server more than a quiet incremental sync costs us (its state
@@ -272,13 +246,13 @@ def batches(
     batches: as many as keep `concurrency` threads busy, at most `max_batch` mailboxes each.
     A mailbox never synced is a unit of its own: its first sync builds the whole index.
     """
-    quick = sum(1 for job in jobs for m in job["mailboxes"] if m["has_cursor"])
+    quick = sum(1 for job in jobs for m in job.mailboxes if m.has_cursor)
     size = max(1, min(max_batch, -(-quick // max(1, concurrency))))
-    units: list[tuple[str, list[dict[str, Any]]]] = []
+    units: list[tuple[str, list[MailboxRef]]] = []
     for job in jobs:
-        synced = [m for m in job["mailboxes"] if m["has_cursor"]]
-        units += [(job["job_id"], synced[i : i + size]) for i in range(0, len(synced), size)]
-        units += [(job["job_id"], [m]) for m in job["mailboxes"] if not m["has_cursor"]]
+        synced = [m for m in job.mailboxes if m.has_cursor]
+        units += [(job.job_id, synced[i : i + size]) for i in range(0, len(synced), size)]
+        units += [(job.job_id, [m]) for m in job.mailboxes if not m.has_cursor]
     return units
 
 
@@ -291,20 +265,20 @@ class Retry:
     delays: tuple[float, ...] = (2.0, 10.0)
 
 
-SyncOne = Callable[[dict[str, Any]], dict[str, Any]]
+SyncOne = Callable[[MailboxRef], MailboxResult]
 
 
 def sync_batch(
-    mailboxes: list[dict[str, Any]],
+    mailboxes: list[MailboxRef],
     sync: SyncOne,
     transient: Callable[[BaseException], bool],
     retry: Retry = Retry(),
     sleep: Callable[[float], None] = time.sleep,
     logger: logging.Logger | logging.LoggerAdapter[Any] = log,
-) -> list[dict[str, Any] | BaseException]:
+) -> list[MailboxOutcome]:
     """Each mailbox's result, or the exception that ended its last attempt, in order: one
     mailbox's failure never stops the others, and only transient ones are tried again."""
-    outcomes: list[dict[str, Any] | BaseException] = []
+    outcomes: list[MailboxOutcome] = []
     for mailbox in mailboxes:
         for delay in (*retry.delays, None):
             try:
@@ -316,8 +290,8 @@ def sync_batch(
                     break
                 logger.info(
                     "%s %s: %s; again in %g s",
-                    mailbox["provider"],
-                    mailbox["address"],
+                    mailbox.provider,
+                    mailbox.address,
                     type(exc).__name__,
                     delay,
                 )
@@ -368,7 +342,7 @@ def start_nightly_full_syncs(
             job = orchestrator.trigger(session, workspace_id, "full", None, trigger="schedule")
             outcomes.append(NightlyOutcome(workspace_id, None, job.id))
             continue
-        except jobstore.NoMailboxError as exc:
+        except NoMailboxError as exc:
             outcomes.append(NightlyOutcome(workspace_id, None, None, str(exc)))
             continue
         except SyncInProgressError:
@@ -400,15 +374,10 @@ def _short(cursor: str | None, keep: int = 24) -> str:
     return f"`{cursor[:keep]}…`" if len(cursor) > keep else f"`{cursor}`"
 
 
-def summary_markdown(
-    job_id: str,
-    mode: str,
-    results: list[dict[str, Any]],
-    duration_s: float,
-    error: tuple[str, str] | None,
-) -> str:
+def summary_markdown(job: JobRef, end: JobEnd, duration_s: float) -> str:
     """The end-of-run summary of one job: counts, duration, cursors and resets per mailbox."""
-    status = f"failed: `{error[0]}` {error[1]}" if error else "completed"
+    job_id, mode, error = job.job_id, job.mode, end.error
+    status = f"failed: `{error.code}` {error.message}" if error else "completed"
     lines = [
         f"# Sync {job_id}",
         "",
@@ -418,18 +387,11 @@ def summary_markdown(
         "| cursor before | cursor after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        counts = r.get("counts", {})
+    for r in end.results:
         lines.append(
-            f"| {r['provider']} {r['address']} | {r['performed_mode']} | {r.get('reason') or '-'} "
-            f"| {'yes' if r.get('reason') == 'cursor_reset' else 'no'} "
-            f"| {counts.get('messages_added', 0)} | {counts.get('messages_updated', 0)} "
-            f"| {counts.get('messages_deleted', 0)} "
-            f"| {_short(r.get('cursor_before'))} | {_short(r.get('cursor_after'))} |"
+            f"| {r.provider} {r.address} | {r.performed_mode} | {r.reason or '-'} "
+            f"| {'yes' if r.reason == 'cursor_reset' else 'no'} "
+            f"| {r.counts.added} | {r.counts.updated} | {r.counts.deleted} "
+            f"| {_short(r.cursor_before)} | {_short(r.cursor_after)} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def strip_cursors(result: dict[str, Any]) -> dict[str, Any]:
-    """A task's result as the job records it (cursors are for the summary only)."""
-    return {k: v for k, v in result.items() if k not in ("cursor_before", "cursor_after")}

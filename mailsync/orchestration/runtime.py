@@ -6,31 +6,24 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
 
 from prefect import get_client
 from sqlmodel import col, select, update
 
 from mailsync.core.jobs import store as jobstore
+from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxRef
 from mailsync.core.sync.engine import MailboxResult, Progress, sync_mailbox
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import JobStatus, SyncJob
+from mailsync.errors import JobEndedError, JobNotFoundError, PrefectUnavailableError
 from mailsync.orchestration.admission import mailbox_limit
 from mailsync.orchestration.leases import FullSyncSlot, MailboxTurn, MailboxTurns
-from mailsync.orchestration.limits import LimitsUnavailableError, PrefectLimits
-from mailsync.orchestration.orchestrator import Orchestrator, OrchestratorUnavailableError
+from mailsync.orchestration.limits import PrefectLimits
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-
-class JobNotFoundError(Exception):
-    pass
-
-
-class JobEndedError(Exception):
-    pass
 
 
 def open_job(
@@ -42,7 +35,7 @@ def open_job(
     *,
     trigger: str = "ui",
     settings: Settings | None = None,
-) -> dict[str, Any]:
+) -> JobRef:
     """Mark the job running (creating it first for runs started outside the API)."""
     settings = settings or get_settings()
     with session_scope(settings.resolved_database_url) as session:
@@ -63,17 +56,14 @@ def open_job(
             job = jobstore.new_job(session, workspace, mode, provider, trigger=trigger)
         jobstore.mark_running(session, job, flow_run_id)
         mailboxes = jobstore.connected_mailboxes(session, job.workspace_id, job.providers)
-        return {
-            "job_id": job.id,
-            "workspace_id": job.workspace_id,
-            "providers": list(job.providers),
-            "lease_id": job.lease_id,
-            "mode": job.mode,
-            "mailboxes": [
-                {"mailbox_id": m.id, "provider": m.provider, "address": m.address}
-                for m in mailboxes
-            ],
-        }
+        return JobRef(
+            job.id,
+            job.workspace_id,
+            tuple(job.providers),
+            job.mode,
+            tuple(MailboxRef(m.id, m.provider, m.address, m.cursor is not None) for m in mailboxes),
+            lease_id=job.lease_id,
+        )
 
 
 class JobProgress:
@@ -165,20 +155,11 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
             settings.mailbox_wait_seconds,
             settings.full_sync_lease_seconds,
         )
-        try:
-            turn.__enter__()
-        except LimitsUnavailableError as exc:
-            raise TurnUnavailableError(
-                f"Prefect could not give mailbox {mailbox_id} its turn"
-            ) from exc
+        turn.__enter__()  # PrefectUnavailableError: transient, the sync task retries it
         try:
             yield
         finally:
             turn.__exit__(None, None, None)
-
-
-class TurnUnavailableError(Exception):
-    """Prefect could not be asked for the mailbox's turn: worth retrying (tasks/sync_mailbox)."""
 
 
 class RoundTurns:
@@ -201,7 +182,7 @@ class RoundTurns:
         )
         try:
             turns.__enter__()
-        except LimitsUnavailableError as exc:
+        except PrefectUnavailableError as exc:
             log.warning("%s: no turns taken at once (%s); one by one instead", key, exc)
             return False
         if turns.held:
@@ -231,43 +212,30 @@ def round_turns(settings: Settings | None = None) -> Iterator[RoundTurns]:
             turns.release_all()
 
 
-def close_job(
-    job_id: str,
-    results: list[dict[str, Any]],
-    error_code: str | None,
-    error_message: str | None,
-    settings: Settings | None = None,
-) -> None:
-    close_jobs([(job_id, results, error_code, error_message)], settings)
-
-
-JobEnd = tuple[str, list[dict[str, Any]], str | None, str | None]  # id, results, error
+def close_job(end: JobEnd, settings: Settings | None = None) -> None:
+    close_jobs([end], settings)
 
 
 def close_jobs(ends: list[JobEnd], settings: Settings | None = None) -> None:
     """Record the end of several jobs in one transaction (a refresh round closes many)."""
     settings = settings or get_settings()
     with session_scope(settings.resolved_database_url) as session:
-        for job_id, results, error_code, error_message in ends:
-            totals: dict[str, int] = {}
-            for result in results:
-                for key, value in result.get("counts", {}).items():
-                    totals[key] = totals.get(key, 0) + value
-            job = session.get(SyncJob, job_id)
+        for end in ends:
+            job = session.get(SyncJob, end.job_id)
             if job is None:
-                raise JobNotFoundError(f"sync job {job_id} does not exist")
+                raise JobNotFoundError(f"sync job {end.job_id} does not exist")
             jobstore.mark_finished(
                 session,
                 job,
-                counts=totals,
-                mailboxes=results,
-                error_code=error_code,
-                error_message=error_message,
+                counts=end.counts(),
+                mailboxes=end.mailbox_entries(),
+                error_code=end.error.code if end.error else None,
+                error_message=end.error.message if end.error else None,
             )
 
 
 @contextmanager
-def full_sync_slot(job: dict[str, Any], settings: Settings | None = None) -> Iterator[None]:
+def full_sync_slot(job: JobRef, settings: Settings | None = None) -> Iterator[None]:
     """Hold the job's full-sync slot on the Prefect API this process talks to."""
     settings = settings or get_settings()
     with (
@@ -275,10 +243,10 @@ def full_sync_slot(job: dict[str, Any], settings: Settings | None = None) -> Ite
         FullSyncSlot(
             PrefectLimits(lambda: client),
             settings.resolved_database_url,
-            job["job_id"],
-            job["workspace_id"],
-            job["providers"],
-            job["lease_id"],
+            job.job_id,
+            job.workspace_id,
+            list(job.providers),
+            job.lease_id,
             settings.full_sync_lease_seconds,
         ),
     ):
@@ -295,7 +263,7 @@ def release_run_lease(flow_run_id: str, settings: Settings | None = None) -> Non
         lease_id, job.lease_id = job.lease_id, None
         session.add(job)
     # When Prefect cannot be told, the lease still expires within one lease time.
-    with get_client(sync_client=True) as client, suppress(LimitsUnavailableError):
+    with get_client(sync_client=True) as client, suppress(PrefectUnavailableError):
         PrefectLimits(lambda: client).release(lease_id)
 
 
@@ -307,7 +275,7 @@ def reconcile_jobs(settings: Settings | None = None) -> list[tuple[str, str]]:
     try:
         with session_scope(settings.resolved_database_url) as session:
             return orchestrator.reconcile_open_jobs(session)
-    except OrchestratorUnavailableError as exc:
+    except PrefectUnavailableError as exc:
         log.warning("open jobs not reconciled: %s", exc)
         return []
     finally:

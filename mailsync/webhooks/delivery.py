@@ -16,6 +16,7 @@ import httpx
 
 from mailsync import __version__
 from mailsync.db.tables import utcnow
+from mailsync.errors import UnsafeUrlError
 from mailsync.webhooks import signing, ssrf
 
 USER_AGENT = f"mailsync-webhooks/{__version__}"
@@ -68,7 +69,7 @@ def send(
 
     try:
         vetted = ssrf.vet(outgoing.url, allow_loopback=allow_loopback, resolver=resolver)
-    except ssrf.UnsafeUrlError as exc:
+    except UnsafeUrlError as exc:
         return result(None, f"refused: {exc}"[:200])
     headers = {
         **signing.signature_headers(outgoing.secrets, outgoing.event_id, outgoing.body),

@@ -13,13 +13,11 @@ import secrets
 import time
 from collections.abc import Mapping
 
+from mailsync.errors import WebhookVerificationError
+
 SECRET_PREFIX = "whsec_"
 # How far a webhook-timestamp may be from the receiver's clock: older messages are replays.
 DEFAULT_TOLERANCE_SECONDS = 5 * 60
-
-
-class WebhookVerificationError(Exception):
-    """The message is not authentic, or too old or too new to accept."""
 
 
 def generate_secret() -> str:

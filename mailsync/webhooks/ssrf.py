@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from mailsync.errors import UnsafeUrlError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
@@ -27,10 +29,6 @@ _METADATA = {
     ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud
 }
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-class UnsafeUrlError(ValueError):
-    """The URL may not be called: its scheme, form or addresses are refused."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from mailsync.db.tables import (
     iso,
     utcnow,
 )
+from mailsync.errors import UnknownEventTypeError
 from mailsync.webhooks.signing import generate_secret
 
 JOB_COMPLETED = "email.sync.completed"
@@ -24,10 +25,6 @@ JOB_FAILED = "email.sync.failed"
 ENDPOINT_DISABLED = "webhook.endpoint.disabled"
 # What an endpoint can subscribe to; the disabled notice goes to nobody (it is listed).
 SUBSCRIBABLE = (JOB_COMPLETED, JOB_FAILED)
-
-
-class UnknownEventTypeError(ValueError):
-    pass
 
 
 def _seal(box: CredentialBox, secret: str) -> str:

@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
-from mailsync.orchestration.leases import MailboxBusyError, MailboxTurn
-from mailsync.orchestration.limits import LimitSpec, LimitsUnavailableError, Refusal
+from mailsync.errors import MailboxBusyError, PrefectUnavailableError
+from mailsync.orchestration.leases import MailboxTurn
+from mailsync.orchestration.limits import LimitSpec, Refusal
 
 SPEC = LimitSpec("mailsync-mailbox:mbx_1", 1)
 
@@ -27,7 +28,7 @@ class Slots:
 
     def take(self, specs: list[LimitSpec], lease_seconds: float, *, ensure_first: bool = True):
         if self.unreachable:
-            raise LimitsUnavailableError("the Prefect API could not be reached")
+            raise PrefectUnavailableError("the Prefect API could not be reached")
         self.takes.append(ensure_first)
         if self.holder is not None:
             return Refusal(self.retry_after)
@@ -125,9 +126,9 @@ def test_the_lease_is_renewed_while_held_and_a_lapse_is_recorded() -> None:
 
 
 def test_prefect_unreachable_is_raised_as_limits_unavailable() -> None:
-    """A turn that cannot ask Prefect raises LimitsUnavailableError (runtime turns it into the
-    retryable TurnUnavailableError), not MailboxBusyError."""
+    """A turn that cannot ask Prefect raises PrefectUnavailableError (runtime turns it into the
+    retryable PrefectUnavailableError), not MailboxBusyError."""
     slots, clock = Slots(), Clock()
     slots.unreachable = True
-    with pytest.raises(LimitsUnavailableError), _turn(slots, clock):
+    with pytest.raises(PrefectUnavailableError), _turn(slots, clock):
         pass

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
+from mailsync.core.jobs.contract import JobRef, MailboxRef
+from mailsync.core.sync.engine import MailboxResult
+from mailsync.errors import AuthError, TransientProviderError
 from mailsync.orchestration.rounds import Retry, batches, sync_batch
-from mailsync.providers.base import AuthError, TransientProviderError
 
 
-def _job(job_id: str, synced: int, new: int = 0) -> dict[str, Any]:
-    mailboxes = [
-        {
-            "mailbox_id": f"{job_id}-{n}",
-            "provider": "gmail",
-            "address": f"{n}@x",
-            "has_cursor": True,
-        }
-        for n in range(synced)
-    ] + [
-        {
-            "mailbox_id": f"{job_id}-new{n}",
-            "provider": "gmail",
-            "address": f"n{n}@x",
-            "has_cursor": False,
-        }
-        for n in range(new)
+def _job(job_id: str, synced: int, new: int = 0) -> JobRef:
+    mailboxes = [MailboxRef(f"{job_id}-{n}", "gmail", f"{n}@x", True) for n in range(synced)] + [
+        MailboxRef(f"{job_id}-new{n}", "gmail", f"n{n}@x", False) for n in range(new)
     ]
-    return {"job_id": job_id, "mailboxes": mailboxes}
+    return JobRef(job_id, "ws", ("gmail",), "incremental", tuple(mailboxes))
 
 
 def test_synced_mailboxes_are_batched_and_new_ones_go_alone() -> None:
@@ -40,10 +26,8 @@ def test_synced_mailboxes_are_batched_and_new_ones_go_alone() -> None:
     assert len(units) == 100 + 1 + 2
     assert max(len(m) for _, m in units) == 10
     assert [len(m) for j, m in units if j == "fresh"] == [3, 1, 1]
-    seen = [(j, m["mailbox_id"]) for j, ms in units for m in ms]
-    assert sorted(seen) == sorted(
-        (j["job_id"], m["mailbox_id"]) for j in jobs for m in j["mailboxes"]
-    )
+    seen = [(j, m.mailbox_id) for j, ms in units for m in ms]
+    assert sorted(seen) == sorted((j.job_id, m.mailbox_id) for j in jobs for m in j.mailboxes)
 
 
 def test_a_small_round_still_uses_every_thread() -> None:
@@ -56,12 +40,16 @@ class Flaky:
     def __init__(self, failures: dict[str, list[BaseException]]) -> None:
         self.failures, self.calls = failures, []  # type: ignore[var-annotated]
 
-    def __call__(self, mailbox: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(mailbox["mailbox_id"])
-        pending = self.failures.get(mailbox["mailbox_id"])
+    def __call__(self, mailbox: MailboxRef) -> MailboxResult:
+        self.calls.append(mailbox.mailbox_id)
+        pending = self.failures.get(mailbox.mailbox_id)
         if pending:
             raise pending.pop(0)
-        return {"mailbox_id": mailbox["mailbox_id"]}
+        return _result(mailbox.mailbox_id)
+
+
+def _result(mailbox_id: str) -> MailboxResult:
+    return MailboxResult(mailbox_id, "gmail", "x", "incremental", "incremental")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -73,8 +61,8 @@ def test_a_transient_failure_retries_that_mailbox_only_after_the_delays() -> Non
     batch's other mailboxes are synced once each."""
     sync = Flaky({"j-1": [TransientProviderError("429"), TransientProviderError("429")]})
     sleeps: list[float] = []
-    outcomes = sync_batch(_job("j", 3)["mailboxes"], sync, _transient, sleep=sleeps.append)
-    assert outcomes == [{"mailbox_id": "j-0"}, {"mailbox_id": "j-1"}, {"mailbox_id": "j-2"}]
+    outcomes = sync_batch(list(_job("j", 3).mailboxes), sync, _transient, sleep=sleeps.append)
+    assert outcomes == [_result("j-0"), _result("j-1"), _result("j-2")]
     assert sync.calls == ["j-0", "j-1", "j-1", "j-1", "j-2"] and sleeps == [2.0, 10.0]
 
 
@@ -85,10 +73,10 @@ def test_a_lasting_or_permanent_failure_is_the_mailboxs_outcome_and_the_rest_go_
     lasting = [TransientProviderError("503") for _ in range(5)]
     sync = Flaky({"j-0": [auth], "j-1": lasting})
     outcomes = sync_batch(
-        _job("j", 3)["mailboxes"], sync, _transient, Retry((0.5,)), lambda _: None
+        list(_job("j", 3).mailboxes), sync, _transient, Retry((0.5,)), lambda _: None
     )
     assert outcomes[0] is auth and isinstance(outcomes[1], TransientProviderError)
-    assert outcomes[2] == {"mailbox_id": "j-2"}
+    assert outcomes[2] == _result("j-2")
     assert sync.calls == ["j-0", "j-1", "j-1", "j-2"]
 
 

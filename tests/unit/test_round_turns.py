@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mailsync.errors import PrefectUnavailableError
 from mailsync.orchestration.admission import mailbox_limit
 from mailsync.orchestration.leases import MailboxTurns
-from mailsync.orchestration.limits import LimitSpec, LimitsUnavailableError, Refusal
+from mailsync.orchestration.limits import LimitSpec, Refusal
 from mailsync.orchestration.runtime import RoundTurns
 
 
@@ -24,7 +25,7 @@ class Limits:
     def take(self, specs: list[LimitSpec], lease_seconds: float, *, ensure_first: bool = True):
         self.calls.append("take")
         if self.unreachable:
-            raise LimitsUnavailableError("the Prefect API could not be reached")
+            raise PrefectUnavailableError("the Prefect API could not be reached")
         names = [s.name for s in specs]
         if any(n in self.holders for n in names):
             return Refusal(1.0)

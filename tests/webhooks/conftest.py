@@ -21,9 +21,10 @@ from mailsync.core.jobs import store as jobstore
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import SyncJob, WebhookEndpoint
+from mailsync.errors import WebhookVerificationError
 from mailsync.settings import Settings
 from mailsync.webhooks import store
-from mailsync.webhooks.signing import WebhookVerificationError, verify
+from mailsync.webhooks.signing import verify
 from tests.conftest import ENCRYPTION_KEY
 
 

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from mailsync.webhooks.ssrf import UnsafeUrlError, refusal, vet
+from mailsync.errors import UnsafeUrlError
+from mailsync.webhooks.ssrf import refusal, vet
 
 
 def resolver_for(table: dict[str, list[str]]):  # type: ignore[no-untyped-def]

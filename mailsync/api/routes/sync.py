@@ -17,16 +17,17 @@ from mailsync.api.deps import (
     SessionDep,
     check_scope,
 )
-from mailsync.api.errors import ApiError
+from mailsync.api.errors import ApiError, from_error
 from mailsync.api.ratelimit import RateLimitInfo, set_rate_limit
 from mailsync.api.schemas import ErrorEnvelope, JobCreatedEnvelope, JobEnvelope, SyncRequest
 from mailsync.core.apikeys import Principal
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.rules import idempotency
 from mailsync.db.tables import SyncJob, new_id
-from mailsync.orchestration.admission import RateLimitedError, SyncInProgressError
-from mailsync.orchestration.limits import LimitsUnavailableError
-from mailsync.orchestration.orchestrator import Orchestrator, OrchestratorUnavailableError
+from mailsync.errors import (
+    InvalidIdempotencyKey,
+)
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 
 router = APIRouter(prefix="/v1/email/sync", tags=["email sync"])
@@ -146,10 +147,7 @@ def trigger_sync(
     # A plain def: FastAPI runs it in its thread pool, so the blocking database and Prefect
     # calls never stall the event loop. The body is read by the async dependency, after auth.
     workspace_id = principal.workspace_id
-    try:
-        jobstore.build_job(session, workspace_id, body.mode, body.provider)
-    except jobstore.NoMailboxError as exc:
-        raise ApiError(403, "insufficient_permissions", str(exc)) from exc
+    jobstore.build_job(session, workspace_id, body.mode, body.provider)  # NoMailboxError: 403
     settings = orchestrator.admission.settings
     key = _idempotency_key(idempotency_key)
     job_id = new_id("sync")  # named in the key's record from its claim on (idempotency.begin)
@@ -169,11 +167,12 @@ def trigger_sync(
             body.provider,
             job_id=job_id,
         )
-    except BaseException as exc:
+    except BaseException:
+        # The error handler answers it (mailsync/api/errors.py: 409, 429, 503 by its code).
         if key is not None:
             idempotency.abandon(settings.resolved_database_url, workspace_id, key)
         _report_quota(request, session, orchestrator, workspace_id)
-        raise _translate(exc) from exc
+        raise
     response = {"data": jobstore.public_view(job, brief=True)}
     if key is not None:
         idempotency.complete(
@@ -188,52 +187,22 @@ def _idempotency_key(raw: str | None) -> str | None:
         return None
     try:
         return idempotency.parse_key(raw)
-    except idempotency.InvalidIdempotencyKey as exc:
-        raise ApiError(400, "invalid_request", str(exc), param="Idempotency-Key") from exc
+    except InvalidIdempotencyKey as exc:
+        raise from_error(exc, param="Idempotency-Key") from exc
 
 
 def _begin_idempotent(
     settings: Settings, workspace_id: str, key: str, body: SyncRequest, job_id: str
 ) -> idempotency.Replay | None:
-    try:
-        return idempotency.begin(
-            settings.resolved_database_url,
-            workspace_id,
-            key,
-            idempotency.fingerprint(body.model_dump()),
-            ttl_seconds=settings.idempotency_ttl_seconds,
-            job_id=job_id,
-        )
-    except idempotency.IdempotencyKeyReused as exc:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request body",
-        ) from exc
-    except idempotency.IdempotencyKeyInUse as exc:
-        raise ApiError(
-            409,
-            "idempotency_key_in_use",
-            "a request with this Idempotency-Key is still in progress; retry shortly",
-            headers={"Retry-After": "1"},
-        ) from exc
-
-
-def _translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, SyncInProgressError):
-        return ApiError(409, "sync_in_progress", str(exc), extra={"job_id": exc.job_id})
-    if isinstance(exc, RateLimitedError):
-        return ApiError(
-            429, "rate_limited", str(exc), headers={"Retry-After": str(exc.retry_after)}
-        )
-    if isinstance(exc, OrchestratorUnavailableError | LimitsUnavailableError):
-        return ApiError(
-            503,
-            "service_unavailable",
-            "the sync could not be scheduled; retry shortly",
-            headers={"Retry-After": "5"},
-        )
-    return exc
+    # IdempotencyKeyReused (422), IdempotencyKeyInUse (409): answered by the error handler.
+    return idempotency.begin(
+        settings.resolved_database_url,
+        workspace_id,
+        key,
+        idempotency.fingerprint(body.model_dump()),
+        ttl_seconds=settings.idempotency_ttl_seconds,
+        job_id=job_id,
+    )
 
 
 @router.get(

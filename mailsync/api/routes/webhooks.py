@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from ulid import ULID
 
 from mailsync.api.deps import OrchestratorDep, SessionDep, SettingsDep, require_metered_scope
-from mailsync.api.errors import ApiError
+from mailsync.api.errors import ApiError, from_error
 from mailsync.api.schemas import ErrorEnvelope
 from mailsync.api.webhook_schemas import (
     DeliveryEnvelope,
@@ -23,6 +23,7 @@ from mailsync.api.webhook_schemas import (
 from mailsync.core.apikeys import Principal
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import WebhookEndpoint, iso
+from mailsync.errors import UnknownEventTypeError, UnsafeUrlError
 from mailsync.settings import Settings
 from mailsync.webhooks import dispatch, outbox, ssrf, store
 
@@ -71,14 +72,14 @@ def create_webhook(
             allow_loopback=settings.webhook_allow_loopback,
             resolver=ssrf.system_resolver,
         )
-    except ssrf.UnsafeUrlError as exc:
-        raise ApiError(400, "invalid_request", str(exc), param="url") from exc
+    except UnsafeUrlError as exc:
+        raise from_error(exc, param="url") from exc
     try:
         endpoint, secret = store.create_endpoint(
             session, _box(settings), principal.workspace_id, body.url, body.events
         )
-    except store.UnknownEventTypeError as exc:
-        raise ApiError(400, "invalid_request", str(exc), param="events") from exc
+    except UnknownEventTypeError as exc:
+        raise from_error(exc, param="events") from exc
     session.commit()
     return {"data": {**store.public_view(endpoint), "secret": secret}}
 

@@ -9,15 +9,8 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select, update
 
 from mailsync.db.tables import JobStatus, Mailbox, SyncJob, Workspace, iso, utcnow
+from mailsync.errors import NoMailboxError, UnknownWorkspaceError
 from mailsync.webhooks import outbox
-
-
-class NoMailboxError(Exception):
-    """The workspace has no connected mailbox for what was asked."""
-
-
-class UnknownWorkspaceError(Exception):
-    pass
 
 
 def connected_mailboxes(

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from mailsync.core.jobs import store as jobstore
 from mailsync.db import session_scope
 from mailsync.db.tables import IdempotencyRecord, SyncJob, Workspace, as_utc, utcnow
+from mailsync.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +32,6 @@ PURGE_BATCH = 100
 # A request that claimed a key and then died leaves a pending record; after this long no live
 # request can still own it (requests time out far sooner), so the key is claimed afresh.
 ORPHAN_AFTER_SECONDS = 120
-
-
-class IdempotencyError(Exception):
-    """Base of every Idempotency-Key refusal."""
-
-
-class InvalidIdempotencyKey(IdempotencyError):
-    """The header is not a UUID (400 invalid_request)."""
-
-
-class IdempotencyKeyReused(IdempotencyError):
-    """The key was first used with another request body (422 idempotency_key_reused)."""
-
-
-class IdempotencyKeyInUse(IdempotencyError):
-    """The key's first request is still running after the wait (409 idempotency_key_in_use)."""
 
 
 @dataclass(frozen=True)
@@ -122,20 +107,20 @@ def begin(
                 break
             if record.request_hash != request_hash:
                 raise IdempotencyKeyReused(
-                    "this Idempotency-Key was already used with a different request body"
+                    "this Idempotency-Key was used with a different request body"
                 )
             if record.status_code is not None:
                 return Replay(record.status_code, dict(record.response_body or {}), record.job_id)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise IdempotencyKeyInUse(
-                    "a request with this Idempotency-Key is still in progress; retry later"
+                    "a request with this Idempotency-Key is still in progress; retry shortly"
                 )
             time.sleep(min(poll_seconds, remaining))
         # The key changes hands under us again and again: a few tries, then as if it were held.
         if attempt >= 3 and time.monotonic() >= deadline:
             raise IdempotencyKeyInUse(
-                "a request with this Idempotency-Key is still in progress; retry later"
+                "a request with this Idempotency-Key is still in progress; retry shortly"
             )
     raise AssertionError("unreachable")
 

@@ -20,6 +20,7 @@ from mailsync.core.sync.readahead import read_ahead
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox, SyncMode, as_utc, utcnow
+from mailsync.errors import MailboxGoneError
 from mailsync.providers.base import (
     CursorExpiredError,
     MailProvider,
@@ -34,10 +35,6 @@ ProviderFactory = Callable[..., MailProvider]
 # Called after every applied page with (messages processed so far, provider's total estimate).
 Progress = Callable[[int, int | None], None]
 RESUME_WITHIN = timedelta(hours=1)
-
-
-class MailboxGoneError(Exception):
-    """The mailbox was disconnected while a job for it was queued."""
 
 
 @dataclass

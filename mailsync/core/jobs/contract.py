@@ -1,0 +1,64 @@
+"""What flows and the library hand each other about a job: typed values, never loose dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailsync.core.sync.engine import MailboxResult
+
+
+@dataclass(frozen=True)
+class MailboxRef:
+    """One mailbox a job syncs; `has_cursor`: synced before (an incremental sync is quick)."""
+
+    mailbox_id: str
+    provider: str
+    address: str
+    has_cursor: bool = False
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A job as its run sees it once opened: identifiers only, never credentials."""
+
+    job_id: str
+    workspace_id: str
+    providers: tuple[str, ...]
+    mode: str
+    mailboxes: tuple[MailboxRef, ...] = ()
+    lease_id: str | None = None  # the full-sync slot's lease, taken by the API
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: a code of mailsync.errors and a message safe to show."""
+
+    code: str
+    message: str
+
+
+# What syncing one mailbox of a job came to: its result, or what it raised.
+MailboxOutcome = MailboxResult | BaseException
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job ended: the results of the mailboxes that synced and its first error."""
+
+    job_id: str
+    results: Sequence[MailboxResult] = field(default_factory=tuple)
+    error: JobError | None = None
+
+    def mailbox_entries(self) -> list[dict[str, Any]]:
+        """The job record's (and the API's) mailbox entries."""
+        return [r.as_dict() for r in self.results]
+
+    def counts(self) -> dict[str, int]:
+        """The job's counts: the sum over its mailboxes."""
+        totals: dict[str, int] = {}
+        for result in self.results:
+            for key, value in result.counts.as_dict().items():
+                totals[key] = totals.get(key, 0) + value
+        return totals

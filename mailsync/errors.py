@@ -1,0 +1,258 @@
+"""Every error mailsync raises on purpose, its code, and what each code becomes at the edges.
+
+Each class carries a `code`: the `error.code` of an API answer and of a failed job alike.
+The API translates any of them through `HTTP_STATUS` (mailsync/api/errors.py); a sync job
+records the code of its first failed mailbox through `job_error_code`
+(mailsync/core/jobs/outcomes.py, for the sync flow and refresh rounds alike).
+
+    MailsyncError                         internal_error
+    ├── NotFoundError                     not_found
+    │   ├── UnknownWorkspaceError
+    │   └── JobNotFoundError
+    ├── NoMailboxError                    insufficient_permissions: nothing of that kind to sync
+    ├── SyncInProgressError               sync_in_progress: another full sync holds the provider
+    │   └── MailboxBusyError                  another sync held the mailbox past our wait
+    ├── RateLimitedError                  rate_limited: the on-demand quota (retry_after)
+    ├── IdempotencyError
+    │   ├── InvalidIdempotencyKey         invalid_request
+    │   ├── IdempotencyKeyReused          idempotency_key_reused
+    │   └── IdempotencyKeyInUse           idempotency_key_in_use
+    ├── PrefectUnavailableError           service_unavailable: Prefect could not be asked, or
+    │                                         refused; transient (a sync task retries it)
+    ├── JobEndedError                     job_ended: a run for a job that already ended
+    ├── MailboxGoneError                  mailbox_disconnected: disconnected while queued
+    ├── CredentialsUnreadableError        credentials_unreadable: no key opens them
+    ├── InvalidInputError (ValueError)    invalid_request
+    │   ├── UnsafeUrlError                    a webhook URL that would reach inside
+    │   └── UnknownEventTypeError             a webhook event type we do not send
+    ├── WebhookVerificationError          webhook_verification_failed (for receivers)
+    ├── ConfigurationError (RuntimeError) configuration_error
+    ├── StackError                        stack_error: a local-stack process failed
+    └── ProviderError                     provider_error (mailsync/providers/base.py)
+        ├── TransientProviderError            provider_unavailable (retry_after)
+        ├── AuthError                         provider_auth_failed
+        └── CursorExpiredError                cursor_expired
+
+Anything else raised in a sync is a bug: `internal_error`, its message the exception's type
+only (a message could carry a secret).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MailsyncError(Exception):
+    """Base of every error mailsync raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    # Seconds a caller should wait before trying again, when that is known (Retry-After).
+    retry_after: float | None = None
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def public_message(self) -> str:
+        """What a caller may read: the message, unless the class says it is internal."""
+        return self.message
+
+    def details(self) -> dict[str, Any]:
+        """Fields an API error body carries besides code and message."""
+        return {}
+
+
+class NotFoundError(MailsyncError):
+    code = "not_found"
+
+
+class UnknownWorkspaceError(NotFoundError):
+    pass
+
+
+class JobNotFoundError(NotFoundError):
+    pass
+
+
+class NoMailboxError(MailsyncError):
+    """The workspace has no connected mailbox for what was asked."""
+
+    code = "insufficient_permissions"
+
+
+class SyncInProgressError(MailsyncError):
+    """Another full sync of the workspace's provider is queued or running (`job_id` when known)."""
+
+    code = "sync_in_progress"
+
+    def __init__(self, message: str, *, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+    def details(self) -> dict[str, Any]:
+        return {"job_id": self.job_id}
+
+
+class MailboxBusyError(SyncInProgressError):
+    """Another sync of the mailbox held its turn for longer than this one would wait."""
+
+
+class RateLimitedError(MailsyncError):
+    """The workspace used its on-demand syncs of the window; `retry_after` in whole seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after: int = retry_after
+
+
+class IdempotencyError(MailsyncError):
+    """Base of every Idempotency-Key refusal."""
+
+
+class InvalidIdempotencyKey(IdempotencyError):
+    """The header is not a UUID."""
+
+    code = "invalid_request"
+
+
+class IdempotencyKeyReused(IdempotencyError):
+    """The key was first used with another request body."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInUse(IdempotencyError):
+    """The key's first request is still running after the wait."""
+
+    code = "idempotency_key_in_use"
+    retry_after = 1
+
+
+class PrefectUnavailableError(MailsyncError):
+    """Prefect could not be reached, refused a call, or would not enforce a limit."""
+
+    code = "service_unavailable"
+    retry_after = 5
+
+    @property
+    def public_message(self) -> str:
+        return "the sync could not be scheduled; retry shortly"
+
+
+class JobEndedError(MailsyncError):
+    code = "job_ended"
+
+
+class MailboxGoneError(MailsyncError):
+    """The mailbox was disconnected while a job for it was queued."""
+
+    code = "mailbox_disconnected"
+
+
+class CredentialsUnreadableError(MailsyncError):
+    """The stored credentials cannot be decrypted with the configured keys."""
+
+    code = "credentials_unreadable"
+
+
+class InvalidInputError(MailsyncError, ValueError):
+    code = "invalid_request"
+
+
+class UnsafeUrlError(InvalidInputError):
+    """A webhook URL that resolves to a private, loopback or otherwise internal address."""
+
+
+class UnknownEventTypeError(InvalidInputError):
+    """A webhook subscription to an event type mailsync does not send."""
+
+
+class WebhookVerificationError(MailsyncError):
+    """A webhook delivery whose signature or timestamp does not check out."""
+
+    code = "webhook_verification_failed"
+
+
+class ConfigurationError(MailsyncError, RuntimeError):
+    code = "configuration_error"
+
+
+class StackError(MailsyncError):
+    code = "stack_error"
+
+
+class ProviderError(MailsyncError):
+    """A provider call failed; `code` is a short machine-readable reason."""
+
+    code = "provider_error"
+
+
+class TransientProviderError(ProviderError):
+    code = "provider_unavailable"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(ProviderError):
+    code = "provider_auth_failed"
+
+
+class CursorExpiredError(ProviderError):
+    code = "cursor_expired"
+
+
+# The HTTP status of every code an API answer can carry. tests/unit/test_errors.py checks that
+# each error class's code has a row (or is in NOT_ANSWERED).
+HTTP_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "insufficient_permissions": 403,
+    "not_found": 404,
+    "sync_in_progress": 409,
+    "idempotency_key_in_use": 409,
+    "idempotency_key_reused": 422,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "service_unavailable": 503,
+}
+
+# Codes no API answer carries: they end a job, or stop a process.
+NOT_ANSWERED: frozenset[str] = frozenset(
+    {
+        "job_ended",
+        "mailbox_disconnected",
+        "credentials_unreadable",
+        "webhook_verification_failed",
+        "configuration_error",
+        "stack_error",
+        "provider_error",
+        "provider_unavailable",
+        "provider_auth_failed",
+        "cursor_expired",
+    }
+)
+
+
+def http_status(error: MailsyncError) -> int:
+    """The status an API answer carries for `error`."""
+    return HTTP_STATUS.get(error.code, 500)
+
+
+def job_error_code(exc: BaseException) -> str:
+    """The code a job records when `exc` ended one of its mailboxes."""
+    return exc.code if isinstance(exc, MailsyncError) else "internal_error"
+
+
+def error_classes() -> list[type[MailsyncError]]:
+    """Every MailsyncError class (for the completeness test of the tables above)."""
+    found: list[type[MailsyncError]] = []
+    pending: list[type[MailsyncError]] = [MailsyncError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
