@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from mailsync.db.tables import utcnow
+from mailsync.orchestration import runs
 from mailsync.webhooks import dispatch
 from tasks.deliver_webhook import deliver_webhook
 
@@ -37,7 +38,7 @@ def deliver_webhooks(
             break
         wait = (next_at - utcnow()).total_seconds()
         if wait > linger_seconds or time.monotonic() - started > max_run_seconds:
-            dispatch.schedule_run(next_at)
+            runs.schedule_delivery_run(next_at)
             break
         time.sleep(min(max(wait, 0.05), 2.0))
     sent = [o for o in outcomes if o.get("status") != "skipped"]

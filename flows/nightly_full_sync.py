@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL
 
+from mailsync.core.schedule import nightly
 from mailsync.db import session_scope
-from mailsync.orchestration import rounds as refresh
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import get_settings
 
@@ -28,8 +28,8 @@ def nightly_full_sync(workspaces: list[str] | None = None) -> dict[str, Any]:
     orchestrator = Orchestrator(api_url, settings)
     try:
         with session_scope(settings.resolved_database_url) as session:
-            opted_in = refresh.nightly_workspaces(session, workspaces)
-            outcomes = refresh.start_nightly_full_syncs(session, orchestrator, opted_in)
+            opted_in = nightly.nightly_workspaces(session, workspaces)
+            outcomes = nightly.start_nightly_full_syncs(session, orchestrator, opted_in)
     finally:
         orchestrator.close()
     for o in outcomes:

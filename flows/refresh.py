@@ -1,6 +1,6 @@
 """A scheduled refresh round: incremental syncs of the due mailboxes, inside this flow run.
 
-Which mailboxes and why: orchestration/rounds.py. This flow only orchestrates: reconcile the open
+Which mailboxes and why: core/schedule/refresh.py. This flow only orchestrates: reconcile the open
 jobs with their flow runs (core/jobs/reconcile.py), ask Prefect what is busy, plan, record one job
 per workspace, sync the mailboxes in batches (one task run each, every mailbox retried on its
 own), close the jobs, summarize. It never spawns flow runs, so a round over a thousand quiet
@@ -23,10 +23,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxOutcome, MailboxRef
 from mailsync.core.jobs.outcomes import job_end
+from mailsync.core.schedule import refresh
+from mailsync.core.schedule.summaries import artifact_key
 from mailsync.db import session_scope
 from mailsync.db.tables import utcnow
-from mailsync.orchestration import rounds as refresh
-from mailsync.orchestration import runtime
+from mailsync.orchestration import runs, runtime
+from mailsync.orchestration.rounds import read_busy
 from mailsync.settings import get_settings
 from mailsync.webhooks import dispatch
 from tasks.refresh import reconcile_jobs, refresh_batch
@@ -93,7 +95,7 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
     now = utcnow()
     interval = settings.refresh_interval_seconds
     with get_client(sync_client=True) as client:
-        busy = refresh.read_busy(client, now, timedelta(seconds=interval))
+        busy = read_busy(client, now, timedelta(seconds=interval))
     with session_scope(settings.resolved_database_url) as session:
         due = refresh.due_mailboxes(session, now, interval, workspaces)
         plan = refresh.plan_refresh(due, busy)
@@ -125,7 +127,7 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
     duration = time.monotonic() - started
     create_markdown_artifact(
         _markdown(summary, plan, duration),
-        key=refresh.artifact_key("refresh-summary", current_run.get_name() or "round"),
+        key=artifact_key("refresh-summary", current_run.get_name() or "round"),
         description="Summary of a scheduled refresh round",
     )
     return {
@@ -189,7 +191,7 @@ def _deliver_webhooks(job_ids: list[str]) -> None:
     """One webhook delivery run for the round's events, if any has somewhere to go."""
     if any(dispatch.job_has_deliveries(job_id) for job_id in job_ids):
         with get_client(sync_client=True) as client:
-            dispatch.kick(client, f"after-refresh:{current_run.get_id()}")
+            runs.start_delivery_run(f"after-refresh:{current_run.get_id()}", client=client)
 
 
 def _markdown(summary: list[_Closed], plan: refresh.RefreshPlan, duration: float) -> str:

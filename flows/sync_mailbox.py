@@ -14,10 +14,10 @@ from prefect.runtime import flow_run as current_run
 
 from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxOutcome
 from mailsync.core.jobs.outcomes import job_end, job_failed
+from mailsync.core.schedule.summaries import artifact_key, summary_markdown
 from mailsync.errors import SyncInProgressError
 from mailsync.orchestration import runtime
 from mailsync.orchestration.orchestrator import job_tags
-from mailsync.orchestration.rounds import artifact_key, summary_markdown
 from tasks.deliver_webhook import deliver_job_event
 from tasks.sync_mailbox import close_job, open_job, sync_one_mailbox
 

@@ -11,6 +11,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from mailsync.orchestration import runs
 from mailsync.webhooks import dispatch
 
 
@@ -21,5 +22,13 @@ def deliver_webhook(delivery_id: str) -> dict[str, Any]:
 
 @task(name="deliver-job-event", cache_policy=NO_CACHE)
 def deliver_job_event(job_id: str) -> list[dict[str, Any]]:
-    """Right after the job's end, from its own run; never raises (dispatch.deliver_after_job)."""
-    return dispatch.deliver_after_job(job_id)
+    """Right after the job's end, from its own run (dispatch.deliver_after_job), then a
+    delivery run for what is left, if anything; never raises."""
+    outcomes = dispatch.deliver_after_job(job_id)
+    try:
+        pending = dispatch.job_has_deliveries(job_id)
+    except Exception:
+        pending = True  # the delivery run finds out; its start never raises either
+    if pending:
+        runs.start_delivery_run(f"after:{job_id}")
+    return outcomes

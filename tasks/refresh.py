@@ -7,8 +7,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.core.jobs.contract import MailboxOutcome, MailboxRef
+from mailsync.core.schedule import refresh
 from mailsync.core.sync.engine import MailboxResult
-from mailsync.orchestration import rounds as refresh
 from mailsync.orchestration import runtime
 from tasks.sync_mailbox import is_transient_error
 

@@ -21,16 +21,17 @@ from mailsync.api.app import create_app
 from mailsync.core import workspaces
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.jobs.contract import JobEnd, JobRef
+from mailsync.core.schedule import nightly, refresh, summaries
 from mailsync.core.sync import index
 from mailsync.core.sync.engine import MailboxResult
 from mailsync.core.sync.index import Counts
 from mailsync.db import get_engine, session_scope
 from mailsync.db.tables import Mailbox, SyncJob, utcnow
 from mailsync.errors import SyncInProgressError
-from mailsync.orchestration import rounds as refresh
 from mailsync.orchestration.admission import full_sync_limit, mailbox_limit
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import job_tags
+from mailsync.orchestration.rounds import read_busy
 from mailsync.providers.registry import PROVIDERS
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack
@@ -116,7 +117,7 @@ def test_read_busy_pages_through_prefect() -> None:
                     for i in range(3)]  # fmt: skip
             return gcls[offset : offset + limit]
 
-    busy = refresh.read_busy(FakeClient(), NOW, timedelta(minutes=5), page=2)
+    busy = read_busy(FakeClient(), NOW, timedelta(minutes=5), page=2)
     assert len(busy) == 8 and ("w4", "gmail") in busy and ("v2", "microsoft") in busy
 
 
@@ -191,10 +192,10 @@ def test_nightly_full_sync_covers_opted_in_workspaces_and_skips_busy_slots(
             workspaces.update_workspace(session, w, nightly_full_sync=True)
         assert workspaces.update_workspace(session, off).nightly_full_sync is False
         mine = [on, busy, empty, off]
-        assert refresh.nightly_workspaces(session, mine) == sorted([on, busy, empty])
+        assert nightly.nightly_workspaces(session, mine) == sorted([on, busy, empty])
         orchestrator = FakeOrchestrator({(busy, "gmail")})
-        outcomes = refresh.start_nightly_full_syncs(
-            session, orchestrator, refresh.nightly_workspaces(session, mine)
+        outcomes = nightly.start_nightly_full_syncs(
+            session, orchestrator, nightly.nightly_workspaces(session, mine)
         )
     assert sorted(orchestrator.started) == sorted([(on, None), (busy, "microsoft")])
     skipped = {(o.workspace_id, o.provider) for o in outcomes if o.job_id is None}
@@ -204,7 +205,7 @@ def test_nightly_full_sync_covers_opted_in_workspaces_and_skips_busy_slots(
 def test_summary_artifact_names_counts_cursors_and_resets() -> None:
     """The summary's key is a valid Prefect artifact key; the table shows counts, the
     cursors before and after (truncated) and whether the cursor was reset."""
-    key = refresh.artifact_key("sync-summary", "sync_01JABCDEFGHJKMNPQRSTVWXYZ0")
+    key = summaries.artifact_key("sync-summary", "sync_01JABCDEFGHJKMNPQRSTVWXYZ0")
     assert re.fullmatch(r"[a-z0-9-]+", key) and key.endswith("01jabcdefghjkmnpqrstvwxyz0")
     result = MailboxResult(
         "mbx_1",
@@ -218,7 +219,7 @@ def test_summary_artifact_names_counts_cursors_and_resets() -> None:
         cursor_after="12345",
     )
     job = JobRef("sync_1", "ws_1", ("microsoft",), "incremental", ())
-    text = refresh.summary_markdown(job, JobEnd("sync_1", (result,)), 2.5)
+    text = summaries.summary_markdown(job, JobEnd("sync_1", (result,)), 2.5)
     assert "| microsoft ada@x | full | cursor_reset | yes | 7 | 1 | 2 |" in text
     assert "`12345`" in text and "a" * 100 not in text and "2.5 s" in text
     assert "12345" not in str(JobEnd("sync_1", (result,)).mailbox_entries())  # no cursors

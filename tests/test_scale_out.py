@@ -27,13 +27,13 @@ from prefect.client.schemas.filters import (
 from sqlmodel import Session, select
 
 from mailsync.core import apikeys, workspaces
+from mailsync.core.schedule.summaries import artifact_key
 from mailsync.core.sync import index
 from mailsync.db import get_engine, session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox
 from mailsync.devstack.processes import Stack, prefect_env, start_prefect_server
 from mailsync.fakes.server import free_port
-from mailsync.orchestration.rounds import artifact_key
 from mailsync.settings import Settings
 from tests.api.conftest import Tenant, make_tenant, start_ui_run, wait_final
 from tests.conftest import (

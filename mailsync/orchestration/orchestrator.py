@@ -24,6 +24,7 @@ from mailsync.core.jobs import reconcile
 from mailsync.core.jobs import store as jobstore
 from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
 from mailsync.errors import PrefectUnavailableError
+from mailsync.orchestration import runs
 from mailsync.orchestration.admission import Admission, Clock
 from mailsync.orchestration.deadline import DeadlineTransport
 from mailsync.orchestration.limits import PrefectLimits
@@ -129,20 +130,26 @@ class Orchestrator:
         derived from the client's Idempotency-Key handed a retried trigger's new job the run
         of the first, failed one)."""
         try:
-            run = self.client.create_flow_run_from_deployment(
-                self._deployment(),
-                parameters=flow_parameters(job),
-                name=job.id,
-                tags=job_tags(job.workspace_id, job.providers, job.mode),
-                idempotency_key=job.id,
-            )
+            deployment = self._deployment()
         except ObjectNotFound as exc:
-            self._deployment_id = None
             raise PrefectUnavailableError(
                 f"the {self.deployment} deployment is not registered"
             ) from exc
         except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
             raise PrefectUnavailableError("the Prefect API could not be reached") from exc
+        try:
+            run = runs.start_run(
+                self.client,
+                deployment,
+                key=job.id,
+                parameters=flow_parameters(job),
+                name=job.id,
+                tags=job_tags(job.workspace_id, job.providers, job.mode),
+            )
+        except PrefectUnavailableError as exc:
+            if isinstance(exc.__cause__, ObjectNotFound):
+                self._deployment_id = None  # deleted since: read it again next time
+            raise
         if (run.parameters or {}).get("job_id") != job.id:
             raise PrefectUnavailableError(f"Prefect answered with another job's run {run.id}")
         return str(run.id)
@@ -316,6 +323,10 @@ class Orchestrator:
             while len(self._read_at) > READ_TIMES_KEPT:
                 self._read_at.popitem(last=False)
             return True
+
+    def start_delivery_run(self, key: str) -> bool:
+        """A webhook delivery run now, on this process's client; never raises."""
+        return runs.start_delivery_run(key, client=self.client)
 
     def healthy(self) -> bool:
         try:

@@ -1,18 +1,13 @@
-"""What the deliver-webhooks flow and its callers run: one attempt end to end, and the Prefect
-calls that start delivery runs (right after a job ends, or at the next retry time).
-
-Starting a run never blocks or fails its caller: if Prefect cannot be reached the
-deployment's 60 s schedule finds the pending deliveries anyway.
+"""What the deliver-webhooks flow and its callers run: one attempt end to end, and which
+deliveries are due (the runs that make them are started by mailsync/orchestration/runs.py).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from prefect.client.orchestration import SyncPrefectClient
-from prefect.deployments import run_deployment
 from sqlmodel import col, select
 
 from mailsync.db import session_scope
@@ -22,8 +17,6 @@ from mailsync.settings import Settings, get_settings
 from mailsync.webhooks import delivery, outbox, ssrf, store
 
 log = logging.getLogger(__name__)
-
-DELIVER_DEPLOYMENT = "deliver-webhooks/deliver"
 
 
 def due_deliveries(settings: Settings | None = None, limit: int = 100) -> list[str]:
@@ -99,24 +92,6 @@ def deliver_due(settings: Settings | None = None, **kwargs: Any) -> list[dict[st
     return [deliver_one(i, settings, **kwargs) for i in due_deliveries(settings)]
 
 
-def _run_key(at: datetime) -> str:
-    return f"deliver-webhooks@{at:%Y%m%dT%H%M%S}"
-
-
-def schedule_run(at: datetime) -> None:
-    """A delivery run at `at` (to the second): runs racing to schedule the same retry time
-    share the idempotency key, so they make one run."""
-    at = max(at, utcnow()).replace(microsecond=0) + timedelta(seconds=1)
-    run_deployment(
-        DELIVER_DEPLOYMENT,
-        parameters={},
-        scheduled_time=at,
-        timeout=0,
-        idempotency_key=_run_key(at),
-        as_subflow=False,
-    )
-
-
 def _job_deliveries(job_id: str, settings: Settings, limit: int) -> list[str]:
     """The pending deliveries of the job's event, soonest due first."""
     with session_scope(settings.resolved_database_url) as session:
@@ -147,9 +122,9 @@ def deliver_after_job(
 ) -> list[dict[str, Any]]:
     """The first attempt at the job's event, from the run that ended the job: a delivery run
     would be a second flow run (~1.5 s on the warm worker) before the first attempt. What is
-    left (a failed attempt's retry, endpoints beyond DELIVER_IN_RUN) goes to a delivery run
-    started now, which schedules the retries. Never raises: failing everything, the delivery
-    deployment's schedule finds the pending deliveries."""
+    left (a failed attempt's retry, endpoints beyond DELIVER_IN_RUN) is for a delivery run
+    the caller starts (tasks/deliver_webhook.py), which schedules the retries. Never raises:
+    failing everything, the delivery deployment's schedule finds the pending deliveries."""
     settings = settings or get_settings()
     outcomes: list[dict[str, Any]] = []
     try:
@@ -157,36 +132,4 @@ def deliver_after_job(
             outcomes.append(deliver_one(delivery_id, settings, resolver=resolver))
     except Exception:
         log.warning("could not deliver the job's event from its run", exc_info=True)
-    kick_after_job(job_id, settings)
     return outcomes
-
-
-def kick_after_job(job_id: str, settings: Settings | None = None) -> bool:
-    """Start a delivery run now if the job's event has somewhere to go; never raises."""
-    try:
-        if not job_has_deliveries(job_id, settings):
-            return False
-        run_deployment(
-            DELIVER_DEPLOYMENT,
-            parameters={},
-            timeout=0,
-            idempotency_key=f"deliver-webhooks:after:{job_id}",
-            as_subflow=False,
-        )
-        return True
-    except Exception:
-        log.warning("could not start a webhook delivery run; the schedule will", exc_info=True)
-        return False
-
-
-def kick(client: SyncPrefectClient, key: str) -> bool:
-    """Start a delivery run now through an existing client (the API's); never raises."""
-    try:
-        deployment = client.read_deployment_by_name(DELIVER_DEPLOYMENT)
-        client.create_flow_run_from_deployment(
-            deployment.id, parameters={}, idempotency_key=f"deliver-webhooks:{key}"
-        )
-        return True
-    except Exception:
-        log.warning("could not start a webhook delivery run; the schedule will", exc_info=True)
-        return False

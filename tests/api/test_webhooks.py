@@ -22,8 +22,8 @@ from mailsync.api.app import create_app
 from mailsync.core import apikeys, workspaces
 from mailsync.db import session_scope
 from mailsync.db.tables import WebhookEndpoint, utcnow
+from mailsync.orchestration.runs import DELIVER_DEPLOYMENT
 from mailsync.settings import Settings
-from mailsync.webhooks.dispatch import DELIVER_DEPLOYMENT
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack
 from tests.webhooks.conftest import Receiver, finish_job, running_job, serve_receiver

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mailsync.core.jobs.contract import JobRef, MailboxRef
+from mailsync.core.schedule.refresh import Retry, batches, sync_batch
 from mailsync.core.sync.engine import MailboxResult
 from mailsync.errors import AuthError, TransientProviderError
-from mailsync.orchestration.rounds import Retry, batches, sync_batch
 
 
 def _job(job_id: str, synced: int, new: int = 0) -> JobRef:

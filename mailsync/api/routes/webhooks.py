@@ -25,7 +25,7 @@ from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import WebhookEndpoint, iso
 from mailsync.errors import UnknownEventTypeError, UnsafeUrlError
 from mailsync.settings import Settings
-from mailsync.webhooks import dispatch, outbox, ssrf, store
+from mailsync.webhooks import outbox, ssrf, store
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -203,5 +203,5 @@ def replay_delivery(
         )
     outbox.replay(session, found, settings.webhook_retry_horizon_seconds)
     session.commit()
-    dispatch.kick(orchestrator.client, f"replay:{ULID()}")
+    orchestrator.start_delivery_run(f"replay:{ULID()}")
     return {"data": store.delivery_views(session, [found])[0]}

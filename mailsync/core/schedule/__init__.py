@@ -1,0 +1,1 @@
+"""What scheduled rounds decide, on plain values: due mailboxes, nightly syncs, summaries."""
