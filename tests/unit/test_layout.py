@@ -1,0 +1,111 @@
+"""The layout's rules, read from the code (README, Architecture): who may import what."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT_HOMES = (
+    "mailsync/orchestration/",
+    "mailsync/devstack/",
+    "flows/",
+    "tasks/",
+    "deployments/",
+)
+
+
+def _modules(*tops: str) -> dict[str, Path]:
+    found = {}
+    for top in tops:
+        for path in (ROOT / top).rglob("*.py"):
+            rel = path.relative_to(ROOT).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def _uses(path: Path, package: str) -> bool:
+    return any(n == package or n.startswith(package + ".") for n in _imports(path))
+
+
+def test_prefect_is_imported_only_where_runs_are_orchestrated() -> None:
+    """Only orchestration/ (and devstack/, which starts servers), flows/, tasks/ and
+    deployments/ import Prefect: the domain, the API and the webhooks stay testable alone."""
+    offenders = [
+        path.relative_to(ROOT).as_posix()
+        for path in _modules("mailsync", "flows", "tasks", "deployments").values()
+        if _uses(path, "prefect")
+        and not path.relative_to(ROOT).as_posix().startswith(PREFECT_HOMES)
+    ]
+    assert not offenders
+
+
+def test_the_api_knows_neither_providers_nor_prefect() -> None:
+    """The API layer imports no provider client and no Prefect: it talks to the orchestrator."""
+    offenders = [
+        path.relative_to(ROOT).as_posix()
+        for path in _modules("mailsync/api").values()
+        if _uses(path, "prefect") or _uses(path, "mailsync.providers")
+    ]
+    assert not offenders
+
+
+def test_the_domain_imports_no_framework() -> None:
+    """core/ is plain Python and SQLModel: no Prefect, no FastAPI, no orchestration."""
+    offenders = [
+        path.relative_to(ROOT).as_posix()
+        for path in _modules("mailsync/core").values()
+        if any(_uses(path, p) for p in ("prefect", "fastapi", "mailsync.orchestration"))
+    ]
+    assert not offenders
+
+
+def _module_deps(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The modules `path` imports at its top level: `from pkg import sub` imports `sub`
+    (the package is only being initialised, which Python allows), anything else the
+    module named."""
+    deps: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            deps.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+            deps.update(subs or ({node.module} & modules.keys()))
+    return deps
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Module-level imports between mailsync's modules form no cycle (a cycle is a layering
+    mistake, and breaks when either module is imported first)."""
+    modules = _modules("mailsync")
+    graph = {name: _module_deps(path, modules) - {name} for name, path in modules.items()}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append([*stack[stack.index(dep) :], dep] if dep in stack else [node, dep])
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles
