@@ -22,7 +22,8 @@ from prefect.runner._workspace_supervisor import _hook_command
 from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
-from mailsync.orchestration.warm_worker import WORKER_TYPE, ForkedProcess, WarmProcessWorker
+from mailsync.orchestration.warm_start import ForkedProcess
+from mailsync.orchestration.warm_worker import WORKER_TYPE, WarmProcessWorker
 
 
 def test_built_for_this_prefect() -> None:
