@@ -35,6 +35,8 @@ from sqlmodel import Session, select
 
 from mailsync import db
 from mailsync.api.app import create_app
+from mailsync.core.rules.admission import full_sync_limit
+from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.db.tables import Mailbox, Message, SyncJob
 from mailsync.devstack.processes import (
     Child,
@@ -46,8 +48,7 @@ from mailsync.devstack.processes import (
     worker_name,
 )
 from mailsync.fakes.server import free_port, serve_in_thread
-from mailsync.orchestration.admission import full_sync_limit
-from mailsync.orchestration.limits import LimitSpec, PrefectLimits, Refusal
+from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 from tests.api.conftest import Api, ManualClock, Tenant, make_tenant, slow_down, speed_up

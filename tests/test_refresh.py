@@ -21,6 +21,7 @@ from mailsync.api.app import create_app
 from mailsync.core import workspaces
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.jobs.contract import JobEnd, JobRef
+from mailsync.core.rules.admission import full_sync_limit, mailbox_limit
 from mailsync.core.schedule import nightly, refresh, summaries
 from mailsync.core.sync import index
 from mailsync.core.sync.engine import MailboxResult
@@ -28,7 +29,6 @@ from mailsync.core.sync.index import Counts
 from mailsync.db import get_engine, session_scope
 from mailsync.db.tables import Mailbox, SyncJob, utcnow
 from mailsync.errors import SyncInProgressError
-from mailsync.orchestration.admission import full_sync_limit, mailbox_limit
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import job_tags
 from mailsync.orchestration.rounds import read_busy

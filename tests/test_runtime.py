@@ -9,11 +9,11 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from mailsync.core.jobs import store as jobstore
+from mailsync.core.rules.admission import mailbox_limit
 from mailsync.db import session_scope
 from mailsync.db.tables import JobStatus, SyncJob
 from mailsync.errors import JobEndedError, MailboxBusyError
 from mailsync.orchestration import runtime
-from mailsync.orchestration.admission import mailbox_limit
 from mailsync.settings import Settings
 from tests.api.conftest import make_tenant
 from tests.conftest import FakeProviders, PrefectStack

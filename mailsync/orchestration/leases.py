@@ -10,11 +10,12 @@ from types import TracebackType
 
 from sqlmodel import col, update
 
+from mailsync.core.rules.admission import full_sync_limit
+from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.db import session_scope
 from mailsync.db.tables import SyncJob
 from mailsync.errors import MailboxBusyError, PrefectUnavailableError, SyncInProgressError
-from mailsync.orchestration.admission import full_sync_limit
-from mailsync.orchestration.limits import LimitSpec, PrefectLimits, Refusal
+from mailsync.orchestration.limits import PrefectLimits
 
 log = logging.getLogger(__name__)
 

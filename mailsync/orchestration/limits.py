@@ -10,27 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
+from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.errors import PrefectUnavailableError
-
-
-@dataclass(frozen=True)
-class LimitSpec:
-    name: str
-    limit: int
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A take that found the limit full; `retry_after` is Prefect's hint in seconds."""
-
-    retry_after: float | None
 
 
 def _status(exc: Exception) -> int | None:

@@ -22,10 +22,10 @@ from sqlmodel import Session, col, select, update
 
 from mailsync.core.jobs import reconcile
 from mailsync.core.jobs import store as jobstore
+from mailsync.core.rules.admission import Admission, Clock
 from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
 from mailsync.errors import PrefectUnavailableError
 from mailsync.orchestration import runs
-from mailsync.orchestration.admission import Admission, Clock
 from mailsync.orchestration.deadline import DeadlineTransport
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.settings import Settings, get_settings

@@ -12,12 +12,12 @@ from sqlmodel import col, select, update
 
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxRef
+from mailsync.core.rules.admission import mailbox_limit
 from mailsync.core.sync.engine import MailboxResult, Progress, sync_mailbox
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import JobStatus, SyncJob
 from mailsync.errors import JobEndedError, JobNotFoundError, PrefectUnavailableError
-from mailsync.orchestration.admission import mailbox_limit
 from mailsync.orchestration.leases import FullSyncSlot, MailboxTurn, MailboxTurns
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import Orchestrator

@@ -17,9 +17,9 @@ from mailsync.api.app import create_app
 from mailsync.cli import app as cli
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.jobs.reconcile import Bounds
+from mailsync.core.rules.admission import full_sync_limit
 from mailsync.db import get_engine, session_scope
 from mailsync.db.tables import JobStatus, SyncJob, utcnow
-from mailsync.orchestration.admission import full_sync_limit
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT, Orchestrator, job_tags
 from mailsync.settings import Settings, get_settings

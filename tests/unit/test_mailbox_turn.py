@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
+from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.errors import MailboxBusyError, PrefectUnavailableError
 from mailsync.orchestration.leases import MailboxTurn
-from mailsync.orchestration.limits import LimitSpec, Refusal
 
 SPEC = LimitSpec("mailsync-mailbox:mbx_1", 1)
 

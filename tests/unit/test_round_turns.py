@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mailsync.core.rules.admission import mailbox_limit
+from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.errors import PrefectUnavailableError
-from mailsync.orchestration.admission import mailbox_limit
 from mailsync.orchestration.leases import MailboxTurns
-from mailsync.orchestration.limits import LimitSpec, Refusal
 from mailsync.orchestration.runtime import RoundTurns
 
 

@@ -1,4 +1,4 @@
-"""The sync rules, enforced with Prefect global concurrency limits.
+"""The sync rules, as policy over a slot store (Prefect global concurrency limits in service).
 
 - 409 `sync_in_progress`: at most one full sync queued or running per workspace and provider.
   A full sync holds a lease on `mailsync-full-sync:<workspace>:<provider>` (limit 1) from the
@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from mailsync.core.rules.slots import LimitSpec, Refusal, SlotStore
 from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
 from mailsync.errors import RateLimitedError, SyncInProgressError
-from mailsync.orchestration.limits import LimitSpec, PrefectLimits, Refusal
 from mailsync.settings import Settings
 
 Clock = Callable[[], datetime]
@@ -67,7 +67,7 @@ def mailbox_limit(mailbox_id: str) -> LimitSpec:
 
 
 class Admission:
-    def __init__(self, limits: PrefectLimits, settings: Settings, clock: Clock = utcnow) -> None:
+    def __init__(self, limits: SlotStore, settings: Settings, clock: Clock = utcnow) -> None:
         self.limits, self.settings, self.clock = limits, settings, clock
 
     # -- 429 ------------------------------------------------------------------------------

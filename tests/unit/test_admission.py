@@ -1,0 +1,123 @@
+"""The sync rules as policy (core/rules/admission.py) over an in-memory slot store: 409 and
+429 checked without a Prefect server, with an injected clock."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlmodel import Session
+
+from mailsync.core import workspaces
+from mailsync.core.rules.admission import Admission
+from mailsync.core.rules.slots import LimitSpec, Refusal
+from mailsync.db import session_scope
+from mailsync.db.tables import JobStatus, SyncJob
+from mailsync.errors import RateLimitedError, SyncInProgressError
+from mailsync.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class MemorySlots:
+    """A slot store as Prefect's limits behave: all-or-nothing takes, leases that end."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.leases: dict[str, tuple[list[str], datetime]] = {}
+
+    def active_slots(self, name: str) -> int:
+        now = self.clock()
+        return sum(1 for names, end in self.leases.values() if name in names and end > now)
+
+    def take(
+        self, specs: list[LimitSpec], lease_seconds: float, *, ensure_first: bool = True
+    ) -> str | Refusal:
+        if any(self.active_slots(s.name) >= s.limit for s in specs):
+            return Refusal(None)
+        lease = secrets.token_hex(4)
+        end = self.clock() + timedelta(seconds=lease_seconds)
+        self.leases[lease] = ([s.name for s in specs], end)
+        return lease
+
+    def release(self, lease_id: str) -> None:
+        self.leases.pop(lease_id, None)
+
+
+def _admission(clock: Clock) -> tuple[Admission, MemorySlots]:
+    slots = MemorySlots(clock)
+    settings = Settings(sync_quota=6, sync_quota_window_seconds=3600)
+    return Admission(slots, settings, clock), slots
+
+
+def _workspace(session: Session) -> str:
+    workspace_id = f"ad-{secrets.token_hex(4)}"
+    workspaces.create_workspace(session, workspace_id)
+    return workspace_id
+
+
+def _record(session: Session, workspace_id: str, lease: tuple[str, datetime] | None) -> None:
+    job = SyncJob(workspace_id=workspace_id, mode="incremental", providers=["gmail"])
+    if lease is not None:
+        job.quota_lease_id, job.quota_expires_at = lease
+    session.add(job)
+    session.flush()
+
+
+def _no_refresh(_session: Session, _job: SyncJob) -> SyncJob:
+    return _job
+
+
+def test_the_seventh_on_demand_sync_in_an_hour_is_refused_until_the_first_frees(
+    database_url: str,
+) -> None:
+    """Six takes in a rolling hour; the seventh is 429 with Retry-After counting down to the
+    first one's end; past it, a take succeeds again (and the stale lease is given back)."""
+    clock = Clock()
+    admission, slots = _admission(clock)
+    with session_scope(database_url) as session:
+        workspace_id = _workspace(session)
+        for minute in range(6):
+            clock.now += timedelta(minutes=minute and 1)
+            _record(session, workspace_id, admission.take_quota(session, workspace_id))
+        clock.now += timedelta(minutes=10)
+        with pytest.raises(RateLimitedError) as refused:
+            admission.take_quota(session, workspace_id)
+        assert refused.value.retry_after == 3600 - 15 * 60
+        assert admission.quota_state(session, workspace_id).remaining == 0
+        clock.now += timedelta(seconds=refused.value.retry_after)
+        _record(session, workspace_id, admission.take_quota(session, workspace_id))
+        assert len(slots.leases) == 6
+
+
+def test_a_second_full_sync_of_a_provider_is_409_naming_the_first(database_url: str) -> None:
+    """While a full sync of gmail is queued, another full sync or an incremental one naming
+    gmail is refused with the queued job's id; microsoft alone is not blocked."""
+    clock = Clock()
+    admission, _ = _admission(clock)
+    with session_scope(database_url) as session:
+        workspace_id = _workspace(session)
+        lease = admission.take_full_sync(session, workspace_id, ["gmail"], _no_refresh)
+        first = SyncJob(
+            workspace_id=workspace_id,
+            mode="full",
+            providers=["gmail"],
+            status=JobStatus.queued.value,
+            lease_id=lease,
+        )
+        session.add(first)
+        session.flush()
+        with pytest.raises(SyncInProgressError) as busy:
+            admission.take_full_sync(session, workspace_id, ["gmail", "microsoft"], _no_refresh)
+        assert busy.value.job_id == first.id
+        with pytest.raises(SyncInProgressError):
+            admission.check_no_full_sync(session, workspace_id, ["gmail"], _no_refresh)
+        admission.check_no_full_sync(session, workspace_id, ["microsoft"], _no_refresh)
+        assert admission.take_full_sync(session, workspace_id, ["microsoft"], _no_refresh)
