@@ -14,11 +14,9 @@ from pathlib import Path
 
 import httpx
 
+from mailsync.errors import StackError
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-
-
-class StackError(Exception):
-    pass
 
 
 @dataclass

@@ -17,27 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-
-class ProviderError(Exception):
-    """A provider call failed; `code` is a short machine-readable reason."""
-
-    code = "provider_error"
-
-
-class TransientProviderError(ProviderError):
-    code = "provider_unavailable"
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class AuthError(ProviderError):
-    code = "provider_auth_failed"
-
-
-class CursorExpiredError(ProviderError):
-    code = "cursor_expired"
+# The errors every provider raises (drawn in mailsync/errors.py), importable from here too.
+from mailsync.errors import AuthError as AuthError
+from mailsync.errors import CursorExpiredError as CursorExpiredError
+from mailsync.errors import ProviderError as ProviderError
+from mailsync.errors import TransientProviderError as TransientProviderError
 
 
 @dataclass(frozen=True)
