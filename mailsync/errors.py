@@ -2,7 +2,8 @@
 
 Each class carries a `code`: the `error.code` of an API answer and of a failed job alike.
 The API translates any of them through `HTTP_STATUS` (mailsync/api/errors.py); a sync job
-records the code of its first failed mailbox through `job_error_code`
+records the code of its first failed mailbox through `job_error_code` (every code a job can
+end with, these and what became of its flow run, is in `JOB_ERRORS`)
 (mailsync/core/jobs/outcomes.py, for the sync flow and refresh rounds alike).
 
     MailsyncError                         internal_error
@@ -235,6 +236,25 @@ NOT_ANSWERED: frozenset[str] = frozenset(
         "cursor_expired",
     }
 )
+
+
+# Every code a failed job's `error.code` can carry, and what it means (the README's table).
+JOB_ERRORS: dict[str, str] = {
+    "provider_auth_failed": "the provider refused the mailbox's credentials; reconnect it",
+    "provider_unavailable": "the provider kept failing or throttling past the retries",
+    "provider_error": "the provider answered something the sync cannot use",
+    "cursor_expired": "the stored cursor is no longer valid and no full sync could follow",
+    "sync_in_progress": "another sync held the provider or the mailbox past the wait",
+    "mailbox_disconnected": "the mailbox was disconnected while the job was queued",
+    "credentials_unreadable": "no configured encryption key opens the stored credentials",
+    "service_unavailable": "Prefect could not be asked for what the sync needed",
+    "orchestrator_unavailable": "Prefect refused the job's flow run, or none came",
+    "job_cancelled": "the job's flow run was cancelled (from the Prefect UI, say)",
+    "job_crashed": "the job's flow run crashed (its process died)",
+    "job_failed": "the job's flow run failed, or an administrator failed the job",
+    "job_lost": "the flow run vanished or ended without recording the job's end",
+    "internal_error": "a bug; the message names the exception's type only",
+}
 
 
 def http_status(error: MailsyncError) -> int:

@@ -75,3 +75,27 @@ def test_exception_classes_are_defined_only_in_errors() -> None:
                 if any(b.endswith(("Error", "Exception")) for b in bases):
                     found.append(f"{rel}:{node.name}")
     assert not set(found) - NOT_OURS
+
+
+def test_every_code_a_job_can_end_with_is_documented() -> None:
+    """JOB_ERRORS lists every code a job's error can carry: the codes of the errors a sync
+    can raise, what reconciliation and the orchestrator record of a run, and internal_error;
+    the README's table of job errors lists them all."""
+    from mailsync.core.jobs import reconcile
+
+    raised_in_a_sync = {
+        cls.code
+        for cls in errors.error_classes()
+        if issubclass(
+            cls,
+            errors.ProviderError
+            | errors.SyncInProgressError
+            | errors.MailboxGoneError
+            | errors.CredentialsUnreadableError
+            | errors.PrefectUnavailableError,
+        )
+    }
+    run_endings = {*reconcile.RUN_FAILURES.values(), "job_lost", "orchestrator_unavailable"}
+    assert raised_in_a_sync | run_endings | {"internal_error"} == errors.JOB_ERRORS.keys()
+    readme = (ROOT / "README.md").read_text()
+    assert [c for c in errors.JOB_ERRORS if f"| `{c}` |" not in readme] == []
