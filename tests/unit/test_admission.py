@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import Session
 
 from mailsync.core import workspaces
-from mailsync.core.rules.admission import Admission
+from mailsync.core.rules.admission import QUOTA_LEASE_MARGIN_SECONDS, Admission
 from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.db import session_scope
 from mailsync.db.tables import JobStatus, SyncJob
@@ -121,3 +124,63 @@ def test_a_second_full_sync_of_a_provider_is_409_naming_the_first(database_url: 
             admission.check_no_full_sync(session, workspace_id, ["gmail"], _no_refresh)
         admission.check_no_full_sync(session, workspace_id, ["microsoft"], _no_refresh)
         assert admission.take_full_sync(session, workspace_id, ["microsoft"], _no_refresh)
+
+
+class RacingRelease(MemorySlots):
+    """Each release waits (up to a second) for a second one: two requests releasing the same
+    lease at once meet here, which is the race Prefect's non-atomic decrement turns into a
+    slot freed twice."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.released: list[str] = []
+        self.meet = threading.Barrier(2, timeout=1)
+
+    def release(self, lease_id: str) -> None:
+        self.released.append(lease_id)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.meet.wait()
+        super().release(lease_id)
+
+
+def test_two_requests_past_a_window_release_an_expired_quota_lease_once(
+    database_url: str,
+) -> None:
+    """Issue 15 point 6: two triggers arriving together after a quota lease's window ended
+    both see it expired; only one gives it back. Released twice, Prefect's decrement (read
+    the lease, decrement, revoke: not atomic) frees two slots for one, and the quota admits a
+    7th request in the next window."""
+    clock = Clock()
+    slots = RacingRelease(clock)
+    admission = Admission(slots, Settings(sync_quota=6, sync_quota_window_seconds=3600), clock)
+    with session_scope(database_url) as session:
+        workspace_id = _workspace(session)
+        _record(session, workspace_id, admission.take_quota(session, workspace_id))
+    clock.now += timedelta(hours=1, seconds=1)
+
+    def free() -> None:
+        with session_scope(database_url) as session:
+            admission.free_expired(session, workspace_id)
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(free), pool.submit(free)]:
+            future.result()
+    assert len(slots.released) == 1, slots.released
+
+
+def test_a_quota_lease_outlives_its_window_so_only_we_release_it(database_url: str) -> None:
+    """The slot store never ends a quota lease by itself before we release it at the window's
+    end (its expiry racing our release would free the slot twice too)."""
+    clock = Clock()
+    admission, slots = _admission(clock)
+    taken: list[float] = []
+    original = slots.take
+
+    def take(specs: list[LimitSpec], lease_seconds: float, **kw: bool) -> str | Refusal:
+        taken.append(lease_seconds)
+        return original(specs, lease_seconds)
+
+    slots.take = take  # type: ignore[method-assign]
+    with session_scope(database_url) as session:
+        admission.take_quota(session, _workspace(session))
+    assert taken and taken[0] > 3600 and taken[0] == 3600 + QUOTA_LEASE_MARGIN_SECONDS

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, select, update
 
 from mailsync.core.rules.slots import LimitSpec, Refusal, SlotStore
 from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
@@ -35,6 +35,12 @@ Refresh = Callable[[Session, SyncJob], SyncJob]
 # slot: the winner writes it right after taking its leases, but under a burst of requests
 # Prefect answers each take in seconds (seen: 2-3 s with 50 at once on a 2-core machine).
 _HOLDER_WAIT_S = 10.0
+
+
+# A quota lease is taken for its window and this much more: we release it at the window's
+# end (free_expired), and Prefect's own expiry must never race that release (two releases of
+# one lease free two slots: Prefect reads the lease, decrements, then revokes).
+QUOTA_LEASE_MARGIN_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -96,20 +102,31 @@ class Admission:
         return QuotaState(limit, remaining, min(ends) if ends else now)
 
     def free_expired(self, session: Session, workspace_id: str) -> None:
+        """Give back the quota leases whose window ended. Each is claimed first (a
+        compare-and-set on the job row): of two requests finding the same lease expired,
+        only the one that clears it releases it."""
         now = self.clock()
         for job in self._quota_jobs(session, workspace_id):
-            end = as_utc(job.quota_expires_at)
-            if end is not None and end <= now and job.quota_lease_id:
-                self.limits.release(job.quota_lease_id)
-                job.quota_lease_id = None
-                session.add(job)
-        session.flush()
+            end, lease = as_utc(job.quota_expires_at), job.quota_lease_id
+            if end is None or end > now or not lease:
+                continue
+            claimed = session.exec(  # type: ignore[call-overload]
+                update(SyncJob)
+                .where(col(SyncJob.id) == job.id, col(SyncJob.quota_lease_id) == lease)
+                .values(quota_lease_id=None)
+                .execution_options(synchronize_session=False)
+            )
+            session.expire(job, ["quota_lease_id"])
+            if claimed.rowcount == 1:
+                self.limits.release(lease)
 
     def take_quota(self, session: Session, workspace_id: str) -> tuple[str, datetime]:
         """One on-demand slot: (lease id, when it frees). Raises RateLimitedError."""
         self.free_expired(session, workspace_id)
         window = self.settings.sync_quota_window_seconds
-        taken = self.limits.take([self.quota_limit(workspace_id)], window)
+        taken = self.limits.take(
+            [self.quota_limit(workspace_id)], window + QUOTA_LEASE_MARGIN_SECONDS
+        )
         if isinstance(taken, Refusal):
             state = self.quota_state(session, workspace_id)
             wait = (state.reset - self.clock()).total_seconds()
