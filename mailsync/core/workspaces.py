@@ -64,8 +64,9 @@ def connect_mailbox(
 ) -> tuple[Mailbox, bool]:
     """Connect (or re-connect with new credentials) a mailbox; returns it and whether it is new.
 
-    Re-connecting forgets the cursor and the index: new credentials may point at another
-    account, so only a fresh full sync can be trusted.
+    Re-connecting forgets the cursor and the index, a half-built generation and its
+    checkpoint, and the provider's token state: new credentials may point at another account,
+    so only a fresh full sync with them alone can be trusted.
     """
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
@@ -90,6 +91,9 @@ def connect_mailbox(
         session.exec(delete(Message).where(col(Message.mailbox_id) == mailbox.id))  # type: ignore[call-overload]
         mailbox.cursor = None
         mailbox.last_synced_at = None
+        mailbox.building_generation = None
+        mailbox.checkpoint = mailbox.checkpoint_at = None
+        mailbox.auth_state_encrypted = None
     mailbox.credentials_encrypted = sealed
     session.add(mailbox)
     session.flush()
