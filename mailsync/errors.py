@@ -12,7 +12,8 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     │   └── JobNotFoundError
     ├── NoMailboxError                    insufficient_permissions: nothing of that kind to sync
     ├── SyncInProgressError               sync_in_progress: another full sync holds the provider
-    │   └── MailboxBusyError                  another sync held the mailbox past our wait
+    │   ├── MailboxBusyError                  another sync held the mailbox past our wait
+    │   └── BuildSupersededError              another sync took over this one's index build
     ├── RateLimitedError                  rate_limited: the on-demand quota (retry_after)
     ├── IdempotencyError
     │   ├── InvalidIdempotencyKey         invalid_request
@@ -97,6 +98,11 @@ class SyncInProgressError(MailsyncError):
 
 class MailboxBusyError(SyncInProgressError):
     """Another sync of the mailbox held its turn for longer than this one would wait."""
+
+
+class BuildSupersededError(SyncInProgressError):
+    """Another sync of the mailbox switched or restarted the index build this one was writing
+    (this one's turn lapsed meanwhile): it stops without touching the index."""
 
 
 class RateLimitedError(MailsyncError):

@@ -146,9 +146,12 @@ class _Run:
             mailbox = _mailbox(session, self.mailbox_id)
             checkpoint = self._resumable(mailbox)
             if checkpoint is None:
+                # A generation no other build used: one still running on the old number
+                # (its turn lapsed) fails its next page's fence instead of writing into ours.
+                start = max(mailbox.generation, mailbox.building_generation or 0)
                 if mailbox.building_generation is not None:
                     index.discard(session, mailbox.id, mailbox.building_generation)
-                mailbox.building_generation = mailbox.generation + 1
+                mailbox.building_generation = start + 1
                 mailbox.checkpoint = mailbox.checkpoint_at = None
             building, live = mailbox.building_generation, mailbox.generation
             assert building is not None
@@ -175,16 +178,14 @@ class _Run:
                 self.result.counts += index.upsert(
                     session, self.mailbox_id, page.upserts, building, compare_to=live
                 )
-                mailbox = _mailbox(session, self.mailbox_id)
-                mailbox.checkpoint, mailbox.checkpoint_at = page.checkpoint, utcnow()
-                session.add(mailbox)
+                index.keep_checkpoint(
+                    session, self.mailbox_id, page.checkpoint, building=building, live=live
+                )
             final = page.cursor or final
             self._advance(len(page.upserts), page.total_estimate)
         with session_scope(self.database_url) as session:
             mailbox = _mailbox(session, self.mailbox_id)
-            self.result.counts.deleted += index.switch(session, mailbox, building)
-            mailbox.building_generation = None
-            mailbox.checkpoint = mailbox.checkpoint_at = None
+            self.result.counts.deleted += index.switch(session, mailbox, building, live=live)
             self._finish(mailbox, final)
 
     def _resumable(self, mailbox: Mailbox) -> str | None:

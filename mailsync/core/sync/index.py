@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete, select, update
 
-from mailsync.db.tables import Mailbox, Message, as_utc
+from mailsync.db.tables import Mailbox, Message, as_utc, utcnow
+from mailsync.errors import BuildSupersededError, MailboxGoneError, MailsyncError
 from mailsync.providers.base import MessageRecord
 
 _CHUNK = 500  # keeps IN (...) lists well under every database's parameter limit
@@ -154,14 +155,56 @@ def discard(session: Session, mailbox_id: str, generation: int) -> None:
     )
 
 
-def switch(session: Session, mailbox: Mailbox, generation: int) -> int:
-    """Make `generation` live and drop the old one; returns how many messages disappeared."""
+def _still_building(building: int, live: int) -> Any:
+    return (col(Mailbox.building_generation) == building) & (col(Mailbox.generation) == live)
+
+
+def _superseded(session: Session, mailbox_id: str, building: int) -> MailsyncError:
+    if session.get(Mailbox, mailbox_id) is None:
+        return MailboxGoneError(f"mailbox {mailbox_id} is no longer connected")
+    return BuildSupersededError(
+        f"another sync of mailbox {mailbox_id} took over building generation {building}"
+    )
+
+
+def keep_checkpoint(
+    session: Session, mailbox_id: str, checkpoint: str | None, *, building: int, live: int
+) -> None:
+    """Store a build's checkpoint after a page, in the page's transaction: only while the
+    mailbox still builds `building` over `live`, the fence every page of a build passes (a
+    build another sync restarted or switched stops here, its page rolled back with it)."""
+    stored = session.exec(  # type: ignore[call-overload]
+        update(Mailbox)
+        .where(col(Mailbox.id) == mailbox_id, _still_building(building, live))
+        .values(checkpoint=checkpoint, checkpoint_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if stored.rowcount != 1:
+        raise _superseded(session, mailbox_id, building)
+
+
+def switch(session: Session, mailbox: Mailbox, generation: int, *, live: int) -> int:
+    """Make `generation` live and drop `live`, the generation it was built over; returns how
+    many messages disappeared. A compare-and-set on both: a build another sync switched or
+    restarted meanwhile is refused (BuildSupersededError), so it can never drop the live
+    index as "the old one"."""
+    switched = session.exec(  # type: ignore[call-overload]
+        update(Mailbox)
+        .where(col(Mailbox.id) == mailbox.id, _still_building(generation, live))
+        .values(
+            generation=generation, building_generation=None, checkpoint=None, checkpoint_at=None
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if switched.rowcount != 1:
+        raise _superseded(session, mailbox.id, generation)
+    session.expire(mailbox)
     table: sa.Table = Message.__table__  # type: ignore[attr-defined]
     old, new = table.alias("old"), table.alias("new")
     query = (
         sa.select(sa.func.count())
         .select_from(old)
-        .where(old.c.mailbox_id == mailbox.id, old.c.generation == mailbox.generation)
+        .where(old.c.mailbox_id == mailbox.id, old.c.generation == live)
         .where(
             ~sa.exists().where(
                 new.c.mailbox_id == old.c.mailbox_id,
@@ -171,9 +214,7 @@ def switch(session: Session, mailbox: Mailbox, generation: int) -> int:
         )
     )
     vanished = session.connection().execute(query).scalar_one()
-    discard(session, mailbox.id, mailbox.generation)
-    mailbox.generation = generation
-    session.add(mailbox)
+    discard(session, mailbox.id, live)
     return int(vanished)
 
 
