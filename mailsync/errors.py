@@ -13,7 +13,8 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     ├── NoMailboxError                    insufficient_permissions: nothing of that kind to sync
     ├── SyncInProgressError               sync_in_progress: another full sync holds the provider
     │   ├── MailboxBusyError                  another sync held the mailbox past our wait
-    │   └── BuildSupersededError              another sync took over this one's index build
+    │   ├── BuildSupersededError              another sync took over this one's index build
+    │   └── TurnLapsedError                   this sync's turn of the mailbox lapsed (retried)
     ├── RateLimitedError                  rate_limited: the on-demand quota (retry_after)
     ├── IdempotencyError
     │   ├── InvalidIdempotencyKey         invalid_request
@@ -103,6 +104,12 @@ class MailboxBusyError(SyncInProgressError):
 class BuildSupersededError(SyncInProgressError):
     """Another sync of the mailbox switched or restarted the index build this one was writing
     (this one's turn lapsed meanwhile): it stops without touching the index."""
+
+
+class TurnLapsedError(SyncInProgressError):
+    """The sync's turn of the mailbox lapsed (its lease could not be renewed): it stops before
+    writing again, since another sync may hold the turn now. Worth retrying: the retry waits
+    for the turn and resumes from what is stored."""
 
 
 class RateLimitedError(MailsyncError):

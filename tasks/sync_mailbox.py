@@ -13,7 +13,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from mailsync.core.jobs.contract import JobEnd, JobRef
 from mailsync.core.sync.engine import MailboxResult
 from mailsync.db import connection_lost
-from mailsync.errors import PrefectUnavailableError, TransientProviderError
+from mailsync.errors import PrefectUnavailableError, TransientProviderError, TurnLapsedError
 from mailsync.orchestration import runtime
 
 
@@ -23,7 +23,7 @@ def is_transient_error(exc: BaseException) -> bool:
     A lost app-database connection counts too (tests/test_drills.py drops it mid-sync): the
     page being written was rolled back with its checkpoint, so the retry resumes from the last
     stored page and converges to the same index. Before, one killed backend failed the job."""
-    if isinstance(exc, TransientProviderError | PrefectUnavailableError):
+    if isinstance(exc, TransientProviderError | PrefectUnavailableError | TurnLapsedError):
         return True
     return isinstance(exc, Exception) and connection_lost(exc)
 

@@ -13,7 +13,7 @@ from sqlmodel import col, select, update
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxRef
 from mailsync.core.rules.admission import mailbox_limit
-from mailsync.core.sync.engine import MailboxResult, Progress, sync_mailbox
+from mailsync.core.sync.engine import Fence, MailboxResult, Progress, sync_mailbox
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import JobStatus, SyncJob
@@ -117,12 +117,19 @@ def run_mailbox(
     settings = settings or get_settings()
     if turn_held:
         return sync_now(mailbox_id, mode, settings, progress=progress)
-    with mailbox_turn(mailbox_id, settings):
-        return sync_now(mailbox_id, mode, settings, progress=progress)
+    with mailbox_turn(mailbox_id, settings) as turn:
+        # Once its lease lapses another sync may take the turn: this one writes no more.
+        return sync_now(
+            mailbox_id, mode, settings, progress=progress, fence=lambda: not turn.lapsed
+        )
 
 
 def sync_now(
-    mailbox_id: str, mode: str, settings: Settings, progress: Progress | None = None
+    mailbox_id: str,
+    mode: str,
+    settings: Settings,
+    progress: Progress | None = None,
+    fence: Fence | None = None,
 ) -> MailboxResult:
     """Sync one mailbox with the configured providers, without asking for its turn (the
     caller holds it, or is alone: tests of the sync itself)."""
@@ -134,11 +141,12 @@ def sync_now(
         endpoints=settings.provider_endpoints,
         options=settings.provider_options,
         progress=progress,
+        fence=fence,
     )
 
 
 @contextmanager
-def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
+def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[MailboxTurn]:
     """Hold the mailbox's Prefect slot (limit 1, on any worker) while it syncs; wait for it.
 
     Why: the sync rules let an incremental run beside a full sync, and two incrementals run at
@@ -157,7 +165,7 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[None]:
         )
         turn.__enter__()  # PrefectUnavailableError: transient, the sync task retries it
         try:
-            yield
+            yield turn
         finally:
             turn.__exit__(None, None, None)
 

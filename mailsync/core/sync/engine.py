@@ -20,7 +20,7 @@ from mailsync.core.sync.readahead import read_ahead
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox, SyncMode, as_utc, utcnow
-from mailsync.errors import MailboxGoneError
+from mailsync.errors import MailboxGoneError, TurnLapsedError
 from mailsync.providers.base import (
     CursorExpiredError,
     MailProvider,
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 ProviderFactory = Callable[..., MailProvider]
 # Called after every applied page with (messages processed so far, provider's total estimate).
 Progress = Callable[[int, int | None], None]
+# True while the sync may still write: it holds its mailbox's turn (runtime.mailbox_turn).
+Fence = Callable[[], bool]
 RESUME_WITHIN = timedelta(hours=1)
 
 
@@ -82,7 +84,10 @@ def sync_mailbox(
     factory: ProviderFactory = open_provider,
     options: ProviderOptions | None = None,
     progress: Progress | None = None,
+    fence: Fence | None = None,
 ) -> MailboxResult:
+    """Sync the mailbox. `fence`: asked before every write; once it says no, the sync stops
+    with TurnLapsedError."""
     with session_scope(database_url) as session:
         mailbox = _mailbox(session, mailbox_id)
         credentials = box.open(mailbox.credentials_encrypted)
@@ -98,7 +103,14 @@ def sync_mailbox(
         auth_state=auth_state.get("state"),
         options=options,
     )
-    run = _Run(database_url, mailbox_id, provider, result, progress or (lambda _n, _t: None))
+    run = _Run(
+        database_url,
+        mailbox_id,
+        provider,
+        result,
+        progress or (lambda _n, _t: None),
+        fence or (lambda: True),
+    )
     try:
         if mode == SyncMode.incremental and cursor is None:
             result.performed_mode, result.reason = SyncMode.full, "initial_sync"
@@ -123,13 +135,22 @@ class _Run:
     provider: MailProvider
     result: MailboxResult
     progress: Progress
+    fence: Fence
     processed: int = 0
+
+    def _writes(self) -> None:
+        """Before every write: a sync that lost its turn writes nothing more."""
+        if not self.fence():
+            raise TurnLapsedError(
+                f"the turn of mailbox {self.mailbox_id} lapsed while it synced; stopped"
+            )
 
     def incremental(self, cursor: str) -> None:
         # Pages are applied as they come: upserts and deletions are idempotent, so a sync that
         # dies half-way and is retried from the old cursor converges to the same index.
         final: str | None = None
         for page in read_ahead(self.provider.incremental_sync(cursor)):
+            self._writes()
             with session_scope(self.database_url) as session:
                 live = _mailbox(session, self.mailbox_id).generation
                 self.result.counts += index.upsert(session, self.mailbox_id, page.upserts, live)
@@ -138,10 +159,12 @@ class _Run:
                 )
             final = page.cursor or final
             self._advance(len(page.upserts) + len(page.deletions), page.total_estimate)
+        self._writes()
         with session_scope(self.database_url) as session:
             self._finish(_mailbox(session, self.mailbox_id), final or cursor)
 
     def full(self) -> None:
+        self._writes()
         with session_scope(self.database_url) as session:
             mailbox = _mailbox(session, self.mailbox_id)
             checkpoint = self._resumable(mailbox)
@@ -174,6 +197,7 @@ class _Run:
         for page in read_ahead(self.provider.full_sync(checkpoint)):
             # The page and the checkpoint after it are stored together: a resumed sync never
             # skips a page nor applies one twice.
+            self._writes()
             with session_scope(self.database_url) as session:
                 self.result.counts += index.upsert(
                     session, self.mailbox_id, page.upserts, building, compare_to=live
@@ -183,6 +207,7 @@ class _Run:
                 )
             final = page.cursor or final
             self._advance(len(page.upserts), page.total_estimate)
+        self._writes()
         with session_scope(self.database_url) as session:
             mailbox = _mailbox(session, self.mailbox_id)
             self.result.counts.deleted += index.switch(session, mailbox, building, live=live)
@@ -207,7 +232,7 @@ class _Run:
 
     def keep_auth_state(self, box: CredentialBox) -> None:
         state = self.provider.auth_state()
-        if state is None:
+        if state is None or not self.fence():
             return
         with session_scope(self.database_url) as session:
             mailbox = session.get(Mailbox, self.mailbox_id)
