@@ -11,7 +11,7 @@ import os
 import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,9 @@ def test_a_failed_discovery_is_not_kept_for_the_next_mailbox(microsoft: Microsof
     microsoft.fake.ok("POST", "/_admin/faults", json={"operation": "openid-configuration"})
 
     failing = microsoft.provider(boxes[0])
-    failing.max_retry_after_wait = 0.5  # msal's own 5 s pause is then handed to the caller
+    # msal's own 5 s pause is then handed to the caller.
+    failing.throttle_retry = replace(failing.throttle_retry, max_retry_after=0.5)
+    failing.transient_retry = replace(failing.transient_retry, max_retry_after=0.5)
     try:
         with pytest.raises(TransientProviderError):
             list(failing.full_sync())
@@ -280,7 +282,8 @@ def test_a_refused_token_request_is_not_replayed_to_the_next_mailbox(
     microsoft.fake.ok("POST", "/_admin/faults", json={"operation": "token", "status": status})
 
     failing = microsoft.provider(first)
-    failing.max_retry_after_wait = 0.5
+    failing.throttle_retry = replace(failing.throttle_retry, max_retry_after=0.5)
+    failing.transient_retry = replace(failing.transient_retry, max_retry_after=0.5)
     try:
         with pytest.raises(error):
             list(failing.full_sync())
@@ -288,7 +291,8 @@ def test_a_refused_token_request_is_not_replayed_to_the_next_mailbox(
         failing.close()
     after = microsoft.provider(second)
     # No retries: a failure replayed from msal's memory would be raised, not waited out.
-    after.max_retry_after_wait = after.max_transient_retries = after.max_throttle_retries = 0
+    after.throttle_retry = replace(after.throttle_retry, attempts=1, max_retry_after=0)
+    after.transient_retry = replace(after.transient_retry, attempts=1, max_retry_after=0)
     try:
         assert {r.provider_message_id for p in after.full_sync() for r in p.upserts} == (
             microsoft.inbox(second)
@@ -306,7 +310,7 @@ def test_graph_pool_survives_a_provider_whose_request_timed_out(microsoft: Micro
     stuck, second, third = microsoft.mailbox(), microsoft.mailbox(), microsoft.mailbox()
     hold(microsoft.fake.admin, stuck["address"])
     provider = microsoft.provider(stuck, timeout=HELD_TIMEOUT)
-    provider.max_transient_retries = 0
+    provider.transient_retry = replace(provider.transient_retry, attempts=1)
     try:
         with pytest.raises(TransientProviderError):
             list(provider.full_sync())

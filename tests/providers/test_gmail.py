@@ -284,13 +284,13 @@ def test_persistent_failures_raise_transient_errors(fake: Fake) -> None:
     fake.fault("messages.list", 503, count=100)
     with pytest.raises(TransientProviderError):
         list(provider.full_sync())
-    assert fake.stats()["messages.list"] == provider.call_attempts
+    assert fake.stats()["messages.list"] == provider.call_retry.attempts
     fake.reset()
 
     fake.fault("messages.get", 503, count=100)
     with pytest.raises(TransientProviderError):
         list(provider.full_sync())
-    assert fake.stats()["messages.get"] == 3 * provider.part_attempts
+    assert fake.stats()["messages.get"] == 3 * provider.part_retry.attempts
     fake.reset()
 
     fake.fault("messages.get", 429, count=100, retry_after=120)

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -299,7 +299,7 @@ def test_single_calls_retry_429_5xx_and_quota_403_honouring_retry_after(fake: Fa
         assert cursor is not None
         _apply(index, provider.incremental_sync(cursor))
         assert set(index) == set(fake.ids(address))
-        assert sleeps == [provider.call_backoff_s, provider.call_backoff_s * 2]
+        assert sleeps == [provider.call_retry.backoff, provider.call_retry.backoff * 2]
 
 
 def test_batch_parts_and_whole_batches_are_retried_after_retry_after(fake: Fake) -> None:
@@ -334,7 +334,7 @@ def test_twenty_percent_faults_still_end_with_exactly_the_mailbox(fake: Fake) ->
     def until_done(run: Callable[[GmailProvider], list[Page]]) -> None:
         for _ in range(20):
             with fake.provider(address, creds, page_size=100, sleep=sleeps.append) as provider:
-                provider.part_attempts = provider.call_attempts = 3
+                provider.part_retry = provider.call_retry = replace(provider.call_retry, attempts=3)
                 try:
                     pages = run(provider)
                 except TransientProviderError as error:

@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,8 @@ def provider_for(fake: Fake) -> Iterator[Any]:
         provider = MicrosoftProvider(
             box.address, credentials or box.credentials, fake.endpoints, **kwargs
         )
-        provider.transient_backoff = 0.01  # retries still happen, without the production pauses
+        # Retries still happen, without the production pauses.
+        provider.transient_retry = replace(provider.transient_retry, backoff=0.01)
         made.append(provider)
         return provider
 
@@ -381,21 +382,21 @@ def test_long_retry_after_is_handed_to_the_caller(
 def test_throttling_that_persists_raises_transient(
     fake: Fake, mailbox: Mailbox, provider_for
 ) -> None:
-    """In-provider 429 retries are bounded: after max_throttle_retries the 429 is raised as
-    TransientProviderError with its Retry-After."""
+    """In-provider 429 retries are bounded: after throttle_retry.attempts tries the 429 is
+    raised as TransientProviderError with its Retry-After."""
     provider = provider_for(mailbox, folders=("inbox",))
-    provider.max_retry_after_wait = 0.5
+    provider.throttle_retry = replace(provider.throttle_retry, max_retry_after=0.5)
     fake.fault("delta", 429, count=10, retry_after=0)
 
     with pytest.raises(TransientProviderError) as caught:
         drain(provider.full_sync())
 
     assert caught.value.retry_after == 0
-    assert fake.stats()["delta"] == 1 + provider.max_throttle_retries
+    assert fake.stats()["delta"] == provider.throttle_retry.attempts
 
 
 def test_persistent_503_raises_transient(fake: Fake, mailbox: Mailbox, provider_for) -> None:
-    """A 503 from Graph that outlasts the provider's retries (1 + max_transient_retries
+    """A 503 from Graph that outlasts the provider's retries (transient_retry.attempts
     attempts) is a TransientProviderError for the caller to retry later."""
     provider = provider_for(mailbox, folders=("inbox",))
     fake.fault("delta", 503, count=10)
@@ -404,7 +405,7 @@ def test_persistent_503_raises_transient(fake: Fake, mailbox: Mailbox, provider_
         drain(provider.full_sync())
 
     assert "503" in str(caught.value)
-    assert fake.stats()["delta"] == 1 + provider.max_transient_retries
+    assert fake.stats()["delta"] == provider.transient_retry.attempts
 
 
 def test_token_endpoint_throttling_is_retried(fake: Fake, mailbox: Mailbox, provider_for) -> None:
@@ -423,7 +424,7 @@ def test_token_endpoint_outage_raises_transient(fake: Fake, mailbox: Mailbox, pr
     refuses to repeat the request for 5 s (no Retry-After), so a provider that waits less hands
     it to the caller at once, with that wait."""
     provider = provider_for(mailbox)
-    provider.max_retry_after_wait = 1.0
+    provider.transient_retry = replace(provider.transient_retry, max_retry_after=1.0)
     fake.fault("token", 503)
 
     with pytest.raises(TransientProviderError) as caught:
@@ -480,7 +481,7 @@ def test_unreachable_graph_is_transient(fake: Fake, mailbox: Mailbox) -> None:
         ca_bundle=fake.endpoints.ca_bundle,
     )
     provider = MicrosoftProvider(mailbox.address, mailbox.credentials, endpoints)
-    provider.transient_backoff = 0.01
+    provider.transient_retry = replace(provider.transient_retry, backoff=0.01)
     try:
         with pytest.raises(TransientProviderError):
             drain(provider.full_sync())
@@ -496,7 +497,7 @@ def test_unreachable_identity_platform_is_transient(fake: Fake, mailbox: Mailbox
         ca_bundle=fake.endpoints.ca_bundle,
     )
     provider = MicrosoftProvider(mailbox.address, mailbox.credentials, endpoints)
-    provider.transient_backoff = 0.01
+    provider.transient_retry = replace(provider.transient_retry, backoff=0.01)
     try:
         with pytest.raises(TransientProviderError):
             drain(provider.full_sync())

@@ -18,7 +18,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def provider_for(fake: Fake) -> Iterator[Any]:
         provider = MicrosoftProvider(
             box.address, credentials or box.credentials, fake.endpoints, **kwargs
         )
-        provider.transient_backoff = 0.05
+        provider.transient_retry = replace(provider.transient_retry, backoff=0.05)
         made.append(provider)
         return provider
 
@@ -400,18 +400,18 @@ def test_full_then_incremental_through_20_percent_faults(fake: Fake, provider_fo
 
 
 def test_timeouts_are_retried_then_raised_as_transient(fake: Fake, provider_for: Any) -> None:
-    """A Graph call that times out is tried again with backoff, 1 + max_transient_retries times
+    """A Graph call that times out is tried again with backoff, transient_retry.attempts times
     in all, and then raised as TransientProviderError naming the timeout."""
     box = new_box(fake, messages=4)
     box.faults(share=0.0, slow_ms=500)
     provider = provider_for(box, folders=("inbox",), timeout=0.2)
-    provider.transient_backoff = 0.01
+    provider.transient_retry = replace(provider.transient_retry, backoff=0.01)
 
     with pytest.raises(TransientProviderError) as caught:
         list(provider.full_sync())
 
     assert "timed out" in str(caught.value)
-    assert box.fault_stats()["calls"] == 1 + provider.max_transient_retries
+    assert box.fault_stats()["calls"] == provider.transient_retry.attempts
 
 
 def test_server_errors_are_retried_with_backoff(fake: Fake, provider_for: Any) -> None:
@@ -419,7 +419,7 @@ def test_server_errors_are_retried_with_backoff(fake: Fake, provider_for: Any) -
     half the first backoff plus half the doubled second, and the sync then completes."""
     box = new_box(fake, messages=6)
     provider = provider_for(box, folders=("inbox",))
-    provider.transient_backoff = 0.2
+    provider.transient_retry = replace(provider.transient_retry, backoff=0.2)
     fake.ok("POST", "/_admin/faults", json={"operation": "delta", "status": 500})
     fake.ok("POST", "/_admin/faults", json={"operation": "delta", "status": 503})
 
