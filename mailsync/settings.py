@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     max_in_flight_sync: int = Field(default=4, ge=1)
     health_max_in_flight: int = Field(default=2, ge=1)
     overload_wait_seconds: float = Field(default=2.0, ge=0)
+    # Fair shares of those slots: what one client address may hold of max_in_flight, and one
+    # caller (its API key) of max_in_flight_sync; None is half (at least one), so a client
+    # with slow bodies or a tenant's burst of triggers never takes every slot from the rest.
+    max_in_flight_per_client: int | None = Field(default=None, ge=1)
+    max_in_flight_sync_per_caller: int | None = Field(default=None, ge=1)
 
     # The sync rules (enforced with Prefect global concurrency limits).
     sync_quota: int = 6  # accepted on-demand syncs per workspace per window

@@ -12,6 +12,11 @@ The rules, per process (each uvicorn worker has its own gates):
 - of those, at most `max_in_flight_sync` are `POST /v1/email/sync`, so triggers cannot take
   every slot from the cheap reads (`GET /v1/email/sync/{id}` stays served while triggers
   queue);
+- one client address holds at most `max_in_flight_per_client` of the requests, and one
+  caller (an API key) at most `max_in_flight_sync_per_caller` of the triggers (half, by
+  default): a client trickling its bodies, or a tenant's burst of triggers, leaves the other
+  half to everyone else. A request over its share waits like any other (behind nobody: the
+  slots freed go to the first waiter under its share);
 - /health has `health_max_in_flight` slots of its own, outside the others, so a load
   balancer still hears from a busy process (and a flood of health checks cannot crowd out
   real requests);
@@ -35,6 +40,7 @@ caps, as a backstop (`api_max_connections`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import threading
@@ -55,10 +61,11 @@ _LOG_EVERY_S = 5.0
 
 
 class _Waiter:
-    __slots__ = ("future", "granted")
+    __slots__ = ("future", "granted", "key")
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
+    def __init__(self, future: asyncio.Future[None], key: str) -> None:
         self.future = future
+        self.key = key
         self.granted = False  # a releasing holder handed its slot to this waiter
 
 
@@ -68,19 +75,23 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 
 class Gate:
-    """At most `capacity` holders at once; waiters get freed slots first come, first served.
+    """At most `capacity` holders at once, and at most `share` of them with one key (a client
+    address, an API key); waiters get freed slots first come, first served, skipping those
+    whose key holds its share already.
 
     Safe to share between event loops and threads (a TestClient runs its own loop): the
     counts are guarded by a lock that is never held across an await, and a waiter on another
     loop is woken through that loop.
     """
 
-    def __init__(self, name: str, capacity: int) -> None:
+    def __init__(self, name: str, capacity: int, share: int | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"gate {name}: capacity must be at least 1")
         self.name, self.capacity = name, capacity
+        self.share = min(share or capacity, capacity)
         self._lock = threading.Lock()
         self._in_use = 0
+        self._by_key: dict[str, int] = {}
         self._waiters: deque[_Waiter] = deque()
         self.peak = 0  # the most holders ever at once
         self.admitted = 0
@@ -94,24 +105,33 @@ class Gate:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, timeout: float) -> bool:
-        """Take a slot, waiting up to `timeout` seconds; False when none freed in time."""
+    def _may_hold(self, key: str) -> bool:
+        return self._by_key.get(key, 0) < self.share
+
+    def _hold(self, key: str) -> None:
+        self._by_key[key] = self._by_key.get(key, 0) + 1
+
+    async def acquire(self, timeout: float, key: str = "") -> bool:
+        """Take a slot for `key`, waiting up to `timeout` seconds; False when none freed in
+        time."""
         with self._lock:
-            if self._in_use < self.capacity and not self._waiters:
+            ahead = any(self._may_hold(w.key) for w in self._waiters)
+            if self._in_use < self.capacity and self._may_hold(key) and not ahead:
                 self._in_use += 1
+                self._hold(key)
                 self.peak = max(self.peak, self._in_use)
                 self.admitted += 1
                 return True
             if timeout <= 0:
                 self.shed += 1
                 return False
-            waiter = _Waiter(asyncio.get_running_loop().create_future())
+            waiter = _Waiter(asyncio.get_running_loop().create_future(), key)
             self._waiters.append(waiter)
         try:
             await asyncio.wait((waiter.future,), timeout=timeout)
         except BaseException:  # cancelled while waiting: give back a slot handed over meanwhile
             if not self._withdraw(waiter, count_shed=False):
-                self.release()
+                self.release(key)
             raise
         return not self._withdraw(waiter, count_shed=True)
 
@@ -126,17 +146,25 @@ class Gate:
                 self.shed += 1
             return True
 
-    def release(self) -> None:
-        """Give the slot back: to the longest waiter if there is one (the count is unchanged
-        then), otherwise to the pool."""
+    def release(self, key: str = "") -> None:
+        """Give `key`'s slot back: to the longest waiter whose key is under its share (the
+        count is unchanged then), otherwise to the pool."""
         with self._lock:
-            while self._waiters:
-                waiter = self._waiters.popleft()
+            held = self._by_key.get(key, 0) - 1
+            if held > 0:
+                self._by_key[key] = held
+            else:
+                self._by_key.pop(key, None)
+            for waiter in list(self._waiters):
+                if not self._may_hold(waiter.key):
+                    continue
+                self._waiters.remove(waiter)
                 try:
                     waiter.future.get_loop().call_soon_threadsafe(_wake, waiter.future)
                 except RuntimeError:  # its event loop is closed: nobody is waiting there
                     continue
                 waiter.granted = True
+                self._hold(waiter.key)
                 return
             self._in_use -= 1
 
@@ -152,22 +180,49 @@ class Gates:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gates:
+        general, sync = (
+            settings.max_in_flight,
+            min(settings.max_in_flight_sync, settings.max_in_flight),
+        )
         return cls(
-            general=Gate("requests", settings.max_in_flight),
-            sync=Gate("sync triggers", min(settings.max_in_flight_sync, settings.max_in_flight)),
+            general=Gate("requests", general, settings.max_in_flight_per_client or _share(general)),
+            sync=Gate(
+                "sync triggers", sync, settings.max_in_flight_sync_per_caller or _share(sync)
+            ),
             health=Gate("health", settings.health_max_in_flight),
             wait_seconds=settings.overload_wait_seconds,
         )
 
-    def for_request(self, scope: Scope) -> tuple[Gate, ...]:
-        """The gates a request must pass, narrowest first (so a trigger waiting for a trigger
-        slot holds no general slot meanwhile)."""
+    def for_request(self, scope: Scope) -> tuple[tuple[Gate, str], ...]:
+        """The gates a request must pass with the key each counts it under, narrowest first
+        (so a trigger waiting for a trigger slot holds no general slot meanwhile)."""
         path = str(scope.get("path", ""))
         if path == HEALTH_PATH:
-            return (self.health,)
+            return ((self.health, ""),)
+        address = client_address(scope)
         if scope.get("method") == "POST" and path.rstrip("/") == SYNC_PATH:
-            return (self.sync, self.general)
-        return (self.general,)
+            return ((self.sync, caller_key(scope) or address), (self.general, address))
+        return ((self.general, address),)
+
+
+def _share(capacity: int) -> int:
+    """What one key may hold of a gate: half of it (at least one), so a client or a tenant
+    alone can never take every slot from the others."""
+    return max(1, capacity // 2)
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"addr:{client[0]}" if client else "addr:?"
+
+
+def caller_key(scope: Scope) -> str | None:
+    """Who a trigger is for, before authentication: a digest of its credentials (one tenant's
+    key counts as one caller however many addresses it comes from)."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization" and value:
+            return "key:" + hashlib.sha256(value).hexdigest()[:16]
+    return None
 
 
 class OverloadMiddleware:
@@ -186,17 +241,17 @@ class OverloadMiddleware:
             await self.app(scope, receive, send)
             return
         deadline = time.monotonic() + self.gates.wait_seconds
-        held: list[Gate] = []
+        held: list[tuple[Gate, str]] = []
         try:
-            for gate in self.gates.for_request(scope):
-                if not await gate.acquire(deadline - time.monotonic()):
+            for gate, key in self.gates.for_request(scope):
+                if not await gate.acquire(deadline - time.monotonic(), key):
                     await self._shed(scope, send, gate)
                     return
-                held.append(gate)
+                held.append((gate, key))
             await self.app(scope, receive, send)
         finally:
-            for gate in reversed(held):
-                gate.release()
+            for gate, key in reversed(held):
+                gate.release(key)
 
     async def _shed(self, scope: Scope, send: Send, gate: Gate) -> None:
         self._note_shed(gate)

@@ -140,6 +140,9 @@ def drill(prefect_stack: PrefectStack, fakes: FakeProviders) -> Iterator[Drill]:
             "sync_quota": QUOTA,
             "max_in_flight": GENERAL_CAP,
             "max_in_flight_sync": SYNC_CAP,
+            # One tenant from one address: every slot is its to take here.
+            "max_in_flight_per_client": GENERAL_CAP,
+            "max_in_flight_sync_per_caller": SYNC_CAP,
             "health_max_in_flight": 1,
             "overload_wait_seconds": WAIT_S,
             "request_quota_per_minute": 100_000,
