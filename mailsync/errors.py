@@ -27,7 +27,8 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     ├── CredentialsUnreadableError        credentials_unreadable: no key opens them
     ├── InvalidInputError (ValueError)    invalid_request
     │   ├── UnsafeUrlError                    a webhook URL that would reach inside
-    │   └── UnknownEventTypeError             a webhook event type we do not send
+    │   ├── UnknownEventTypeError             a webhook event type we do not send
+    │   └── EndpointLimitError                a workspace's webhook endpoints are all used
     ├── WebhookVerificationError          webhook_verification_failed (for receivers)
     ├── ConfigurationError (RuntimeError) configuration_error
     ├── StackError                        stack_error: a local-stack process failed
@@ -182,6 +183,10 @@ class UnsafeUrlError(InvalidInputError):
 
 class UnknownEventTypeError(InvalidInputError):
     """A webhook subscription to an event type mailsync does not send."""
+
+
+class EndpointLimitError(InvalidInputError):
+    """The workspace has as many webhook endpoints as it may have."""
 
 
 class WebhookVerificationError(MailsyncError):

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
     webhook_retry_horizon_seconds: int = Field(default=24 * 3600, ge=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Endpoints one workspace may register: each is an attempt per event (and a delivery row).
+    webhook_max_endpoints: int = Field(default=16, ge=1)
     # How long a delivery run holds a delivery it is sending, so no other run sends it too;
     # longer than an attempt can take.
     webhook_claim_seconds: int = Field(default=60, ge=1)

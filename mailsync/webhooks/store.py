@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete, func, select, update
 
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import (
@@ -13,11 +13,12 @@ from mailsync.db.tables import (
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
+    Workspace,
     as_utc,
     iso,
     utcnow,
 )
-from mailsync.errors import UnknownEventTypeError
+from mailsync.errors import EndpointLimitError, UnknownEventTypeError
 from mailsync.webhooks.signing import generate_secret
 
 JOB_COMPLETED = "email.sync.completed"
@@ -49,10 +50,31 @@ def normalize_events(events: list[str] | None) -> list[str]:
 
 
 def create_endpoint(
-    session: Session, box: CredentialBox, workspace_id: str, url: str, events: list[str] | None
+    session: Session,
+    box: CredentialBox,
+    workspace_id: str,
+    url: str,
+    events: list[str] | None,
+    *,
+    max_endpoints: int = 16,
 ) -> tuple[WebhookEndpoint, str]:
     """Store an endpoint (its URL already vetted); returns it with its secret, never stored
-    in clear."""
+    in clear. At most `max_endpoints` per workspace (EndpointLimitError), counted under a
+    lock on the workspace's row, so concurrent creations cannot pass it together."""
+    session.exec(  # type: ignore[call-overload]
+        update(Workspace)
+        .where(col(Workspace.id) == workspace_id)
+        .values(nightly_full_sync=Workspace.nightly_full_sync)
+    )
+    count = session.exec(
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(WebhookEndpoint.workspace_id == workspace_id)
+    ).one()
+    if count >= max_endpoints:
+        raise EndpointLimitError(
+            f"a workspace has at most {max_endpoints} webhook endpoints; delete one first"
+        )
     secret = generate_secret()
     endpoint = WebhookEndpoint(
         workspace_id=workspace_id,

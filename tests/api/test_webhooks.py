@@ -4,8 +4,10 @@ real Prefect stack, events of API-triggered syncs reaching a verifying local rec
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -445,3 +447,23 @@ def test_event_left_by_a_killed_process_reaches_a_flaky_receiver_once(
     ]
     assert delivery["status"] == "delivered" and delivery["attempts"] == 3
     assert [a["status_code"] for a in delivery["attempt_log"]] == [503, 503, 200]
+
+
+def test_endpoints_per_workspace_are_capped(local_settings: Settings, keys: Keys) -> None:
+    """A workspace registers at most `webhook_max_endpoints`: eight concurrent creations
+    against a cap of 3 make exactly 3 endpoints, and the rest get a clear 400 (not a 500, and
+    not a 4th endpoint that a count-then-insert race would let in)."""
+    settings = local_settings.model_copy(update={"webhook_max_endpoints": 3})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        barrier = threading.Barrier(8)
+
+        def post(_: int) -> httpx.Response:
+            barrier.wait()
+            return client.post(URL, headers=keys.auth(), json={"url": HOOK})
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, range(8)))
+        assert sorted(a.status_code for a in answers) == [201] * 3 + [400] * 5
+        refused = next(a for a in answers if a.status_code == 400)
+        assert "at most 3 webhook endpoints" in error_of(refused, 400, "invalid_request")["message"]
+        assert len(client.get(URL, headers=keys.auth()).json()["data"]) == 3

@@ -76,7 +76,12 @@ def create_webhook(
         raise from_error(exc, param="url") from exc
     try:
         endpoint, secret = store.create_endpoint(
-            session, _box(settings), principal.workspace_id, body.url, body.events
+            session,
+            _box(settings),
+            principal.workspace_id,
+            body.url,
+            body.events,
+            max_endpoints=settings.webhook_max_endpoints,
         )
     except UnknownEventTypeError as exc:
         raise from_error(exc, param="events") from exc
