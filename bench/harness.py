@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mailsync.devstack.demo import Fakes
-from mailsync.fakes.server import serve_in_thread
+from mailsync.devstack.fakes import Fakes, fakes_in_threads
 from mailsync.fakes.tls import ensure_tls
 from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
@@ -82,18 +81,8 @@ def running_fakes(
     workdir: Path, gmail: dict[str, Any] | None = None, microsoft: dict[str, Any] | None = None
 ) -> Iterator[Fakes]:
     """Fake Gmail and Microsoft over HTTPS in this process's threads (not the measured one)."""
-    from mailsync.fakes import gmail as fake_gmail
-    from mailsync.fakes import microsoft as fake_microsoft
-
-    tls = ensure_tls(workdir / "tls")
-    with ExitStack() as stack:
-        gmail_url = stack.enter_context(
-            serve_in_thread(fake_gmail.create_app(seed_messages=0, **(gmail or {})), tls)
-        )
-        microsoft_url = stack.enter_context(
-            serve_in_thread(fake_microsoft.create_app(seed_messages=0, **(microsoft or {})), tls)
-        )
-        yield Fakes(gmail_url, microsoft_url, tls.ca_path)
+    with fakes_in_threads(ensure_tls(workdir / "tls"), 0, gmail, microsoft) as fakes:
+        yield fakes
 
 
 def timed_full_sync(

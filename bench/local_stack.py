@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,18 +28,9 @@ from mailsync import db
 from mailsync.core import apikeys, workspaces
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Workspace
-from mailsync.devstack.demo import Fakes
-from mailsync.devstack.processes import (
-    Stack,
-    http_ok,
-    prefect_env,
-    start_prefect_server,
-    start_worker,
-    wait_for_workers,
-    wait_until,
-    worker_name,
-)
-from mailsync.fakes.server import free_port
+from mailsync.devstack.fakes import Fakes
+from mailsync.devstack.processes import free_port
+from mailsync.devstack.stack import ApiSpec, StackSpec, start_stack
 from mailsync.settings import Settings
 
 WORKSPACE = "bench"
@@ -134,54 +124,48 @@ def local_stack(
         prefect_database(prefect_db) as prefect_db_env,
     ):
         workdir = Path(tmp)
-        prefect_port, api_port = free_port(), free_port()
-        prefect_api_url = f"http://127.0.0.1:{prefect_port}/api"
         settings_env = {
-            **fakes.env(),
             "MAILSYNC_DATA_DIR": str(workdir / "data"),
             "MAILSYNC_DATABASE_URL": f"sqlite:///{workdir / 'mailsync.db'}",
             "MAILSYNC_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "MAILSYNC_PREFECT_API_URL": prefect_api_url,
             "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": UNLIMITED,
             "MAILSYNC_SYNC_QUOTA": UNLIMITED,
             "MAILSYNC_REQUEST_QUOTA_PER_MINUTE": UNLIMITED,
             "MAILSYNC_ADDRESS_QUOTA_PER_MINUTE": UNLIMITED,
             **(env or {}),
         }
-        full_env = {
-            **os.environ,
-            **prefect_env(workdir / "prefect", prefect_api_url),
-            **prefect_db_env,
-            **(prefect or {}),
-        }
-        full_env.update(settings_env)
         settings = Settings.model_validate(
-            {k.removeprefix("MAILSYNC_").lower(): v for k, v in settings_env.items()}
+            {
+                k.removeprefix("MAILSYNC_").lower(): v
+                for k, v in {**fakes.env(), **settings_env}.items()
+            }
         )
         db.upgrade(settings.resolved_database_url)
         with db.session_scope(settings.resolved_database_url) as session:
             workspaces.create_workspace(session, WORKSPACE)
             scopes = ["write:email", "read:email"]
             key = apikeys.create_api_key(session, WORKSPACE, scopes)[1]
-        stack = Stack(workdir / "logs", full_env)
-        try:
-            start_prefect_server(stack, prefect_port)
-            from deployments.register import register
-
-            register(prefect_api_url, activate_schedules=False)
-            for index in range(workers):
-                start_worker(stack, settings.work_pool, index, worker_limit, worker_type)
-            if workers:
-                names = [worker_name(i) for i in range(workers)]
-                wait_for_workers(stack, prefect_api_url, settings.work_pool, names)
-            argv = [sys.executable, "-m", "uvicorn", api_app, "--factory"]
-            argv += ["--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"]
-            stack.spawn("api", argv)
-            api_url = f"http://127.0.0.1:{api_port}"
-            wait_until(http_ok(f"{api_url}/health"), "the API", 60, stack)
-            yield LocalStack(api_url, prefect_api_url, settings, fakes, key, workdir)
-        finally:
-            stack.stop()
+        spec = StackSpec(
+            workdir=workdir,
+            data_dir=settings.data_dir,
+            database_url=settings.resolved_database_url,
+            prefect_port=free_port(),
+            prefect_settings={**prefect_db_env, **(prefect or {})},
+            schedules=False,
+            work_pool=settings.work_pool,
+            workers=workers,
+            worker_type=worker_type,
+            worker_limit=worker_limit,
+            api=ApiSpec(settings, free_port(), api_app),
+            fakes=fakes,
+            env=settings_env,
+        )
+        with start_stack(spec) as running:
+            assert running.api_url is not None
+            settings = settings.model_copy(update={"prefect_api_url": running.prefect_api_url})
+            yield LocalStack(
+                running.api_url, running.prefect_api_url, settings, fakes, key, workdir
+            )
 
 
 def job(stack: LocalStack, job_id: str) -> dict[str, Any]:

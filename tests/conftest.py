@@ -6,7 +6,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,9 @@ import pytest
 from cryptography.fernet import Fernet
 
 from mailsync import db
-from mailsync.devstack.demo import Fakes
-from mailsync.devstack.processes import (
-    Stack,
-    prefect_env,
-    start_prefect_server,
-    start_worker,
-    wait_for_workers,
-    worker_name,
-)
-from mailsync.fakes.server import free_port, serve_in_thread
+from mailsync.devstack.fakes import Fakes, fakes_in_threads
+from mailsync.devstack.processes import Stack, free_port
+from mailsync.devstack.stack import StackSpec, start_stack
 from mailsync.fakes.tls import FakeTLS, ensure_tls
 from mailsync.providers import pools
 from mailsync.settings import Settings
@@ -178,15 +171,9 @@ class FakeProviders(Fakes):
 @pytest.fixture(scope="session")
 def fakes(tls: FakeTLS) -> Iterator[FakeProviders]:
     """Fake Gmail and Microsoft over real HTTPS with a generated CA."""
-    from mailsync.fakes import gmail as fake_gmail
-    from mailsync.fakes import microsoft as fake_microsoft
-
-    with (
-        serve_in_thread(fake_gmail.create_app(seed_messages=40), tls) as gmail_url,
-        serve_in_thread(fake_microsoft.create_app(seed_messages=40), tls) as microsoft_url,
-    ):
+    with fakes_in_threads(tls, seed_messages=40) as running:
         try:
-            yield FakeProviders(gmail_url, microsoft_url, tls.ca_path)
+            yield FakeProviders(running.gmail_url, running.microsoft_url, running.ca_path)
         finally:
             # Pooled connections would keep the servers' shutdown waiting on them.
             pools.close_all()
@@ -221,34 +208,36 @@ class PrefectStack:
     settings: Settings
 
 
+def stack_spec(workdir: Path, settings: Settings, fakes: Fakes, **extra: Any) -> StackSpec:
+    """A test stack (devstack/stack.py) whose flow runs use the same database, encryption key
+    and fakes as the test: a Prefect server on a free port, the deployments without their
+    schedules (no refresh round runs behind a test), one warm worker, no API process."""
+    spec = StackSpec(
+        workdir=workdir,
+        data_dir=settings.data_dir,
+        database_url=settings.resolved_database_url,
+        prefect_port=free_port(),
+        schedules=False,
+        fakes=fakes,
+        env={
+            "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
+            "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": str(FAST_QUOTA),
+        },
+    )
+    return replace(spec, **extra)
+
+
 @pytest.fixture(scope="session")
 def prefect_stack(
     settings: Settings, fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PrefectStack]:
-    """A real Prefect server, the deployments registered, and one process worker.
+    """A real Prefect server, the deployments registered, and one worker.
 
     The worker's flow runs use the same database, encryption key and fakes as the test.
     """
-    from deployments.register import register
-
-    home = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        **prefect_env(home, api_url),
-        **fakes.env(),
-        "MAILSYNC_DATA_DIR": str(settings.data_dir),
-        "MAILSYNC_DATABASE_URL": settings.resolved_database_url,
-        "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": str(FAST_QUOTA),
-    }
-    stack = Stack(home / "logs", env)
-    try:
-        start_prefect_server(stack, port)
-        register(api_url, activate_schedules=False)
-        start_worker(stack, "mailsync")
-        wait_for_workers(stack, api_url, "mailsync", [worker_name(0)])
-        yield PrefectStack(api_url, stack, settings.model_copy(update={"prefect_api_url": api_url}))
-    finally:
-        stack.stop()
+    spec = stack_spec(tmp_path_factory.mktemp("prefect"), settings, fakes)
+    with start_stack(spec) as running:
+        api_url = running.prefect_api_url
+        yield PrefectStack(
+            api_url, running.processes, settings.model_copy(update={"prefect_api_url": api_url})
+        )

@@ -1,68 +1,30 @@
-"""The demo: fake providers, a `demo` workspace with one Gmail and one Microsoft mailbox, a key."""
+"""`mailsync up --demo`'s demo: a `demo` workspace with two fake mailboxes, a key, a first sync."""
 
 from __future__ import annotations
 
-import os
-import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from rich.console import Console
 
+from mailsync import db
 from mailsync.core import apikeys, workspaces
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
-from mailsync.devstack.processes import Stack, http_ok, wait_until
-from mailsync.fakes.server import free_port
-from mailsync.fakes.tls import ensure_tls
+from mailsync.devstack.fakes import Fakes
+from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 
 WORKSPACE = "demo"
 GMAIL_ADDRESS = "demo.user@gmail.example"
 MICROSOFT_ADDRESS = "demo.user@contoso.example"
 
+# How the demo follows its first sync to the end: (settings, orchestrator, job id); the CLI
+# passes its progress display (mailsync/cli/progress.py).
+FollowJob = Callable[[Settings, Orchestrator, str], object]
 
-@dataclass(frozen=True)
-class Fakes:
-    gmail_url: str
-    microsoft_url: str
-    ca_path: Path
-
-    def env(self) -> dict[str, str]:
-        """Settings that point mailsync at the fakes instead of Google and Microsoft."""
-        return {
-            "MAILSYNC_GOOGLE_TOKEN_URI": f"{self.gmail_url}/token",
-            "MAILSYNC_GMAIL_API_URL": f"{self.gmail_url}/",
-            "MAILSYNC_MICROSOFT_AUTHORITY_HOST": self.microsoft_url,
-            "MAILSYNC_GRAPH_API_URL": f"{self.microsoft_url}/v1.0",
-            "MAILSYNC_PROVIDER_CA_BUNDLE": str(self.ca_path),
-            # The demo's fake Gmail enforces no quota; pacing to Google's 15,000 units a
-            # minute would make the first sync of 3,000 messages take a minute.
-            "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": os.environ.get(
-                "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE", "600000"
-            ),
-        }
-
-
-def start_fakes(stack: Stack, data_dir: Path, seed_messages: int) -> Fakes:
-    tls = ensure_tls(data_dir / "fakes-tls")
-    gmail_port, microsoft_port = free_port(), free_port()
-    stack.spawn(
-        "fakes",
-        [
-            sys.executable, "-m", "mailsync.cli", "fakes",
-            "--gmail-port", str(gmail_port),
-            "--microsoft-port", str(microsoft_port),
-            "--seed-messages", str(seed_messages),
-            "--tls-dir", str(tls.ca_path.parent),
-        ],
-    )  # fmt: skip
-    fakes = Fakes(
-        f"https://127.0.0.1:{gmail_port}", f"https://127.0.0.1:{microsoft_port}", tls.ca_path
-    )
-    for url in (fakes.gmail_url, fakes.microsoft_url):
-        wait_until(http_ok(f"{url}/_admin/stats", str(tls.ca_path)), "fake providers", 30, stack)
-    return fakes
+console = Console()
 
 
 def fake_account(base_url: str, ca_path: Path, address: str) -> dict[str, object]:
@@ -101,3 +63,38 @@ def seed_workspace(settings: Settings, fakes: Fakes) -> str:
     key_file.write_text(plaintext + "\n")
     key_file.chmod(0o600)
     return plaintext
+
+
+def run_demo(
+    settings: Settings, fakes: Fakes, api: str, prefect_api: str, follow: FollowJob
+) -> str:
+    """Seed the demo workspace, sync it once (followed by `follow`); return what to print:
+    the demo key and the spec's curl example against `api`."""
+    key = seed_workspace(settings, fakes)
+    orchestrator = Orchestrator(prefect_api, settings)
+    try:
+        with db.session_scope(settings.resolved_database_url) as session:
+            job = orchestrator.trigger(session, WORKSPACE, "incremental", None, trigger="cli")
+        console.print(f"initial sync of the demo mailboxes: {job.id}")
+        follow(settings, orchestrator, job.id)
+    finally:
+        orchestrator.close()
+    curl = (
+        f"curl -X POST {api}/v1/email/sync \\\n"
+        f'  -H "Authorization: Bearer {key}" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        "  -d '{}'"
+    )
+    return "\n".join(
+        [
+            f"demo API key (also in {settings.data_dir / 'demo-api-key'}):",
+            key,
+            "",
+            "trigger a sync (the spec's example):",
+            curl,
+            "",
+            "then follow the job:",
+            f'curl -H "Authorization: Bearer {key}" {api}/v1/email/sync/<job_id>',
+            "",
+        ]
+    )

@@ -28,7 +28,7 @@ class Child:
 
 @dataclass
 class Stack:
-    """The child processes of one `mailsync up`, stopped in reverse order."""
+    """The child processes of one local stack, stopped in reverse order."""
 
     log_dir: Path
     env: dict[str, str]
@@ -73,6 +73,19 @@ class Stack:
                 os.killpg(child.process.pid, signal.SIGKILL)
                 child.process.wait()
         self.children.clear()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now: take it soon)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing answers on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def wait_until(

@@ -21,7 +21,7 @@ from mailsync.core import apikeys, workspaces
 from mailsync.db import get_engine, session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import SyncJob, utcnow
-from mailsync.fakes.server import serve_in_thread
+from mailsync.devstack.api_server import api_in_thread
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 from tests.conftest import FakeProviders, PrefectStack
@@ -139,11 +139,12 @@ class Api:
 
 @pytest.fixture
 def api(prefect_stack: PrefectStack) -> Iterator[Api]:
-    """The real API on a real socket, with a movable clock for the quota window."""
+    """The real API on a real socket, served as `mailsync up` serves it (api_server.py), with
+    a movable clock for the quota window."""
     clock = ManualClock()
     settings = prefect_stack.settings
     orchestrator = Orchestrator(prefect_stack.api_url, settings, clock=clock)
-    with serve_in_thread(create_app(settings, orchestrator), None) as url:
+    with api_in_thread(create_app(settings, orchestrator), settings) as url:
         yield Api(url, clock, prefect_stack)
 
 

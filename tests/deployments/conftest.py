@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from mailsync.devstack.processes import Stack, prefect_env, start_prefect_server
-from mailsync.fakes.server import free_port
+from mailsync.devstack.processes import free_port
+from mailsync.devstack.stack import StackSpec, start_stack
 
 
 @dataclass(frozen=True)
@@ -21,13 +19,12 @@ class BareServer:
 
 @pytest.fixture(scope="module")
 def bare_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareServer]:
-    home: Path = tmp_path_factory.mktemp("prefect-bare")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, **prefect_env(home, api_url)}
-    stack = Stack(home / "logs", env)
-    try:
-        start_prefect_server(stack, port)
-        yield BareServer(api_url, env)
-    finally:
-        stack.stop()
+    """Only the Prefect server of a stack: nothing registered, no worker, no API."""
+    spec = StackSpec(
+        workdir=tmp_path_factory.mktemp("prefect-bare"),
+        prefect_port=free_port(),
+        deployments=False,
+        workers=0,
+    )
+    with start_stack(spec) as running:
+        yield BareServer(running.prefect_api_url, running.processes.env)

@@ -1,0 +1,209 @@
+"""Administration commands: the database, the encryption key, workspaces, API keys, mailboxes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mailsync import db
+from mailsync.cli.common import console, err, fail, ready_settings
+from mailsync.core import apikeys, workspaces
+from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import utcnow
+from mailsync.errors import CredentialsUnreadableError
+
+workspace_app = typer.Typer(help="Workspaces.", no_args_is_help=True)
+key_app = typer.Typer(help="API keys.", no_args_is_help=True)
+mailbox_app = typer.Typer(help="Connected mailboxes.", no_args_is_help=True)
+connect_app = typer.Typer(help="Connect a mailbox.", no_args_is_help=True)
+db_app = typer.Typer(help="The application database.", no_args_is_help=True)
+encryption_app = typer.Typer(help="The encryption key of stored secrets.", no_args_is_help=True)
+mailbox_app.add_typer(connect_app, name="connect")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the administration command groups to `app`."""
+    app.add_typer(workspace_app, name="workspace")
+    app.add_typer(key_app, name="key")
+    app.add_typer(mailbox_app, name="mailbox")
+    app.add_typer(db_app, name="db")
+    app.add_typer(encryption_app, name="encryption")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the schema to the newest revision."""
+    ready_settings()
+    console.print("database schema is up to date")
+
+
+@encryption_app.command("rotate")
+def encryption_rotate() -> None:
+    """Re-encrypt every stored secret with the first key of MAILSYNC_ENCRYPTION_KEY.
+
+    Set MAILSYNC_ENCRYPTION_KEY="new,old" on every process first; afterwards drop "old".
+    """
+    from mailsync.db.keyrotation import reencrypt_all, unrotated
+
+    settings = ready_settings()
+    box = CredentialBox(settings.fernet_key())
+    with db.session_scope(settings.resolved_database_url) as session:
+        try:
+            report = reencrypt_all(session, box)
+        except CredentialsUnreadableError as exc:
+            raise fail(str(exc)) from exc
+        left = unrotated(session, box)
+    for column, count in report.reencrypted.items():
+        console.print(f"{column}: {count} re-encrypted")
+    if left:
+        raise fail(f"{len(left)} values still need an old key (written meanwhile?): run again")
+    console.print(f"done: {report.total} values now need only the first key")
+
+
+_NIGHTLY_HELP = "Rebuild every mailbox with a full sync each night (nightly-full-sync deployment)."
+
+
+@workspace_app.command("create")
+def workspace_create(
+    workspace_id: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    nightly_full_sync: Annotated[bool, typer.Option(help=_NIGHTLY_HELP)] = False,
+) -> None:
+    """Create a workspace (no-op when it exists)."""
+    settings = ready_settings()
+    with db.session_scope(settings.resolved_database_url) as session:
+        try:
+            workspace = workspaces.create_workspace(
+                session, workspace_id, name, nightly_full_sync=nightly_full_sync
+            )
+        except ValueError as exc:
+            raise fail(str(exc)) from exc
+        console.print(f"workspace [bold]{workspace.id}[/bold] ready")
+
+
+@workspace_app.command("update")
+def workspace_update(
+    workspace_id: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    nightly_full_sync: Annotated[bool | None, typer.Option(help=_NIGHTLY_HELP)] = None,
+) -> None:
+    """Change a workspace's settings (only those given)."""
+    settings = ready_settings()
+    with db.session_scope(settings.resolved_database_url) as session:
+        try:
+            workspace = workspaces.update_workspace(
+                session, workspace_id, name=name, nightly_full_sync=nightly_full_sync
+            )
+        except ValueError as exc:
+            raise fail(str(exc)) from exc
+        nightly = "on" if workspace.nightly_full_sync else "off"
+        console.print(f"workspace [bold]{workspace.id}[/bold] updated, nightly full sync {nightly}")
+
+
+@key_app.command("create")
+def key_create(
+    workspace: Annotated[str, typer.Option("--workspace", "-w")],
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope",
+            "-s",
+            help="Repeat for each scope: write:email, read:email, write:webhooks, read:webhooks.",
+        ),
+    ] = [  # noqa: B006
+        "write:email",
+        "read:email",
+    ],
+    name: str = "",
+    expires_in_days: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    settings = ready_settings()
+    expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+    with db.session_scope(settings.resolved_database_url) as session:
+        if not workspaces.workspace_exists(session, workspace):
+            raise fail(f"workspace {workspace!r} does not exist")
+        try:
+            key, plaintext = apikeys.create_api_key(
+                session, workspace, scope, name=name, expires_at=expires
+            )
+        except ValueError as exc:
+            raise fail(str(exc)) from exc
+    err.print(f"key {key.id} ({', '.join(key.scopes)}); store it now, it is not shown again:")
+    print(plaintext)
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str) -> None:
+    """Revoke an API key by its id (key_...)."""
+    settings = ready_settings()
+    with db.session_scope(settings.resolved_database_url) as session:
+        if not apikeys.revoke_api_key(session, key_id):
+            raise fail(f"no API key {key_id!r}")
+    console.print(f"key {key_id} revoked")
+
+
+def _read_credentials(env_var: str, file: Path | None) -> dict[str, Any]:
+    if file is not None:
+        raw = sys.stdin.read() if str(file) == "-" else file.read_text()
+    elif os.environ.get(env_var):
+        raw = os.environ[env_var]
+    else:
+        raise fail(f"pass --credentials-file FILE (or -) or set {env_var}")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise fail("the credentials are not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise fail("the credentials must be a JSON object")
+    return data
+
+
+def _connect(provider: str, workspace: str, address: str, file: Path | None) -> None:
+    settings = ready_settings()
+    credentials = _read_credentials(f"MAILSYNC_{provider.upper()}_CREDENTIALS", file)
+    with db.session_scope(settings.resolved_database_url) as session:
+        try:
+            mailbox, created = workspaces.connect_mailbox(
+                session, CredentialBox(settings.fernet_key()), workspace, provider, address,
+                credentials,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise fail(str(exc)) from exc
+    verb = "connected" if created else "re-connected (index reset)"
+    console.print(f"{provider} mailbox {address} {verb} as {mailbox.id}")
+
+
+_CREDS_HELP = "JSON credentials file, or - for stdin. Never echoed."
+
+
+@connect_app.command("gmail")
+def connect_gmail(
+    workspace: Annotated[str, typer.Option("--workspace", "-w")],
+    address: Annotated[str, typer.Option(help="The mailbox's email address.")],
+    credentials_file: Annotated[Path | None, typer.Option(help=_CREDS_HELP)] = None,
+) -> None:
+    """Connect a Gmail mailbox (OAuth refresh token or service account with subject).
+
+    Without --credentials-file the JSON is read from MAILSYNC_GMAIL_CREDENTIALS.
+    """
+    _connect("gmail", workspace, address, credentials_file)
+
+
+@connect_app.command("microsoft")
+def connect_microsoft(
+    workspace: Annotated[str, typer.Option("--workspace", "-w")],
+    address: Annotated[str, typer.Option(help="The mailbox's email address.")],
+    credentials_file: Annotated[Path | None, typer.Option(help=_CREDS_HELP)] = None,
+) -> None:
+    """Connect a Microsoft 365 mailbox (client credentials or delegated refresh token).
+
+    Without --credentials-file the JSON is read from MAILSYNC_MICROSOFT_CREDENTIALS.
+    """
+    _connect("microsoft", workspace, address, credentials_file)
