@@ -145,7 +145,12 @@ def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:
     }
 
 
-def start_prefect_server(stack: Stack, port: int, timeout: float = 90) -> str:
+# How long a Prefect server or worker may take to come up: a fresh server migrates its database
+# first, which took over 90 s on a loaded 2-core machine. A process that exits fails at once.
+START_TIMEOUT_S = 300.0
+
+
+def start_prefect_server(stack: Stack, port: int, timeout: float = START_TIMEOUT_S) -> str:
     api_url = f"http://127.0.0.1:{port}/api"
     stack.spawn(
         "prefect-server",
@@ -193,7 +198,7 @@ def start_worker(
 
 
 def wait_for_workers(
-    stack: Stack, api_url: str, pool: str, names: list[str], timeout: float = 90
+    stack: Stack, api_url: str, pool: str, names: list[str], timeout: float = START_TIMEOUT_S
 ) -> None:
     """Block until every named worker has sent its first heartbeat to the pool."""
     from prefect.client.orchestration import SyncPrefectClient
