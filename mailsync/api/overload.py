@@ -105,6 +105,11 @@ class Gate:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def held_by(self, key: str) -> int:
+        """How many slots `key` holds now."""
+        with self._lock:
+            return self._by_key.get(key, 0)
+
     def _may_hold(self, key: str) -> bool:
         return self._by_key.get(key, 0) < self.share
 
