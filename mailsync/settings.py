@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     max_header_bytes: int = Field(default=8 * 1024, ge=1024)
     max_header_count: int = Field(default=100, ge=10)
-    # Served by `mailsync up` (devstack/up.py): an idle keep-alive connection is closed after
+    # Served as devstack/api_server.py says: an idle keep-alive connection is closed after
     # this; past max_connections open connections (or requests) uvicorn itself answers a plain
     # 503 (its --limit-concurrency, a backstop far above the in-flight caps below).
     api_keep_alive_seconds: int = Field(default=5, ge=1)

@@ -147,7 +147,7 @@ class HeaderLimitMiddleware:
     answer is 431 `request_header_fields_too_large` in the error envelope, with
     `Connection: close` (the body, if any, is not read).
 
-    This sees only heads the server parsed. uvicorn (h11, as `mailsync up` runs it, devstack/up.py)
+    This sees only heads the server parsed. uvicorn (h11, as api_server.py runs it)
     buffers an incomplete head up to its `h11_max_incomplete_event_size` (4x `max_bytes`, at
     least 32 KiB) and past that answers itself: a plain-text 400 "Invalid HTTP request
     received." and a closed connection; the app never sees that request.
