@@ -93,7 +93,7 @@ async def _postgres(statement: str) -> None:
 @contextmanager
 def prefect_database(kind: str) -> Iterator[dict[str, str]]:
     """The Prefect server's database settings: its default SQLite file, or a fresh PostgreSQL
-    database (dropped afterwards) as tests/test_scale_out.py gives it."""
+    database (dropped afterwards) as tests/drills/test_scale_out.py gives it."""
     if kind == "sqlite":
         yield {}
         return

@@ -20,7 +20,7 @@ from mailsync.orchestration import runtime
 def is_transient_error(exc: BaseException) -> bool:
     """Throttling, outages and timeouts; never bad credentials or bugs.
 
-    A lost app-database connection counts too (tests/test_drills.py drops it mid-sync): the
+    A lost app-database connection counts too (tests/drills/test_drills.py drops it mid-sync): the
     page being written was rolled back with its checkpoint, so the retry resumes from the last
     stored page and converges to the same index. Before, one killed backend failed the job."""
     if isinstance(exc, TransientProviderError | PrefectUnavailableError | TurnLapsedError):

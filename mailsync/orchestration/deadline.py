@@ -4,7 +4,7 @@ own retries.
 Why: Prefect's client retries a 503, 429, 502 or 408 answer and read or connect errors up to
 PREFECT_CLIENT_MAX_RETRIES (5) times, sleeping 2, 4, 8, 16, 32 s (or the Retry-After) in
 between; a Prefect server busy on SQLite answers 503 `database is locked`, so one call could
-hold an API request for a minute (seen in tests/api/test_load_drill.py at full size). An API
+hold an API request for a minute (seen in tests/drills/test_load_drill.py at full size). An API
 request should rather fail fast with 503 + Retry-After and let its client come back. Flow runs
 and workers keep Prefect's patience: only the API's Orchestrator uses this transport.
 

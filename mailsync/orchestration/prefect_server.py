@@ -14,7 +14,7 @@ unlocked (WAL), as before.
 
 This is Prefect's own database-configuration hook (`set_database_config`), installed before the
 CLI builds the app in this process (single-process `server start`, services included). On
-PostgreSQL nothing changes. Checked by tests/orchestration/test_prefect_server.py.
+PostgreSQL nothing changes. Checked by tests/integration/orchestration/test_prefect_server.py.
 """
 
 from __future__ import annotations

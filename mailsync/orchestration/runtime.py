@@ -152,7 +152,7 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[MailboxTurn]:
     Why: the sync rules let an incremental run beside a full sync, and two incrementals run at
     once; but two builds of one mailbox at once (an explicit full sync beside a first or
     cursor-reset incremental, which becomes a full build) overwrite each other's generation
-    and can leave an empty index (seen in tests/api/test_load_drill.py). Waiting, not
+    and can leave an empty index (seen in tests/drills/test_load_drill.py). Waiting, not
     refusing: the second sync then runs on what the first left (a cursor, a fresh index).
     The lease is renewed while the sync runs and lapses if the process dies.
     """

@@ -8,7 +8,7 @@ single-threaded zygote (zygote.py), and polls as soon as Prefect announces a Sch
 pool. Runs it cannot vouch for take the stock path (`ProcessWorker.run`).
 
 Built for Prefect 3.9.1 (pyproject pins >=3.9.1,<3.10); the private pieces it relies on are
-checked by tests/orchestration/test_warm_worker_contract.py.
+checked by tests/unit/orchestration/test_warm_worker_contract.py.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 # A placeholder variable the worker puts last in the zygote's environment: a forked child writes
-# its own environment over it, so /proc/<pid>/environ (what operators and tests/test_drills.py
+# its own environment over it, so /proc/<pid>/environ (what operators and tests/drills/test_drills.py
 # grep for PREFECT__FLOW_RUN_ID) shows the run's variables, as it does for `python -m
 # prefect.engine`. Only this variable's bytes are ever overwritten: nothing caches pointers to it.
 ENV_RESERVE_VAR = "MAILSYNC_ZYGOTE_ENV_RESERVE"

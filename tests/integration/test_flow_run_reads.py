@@ -14,8 +14,8 @@ from mailsync.core.jobs import store as jobstore
 from mailsync.db import get_engine, session_scope
 from mailsync.db.tables import JobStatus, SyncJob, utcnow
 from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT, Orchestrator
-from tests.api.conftest import make_tenant
-from tests.conftest import FakeProviders, PrefectStack
+from tests.support.api import make_tenant
+from tests.support.stack import FakeProviders, PrefectStack
 
 
 class Monotonic:

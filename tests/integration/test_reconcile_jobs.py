@@ -23,8 +23,8 @@ from mailsync.db.tables import JobStatus, SyncJob, utcnow
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT, Orchestrator, job_tags
 from mailsync.settings import Settings, get_settings
-from tests.api.conftest import make_tenant
-from tests.conftest import ENCRYPTION_KEY, FakeProviders, PrefectStack
+from tests.support.api import make_tenant
+from tests.support.stack import ENCRYPTION_KEY, FakeProviders, PrefectStack
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.only_database("sqlite")]

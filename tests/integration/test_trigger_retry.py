@@ -14,8 +14,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from mailsync.api.app import create_app
 from mailsync.orchestration.orchestrator import Orchestrator
-from tests.api.conftest import make_tenant
-from tests.conftest import FakeProviders, PrefectStack
+from tests.support.api import make_tenant
+from tests.support.stack import FakeProviders, PrefectStack
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.only_database("sqlite")]

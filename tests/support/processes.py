@@ -1,11 +1,33 @@
-"""Stopping a `mailsync up` under test, and saying where it hung when it does not stop."""
+"""The processes of a stack under test: reading a `mailsync up`'s output, stopping it (saying
+where it hung when it does not stop), finding the processes that run a flow run."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """What the process printed up to the first line holding `marker`; fail after `timeout`."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line:
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+        elif process.poll() is not None:
+            break
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"{marker!r} not seen; output so far:\n{''.join(seen)}")
 
 
 def stop_up(process: subprocess.Popen[str], timeout: float = 90) -> int:
@@ -31,3 +53,38 @@ def stop_up(process: subprocess.Popen[str], timeout: float = 90) -> int:
         f"`mailsync up` did not stop within {timeout} s of Ctrl-C; its last output:\n"
         + "".join(tail)[-6000:]
     )
+
+
+def flow_run_pids(flow_run_id: str) -> list[int]:
+    """Processes executing a flow run: the process worker sets PREFECT__FLOW_RUN_ID on them."""
+    wanted = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+
+
+def children_of(pid: int) -> set[int]:
+    return {
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _parent_or_none(int(entry.name)) == pid
+    }
+
+
+def _parent_or_none(pid: int) -> int | None:
+    try:
+        return parent_pid(pid)
+    except OSError:
+        return None  # gone meanwhile

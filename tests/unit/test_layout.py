@@ -120,3 +120,31 @@ def test_no_module_is_over_400_lines() -> None:
         if (n := len(path.read_text().splitlines())) > 400
     }
     assert not long
+
+
+TEST_HOMES = ("unit", "integration", "drills", "support")
+
+
+def test_tests_live_in_their_four_homes() -> None:
+    """Every test module is a unit test, an integration test or a drill (README, Tests), and
+    what they share is in tests/support: nothing else lives under tests/."""
+    stray = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("*.py")
+        if path.parent != ROOT / "tests"
+        and path.relative_to(ROOT / "tests").parts[0] not in TEST_HOMES
+    ]
+    assert not stray
+    assert {p.name for p in (ROOT / "tests").glob("*.py")} == {"conftest.py"}
+
+
+def test_tests_share_helpers_only_through_support() -> None:
+    """A test module imports no other test module (nor a conftest): shared fixtures and helpers
+    are in tests/support, so moving or deleting one test never breaks another."""
+    wrong = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "tests").rglob("*.py")
+        for name in _imports(path, top_level_only=False)
+        if name.startswith("tests.") and not name.startswith("tests.support")
+    }
+    assert not wrong
