@@ -60,7 +60,7 @@ from tests.support.stack import (
     PrefectStack,
     make_settings,
 )
-from tests.support.waiting import wait_for
+from tests.support.waiting import eventually
 
 # One stack for the module, its drills in order: under `--dist loadgroup` one xdist worker.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("drills")]
@@ -114,7 +114,7 @@ class Drills:
         def probe() -> str | None:
             return next((j.flow_run_id for j in self.api.jobs(tenant) if j.id == job_id), None)
 
-        return wait_for(probe, f"the flow run of {job_id}", 30)
+        return eventually(probe, f"the flow run of {job_id}", 30)
 
     def processed(self, tenant: Tenant, job_id: str) -> int:
         view = self.api.get(tenant, job_id)
@@ -196,7 +196,7 @@ def final_flow_run(drills: Drills, flow_run_id: str) -> FlowRun:
             return run if run.state is not None and run.state.is_final() else None
 
         # The job row is written just before the run's last steps (summary, final state).
-        return wait_for(probe, f"a final state of flow run {flow_run_id}", 30)
+        return eventually(probe, f"a final state of flow run {flow_run_id}", 30)
 
 
 def assert_truthful(drills: Drills, tenant: Tenant, job: dict[str, Any]) -> FlowRun:
@@ -238,7 +238,7 @@ def assert_slot_free(drills: Drills, tenant: Tenant, provider: str) -> None:
     client, limits = drills.limits()
     with client:
         name = full_sync_limit(tenant.workspace_id, provider).name
-        wait_for(lambda: limits.active_slots(name) == 0, f"{name} free", 10)
+        eventually(lambda: limits.active_slots(name) == 0, f"{name} free", 10)
 
 
 # -- the drills ------------------------------------------------------------------------------
@@ -253,10 +253,10 @@ def test_machine_loss_begins(drills: Drills) -> None:
     tenant = make_tenant(drills.settings, fakes, ("microsoft",), messages=600)
     slow_down(fakes, "microsoft", tenant.microsoft_address, 1000)
     job_id = drills.full_sync(tenant, "microsoft")
-    wait_for(lambda: drills.processed(tenant, job_id), "a first page written", 60)
+    eventually(lambda: drills.processed(tenant, job_id), "a first page written", 60)
     flow_run_id = drills.flow_run_id(tenant, job_id)
     # The beat that starts the automation's wait: runs beat every 30 s from their start.
-    wait_for(lambda: heartbeats(drills, flow_run_id), "the run's first heartbeat", 45, 1)
+    eventually(lambda: heartbeats(drills, flow_run_id), "the run's first heartbeat", 45, 1)
     worker = next(c for c in drills.workers.children if c.process.poll() is None)
     for pid in [worker.process.pid, *flow_run_pids(flow_run_id)]:
         os.kill(pid, signal.SIGKILL)
@@ -300,7 +300,7 @@ def test_prefect_server_restart_mid_sync(drills: Drills) -> None:
     address = tenant.gmail_address
     slow_down(fakes, "gmail", address, 300)  # ~3.5 s a page of 500: running across the restart
     job_id = drills.full_sync(tenant, "gmail")
-    wait_for(lambda: drills.processed(tenant, job_id), "a first page written", 60)
+    eventually(lambda: drills.processed(tenant, job_id), "a first page written", 60)
     # Taken just before the restart, for longer than a restart takes on a loaded machine: a
     # 60 s lease taken before the first page was seen to expire before the server was back.
     drills.sentinel = full_sync_limit(f"drill-{secrets.token_hex(3)}", "gmail")
@@ -356,7 +356,7 @@ def test_worker_sigkill_mid_sync(drills: Drills) -> None:
     address = tenant.microsoft_address
     slow_down(fakes, "microsoft", address, 1000)  # ~1 s a page of 100 per folder
     job_id = drills.full_sync(tenant, "microsoft")
-    before = wait_for(lambda: drills.processed(tenant, job_id), "a first page written", 60)
+    before = eventually(lambda: drills.processed(tenant, job_id), "a first page written", 60)
     flow_run_id = drills.flow_run_id(tenant, job_id)
     pids = flow_run_pids(flow_run_id)
     worker = next(c for c in drills.workers.children if c.process.poll() is None)
@@ -371,7 +371,7 @@ def test_worker_sigkill_mid_sync(drills: Drills) -> None:
     drills.workers.children.remove(worker)
     # Orphaned (re-parented), alive, and still working with no worker at all.
     assert all(parent_pid(p) != worker.process.pid for p in flow_run_pids(flow_run_id))
-    wait_for(lambda: drills.processed(tenant, job_id) > before, "progress after the kill", 30)
+    eventually(lambda: drills.processed(tenant, job_id) > before, "progress after the kill", 30)
     drills.start_worker(1)
     speed_up(fakes, "microsoft", address)
 
@@ -381,7 +381,7 @@ def test_worker_sigkill_mid_sync(drills: Drills) -> None:
     assert run.state is not None and run.state.is_crashed(), run.state
     assert job["status"] == "failed" and job["error"]["code"] == "job_crashed", job
     assert_slot_free(drills, tenant, "microsoft")
-    wait_for(lambda: not flow_run_pids(flow_run_id), "the orphaned run to exit", 30)
+    eventually(lambda: not flow_run_pids(flow_run_id), "the orphaned run to exit", 30)
 
     retry = api.wait(tenant, drills.full_sync(tenant, "microsoft"), timeout=60)
     recovered = time.monotonic() - killed
@@ -411,7 +411,7 @@ def test_database_connections_dropped_mid_sync(drills: Drills) -> None:
     address = tenant.gmail_address
     slow_down(fakes, "gmail", address, 200)  # ~2 s a page of 500
     job_id = drills.full_sync(tenant, "gmail")
-    wait_for(lambda: drills.mailbox(tenant, "gmail").checkpoint, "a first page stored", 60)
+    eventually(lambda: drills.mailbox(tenant, "gmail").checkpoint, "a first page stored", 60)
     mailbox_id = drills.mailbox(tenant, "gmail").id
 
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
@@ -425,7 +425,7 @@ def test_database_connections_dropped_mid_sync(drills: Drills) -> None:
             query = "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
             return conn.execute(query, (me,)).fetchall()
 
-        blocked = wait_for(waiting, "the sync's write waiting on the lock", 30, every=0.05)
+        blocked = eventually(waiting, "the sync's write waiting on the lock", 30, every=0.05)
         dropped = time.monotonic()
         conn.execute("SELECT pg_stat_clear_snapshot()")
         terminated = conn.execute(
@@ -473,7 +473,7 @@ def test_lease_taken_before_the_restart_expires(drills: Drills) -> None:
 
         # The bound tells "reclaimed" from "kept for ever" (the in-memory storage's failure);
         # its margin is for a loaded machine (95 s was seen against lease + reclaim = 75 s).
-        lease = wait_for(
+        lease = eventually(
             take, "the sentinel's slot free again", SENTINEL_LEASE_S + RECLAIM_S + 60, 1
         )
         limits.release(lease)
@@ -494,7 +494,7 @@ def test_machine_loss_run_is_crashed_and_its_slot_freed(drills: Drills) -> None:
         view = drills.api.get(tenant, job_id)
         return view if view["status"] != "running" else None
 
-    job = wait_for(ended, "the lost run marked Crashed", 150, 2)
+    job = eventually(ended, "the lost run marked Crashed", 150, 2)
     noticed = time.monotonic() - killed
     run = assert_truthful(drills, tenant, job)
     assert run.state is not None and run.state.is_crashed(), run.state

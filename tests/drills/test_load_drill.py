@@ -25,6 +25,7 @@ from mailsync.db.tables import SyncJob
 from tests.support.api import URL, Api, Tenant, make_tenant
 from tests.support.index import fake_index, live_index
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -152,18 +153,16 @@ def accepted_during(full: SyncJob, made_full: Outcome, job: SyncJob, made: Outco
 
 
 def wait_until_all_end(api: Api, tenants: list[Tenant], timeout: float = 240) -> list[SyncJob]:
-    deadline = time.monotonic() + timeout
-    while True:
-        jobs = [job for tenant in tenants for job in api.jobs(tenant)]
-        open_jobs = [j.id for j in jobs if j.status not in ("completed", "failed")]
-        if not open_jobs:
-            return jobs
-        assert time.monotonic() < deadline, f"jobs never ended: {open_jobs}"
-        for tenant in tenants:
-            for job in api.jobs(tenant):
-                if job.status not in ("completed", "failed"):
-                    api.get(tenant, job.id)  # a GET lets the API reconcile with Prefect
-        time.sleep(0.5)
+
+    def open_jobs() -> list[str]:
+        jobs = [(tenant, job) for tenant in tenants for job in api.jobs(tenant)]
+        still = [(t, j) for t, j in jobs if j.status not in ("completed", "failed")]
+        for tenant, job in still:
+            api.get(tenant, job.id)  # a GET lets the API reconcile with Prefect
+        return [job.id for _, job in still]
+
+    eventually(open_jobs, "every job to end", timeout, 0.5, until=lambda still: not still)
+    return [job for tenant in tenants for job in api.jobs(tenant)]
 
 
 # At CI size on PostgreSQL only (the suite's time); sized by hand, on both.

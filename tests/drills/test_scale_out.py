@@ -39,6 +39,7 @@ from tests.support.api import Tenant, make_tenant, start_ui_run, wait_final
 from tests.support.databases import PG_PROBLEM, POSTGRES_ADMIN_URL
 from tests.support.processes import read_until, stop_up
 from tests.support.stack import ENCRYPTION_KEY, FAST_QUOTA, FakeProviders, make_settings
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 URL = "/v1/email/sync"
@@ -63,13 +64,13 @@ class ScaledOut:
     def wait(
         self, tenant: Tenant | Crowd, job_id: str, until: tuple[str, ...], timeout: float = 90
     ) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = self.get(tenant, job_id)
-            if data["status"] in until:
-                return data
-            time.sleep(0.25)
-        raise AssertionError(f"{job_id} not {until} within {timeout} s: {data}")
+        return eventually(
+            lambda: self.get(tenant, job_id),
+            f"{job_id} {until}",
+            timeout,
+            0.25,
+            until=lambda data: data["status"] in until,
+        )
 
 
 def _prefect_database() -> tuple[str, str]:
@@ -243,9 +244,8 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
     assert scaled.wait(tenant, job_id, ("completed", "failed"))["status"] == "completed"
     # The run writes its summary right after recording the job's end.
     wanted = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("sync-summary", job_id)]))
-    deadline = time.monotonic() + 20
     with SyncPrefectClient(scaled.prefect_api) as prefect:
-        while not (found := prefect.read_artifacts(artifact_filter=wanted)):
-            assert time.monotonic() < deadline, "no summary artifact"
-            time.sleep(0.3)
+        found = eventually(
+            lambda: prefect.read_artifacts(artifact_filter=wanted), "the summary artifact", 20, 0.3
+        )
     assert f"# Sync {job_id}" in str(found[0].data) and "cursor after" in str(found[0].data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from tests.support.index import (
 )
 from tests.support.processes import flow_run_pids
 from tests.support.stack import FakeProviders, PrefectStack
-from tests.support.waiting import wait_for
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 # Retry-After 0: the retries are real, the suite does not sit out a second per fault.
@@ -34,7 +33,9 @@ def gmail_units(fakes: FakeProviders, address: str) -> int:
     return int(usage["charged_total"])
 
 
-@pytest.mark.only_database("sqlite")  # tests/integration/test_sync.py resumes on both; balances the groups
+@pytest.mark.only_database(
+    "sqlite"
+)  # tests/integration/test_sync.py resumes on both; balances the groups
 def test_killed_full_sync_resumes_from_its_checkpoint(
     api: Api, prefect_stack: PrefectStack, fakes: FakeProviders
 ) -> None:
@@ -50,12 +51,11 @@ def test_killed_full_sync_resumes_from_its_checkpoint(
     assert first.status_code == 202, first.text
     job_id = first.json()["data"]["job_id"]
 
-    deadline = time.monotonic() + 60
-    mailbox = mailbox_row(prefect_stack, tenant, "gmail")
-    while not mailbox.checkpoint and time.monotonic() < deadline:
-        time.sleep(0.2)
-        mailbox = mailbox_row(prefect_stack, tenant, "gmail")
-    assert mailbox.checkpoint, "no page was stored in time"
+    eventually(
+        lambda: mailbox_row(prefect_stack, tenant, "gmail"),
+        "a first page stored",
+        until=lambda mailbox: mailbox.checkpoint,
+    )
     flow_run_id = api.jobs(tenant)[0].flow_run_id  # set by the run before its first page
     assert flow_run_id
     pids = flow_run_pids(flow_run_id)
@@ -168,12 +168,12 @@ def test_cancelling_a_running_job_from_the_ui_fails_it_as_cancelled(
     hold(fakes, "gmail", tenant.gmail_address)
     job_id = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
     try:
-        wait_for(lambda: api.get(tenant, job_id)["status"] == "running", "the job to run", 90)
+        eventually(lambda: api.get(tenant, job_id)["status"] == "running", "the job to run", 90)
         with SyncPrefectClient(prefect_stack.api_url) as prefect:
             [run] = prefect.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[job_id]))
             )
-            pids = wait_for(lambda: flow_run_pids(str(run.id)), "the run's process", 30)
+            pids = eventually(lambda: flow_run_pids(str(run.id)), "the run's process", 30)
             prefect.set_flow_run_state(run.id, Cancelling())
             final = wait_final(prefect, run, 90)
         assert final.state is not None and final.state.is_cancelled(), final.state
@@ -182,6 +182,6 @@ def test_cancelling_a_running_job_from_the_ui_fails_it_as_cancelled(
         speed_up(fakes, "gmail", tenant.gmail_address)
         ended = api.wait(tenant, job_id, 60)
         assert ended["status"] == "failed" and ended["error"]["code"] == "job_cancelled", ended
-        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), "its exit", 30)
+        eventually(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), "its exit", 30)
     finally:
         speed_up(fakes, "gmail", tenant.gmail_address)

@@ -25,7 +25,7 @@ from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT, Orchestrator, j
 from mailsync.settings import Settings, get_settings
 from tests.support.api import make_tenant
 from tests.support.stack import ENCRYPTION_KEY, FakeProviders, PrefectStack
-from tests.support.waiting import wait_for
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.only_database("sqlite")]
 NO_GRACE = Bounds(without_run=timedelta(0), after_run_end=timedelta(0))
@@ -92,7 +92,7 @@ def test_a_full_job_left_without_a_run_is_failed_by_the_next_round_and_frees_its
             round_ = prefect.create_flow_run_from_deployment(
                 deployment.id, parameters={"workspaces": [tenant.workspace_id]}
             )
-            ended = wait_for(
+            ended = eventually(
                 lambda: (r := prefect.read_flow_run(round_.id)).state.is_final() and r,  # type: ignore[union-attr]
                 "the refresh round",
                 timeout=120,

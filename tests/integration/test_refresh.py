@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -33,9 +32,9 @@ from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import job_tags
 from mailsync.orchestration.rounds import read_busy
 from mailsync.providers.registry import PROVIDERS
-from tests.support.api import make_tenant
+from tests.support.api import make_tenant, wait_final
 from tests.support.stack import FakeProviders, PrefectStack
-from tests.support.waiting import wait_for
+from tests.support.waiting import eventually
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -228,25 +227,14 @@ def test_summary_artifact_names_counts_cursors_and_resets() -> None:
 # -- through the real stack ------------------------------------------------------------------
 def _logs(client: SyncPrefectClient, run_id: Any, marker: str, timeout: float = 15) -> str:
     """A run's log text, once it holds `marker` (logs are shipped in batches)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = " ".join(
-            log.message
-            for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-        )
-        if marker in text or time.monotonic() > deadline:
-            return text
-        time.sleep(0.5)
-
-
-def _wait_final(client: SyncPrefectClient, run_id: Any, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = client.read_flow_run(run_id)
-        if run.state is not None and run.state.is_final():
-            return run
-        time.sleep(0.3)
-    raise AssertionError(f"flow run {run_id} did not end in {timeout} s")
+    only_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+    return eventually(
+        lambda: " ".join(log.message for log in client.read_logs(only_run)),
+        f"{marker!r} in the run's logs",
+        timeout,
+        0.5,
+        until=lambda text: marker in text,
+    )
 
 
 @pytest.mark.integration
@@ -291,7 +279,7 @@ def test_refresh_round_syncs_due_mailboxes_and_skips_busy_ones(
                 )
                 for _ in range(2)
             ]
-            ended = [_wait_final(prefect, r.id) for r in rounds]
+            ended = [wait_final(prefect, r.id, 120) for r in rounds]
             assert sorted(r.state.type.value for r in ended) == ["CANCELLED", "COMPLETED"]
             [run] = [r for r in ended if r.state.is_completed()]
             logs = _logs(prefect, run.id, "mailboxes due")
@@ -358,7 +346,7 @@ def test_a_round_never_syncs_a_mailbox_whose_turn_another_sync_holds(
                 deployment.id, parameters={"workspaces": [tenant.workspace_id]}
             )
 
-        assert _wait_final(prefect, round_().id).state.is_completed()  # the initial syncs
+        assert wait_final(prefect, round_().id, 120).state.is_completed()  # the initial syncs
         with session_scope(settings.resolved_database_url) as session:
             for mailbox in session.exec(
                 select(Mailbox).where(Mailbox.workspace_id == tenant.workspace_id)
@@ -378,7 +366,7 @@ def test_a_round_never_syncs_a_mailbox_whose_turn_another_sync_holds(
         assert isinstance(other_sync, str)
         try:
             run = round_()
-            wait_for(
+            eventually(
                 lambda: (
                     _mailbox(settings, tenant.workspace_id, "microsoft").last_synced_at
                     != before["microsoft"]
@@ -392,6 +380,6 @@ def test_a_round_never_syncs_a_mailbox_whose_turn_another_sync_holds(
             assert state is not None and not state.is_final()
         finally:
             limits.release(other_sync)
-        assert _wait_final(prefect, run.id).state.is_completed()
+        assert wait_final(prefect, run.id, 120).state.is_completed()
     with Session(get_engine(settings.resolved_database_url)) as session:
         assert index.message_ids(session, gmail.id) == fakes.ids("gmail", tenant.gmail_address)

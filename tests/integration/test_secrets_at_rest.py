@@ -28,6 +28,7 @@ from mailsync.db.tables import Mailbox
 from mailsync.settings import Settings
 from tests.support.api import Tenant, make_tenant
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually, job_ended
 
 SECRET_FIELDS = {"client_secret", "refresh_token", "access_token", "token", "secret", "private_key"}
 
@@ -91,14 +92,14 @@ def run_one_sync(client: TestClient, tenant: Tenant) -> dict[str, Any]:
     job = client.post("/v1/email/sync", headers=tenant.auth(), json={})
     assert job.status_code == 202, job.text
     url = f"/v1/email/sync/{job.json()['data']['job_id']}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        response = client.get(url, headers=tenant.auth())
-        data: dict[str, Any] = response.json()["data"]
-        if data["status"] in ("completed", "failed"):
-            return {"data": data, "text": response.text}
-        time.sleep(0.25)
-    raise AssertionError("the sync did not end")
+    response = eventually(
+        lambda: client.get(url, headers=tenant.auth()),
+        "the sync to end",
+        90,
+        0.25,
+        until=lambda answer: job_ended(answer.json()["data"]),
+    )
+    return {"data": response.json()["data"], "text": response.text}
 
 
 @pytest.mark.integration

@@ -16,7 +16,7 @@ from mailsync.api.app import create_app
 from mailsync.orchestration.orchestrator import Orchestrator
 from tests.support.api import make_tenant
 from tests.support.stack import FakeProviders, PrefectStack
-from tests.support.waiting import wait_for
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.only_database("sqlite")]
 
@@ -71,7 +71,7 @@ def test_a_retry_after_a_lost_answer_runs_its_own_job(
             ).json()["data"]
             return data if data["status"] in ("completed", "failed") else None
 
-        job = wait_for(ended, f"job {job_id} to end", timeout=90)
+        job = eventually(ended, f"job {job_id} to end", timeout=90)
     assert job["status"] == "completed", job
     with SyncPrefectClient(prefect_stack.api_url) as prefect:
         [run] = prefect.read_flow_runs(

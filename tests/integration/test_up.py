@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from mailsync.devstack.up import UpOptions, up_spec
 from mailsync.fakes.server import free_port
 from mailsync.settings import Settings
 from tests.support.processes import read_until, stop_up
+from tests.support.waiting import eventually, job_ended
 
 DEVSTACK = Path(__file__).resolve().parents[2] / "mailsync" / "devstack"
 
@@ -65,32 +65,28 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
         data = json.loads(body)["data"]
         assert set(data) == {"job_id", "status", "mode", "queued_at"}
 
-        statuses = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            view = httpx.get(
+        view = eventually(
+            lambda: httpx.get(
                 f"http://127.0.0.1:{api_port}/v1/email/sync/{data['job_id']}",
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=30,  # a GET asks Prefect twice; on a loaded CI box that took > 5 s
-            ).json()["data"]
-            statuses.append(view["status"])
-            if view["status"] in ("completed", "failed"):
-                break
-            time.sleep(0.2)
-        assert statuses[-1] == "completed", view
+            ).json()["data"],
+            "the demo job to end",
+            until=job_ended,
+        )
+        assert view["status"] == "completed", view
         assert [m["performed_mode"] for m in view["mailboxes"]] == ["incremental"] * 2
 
         # The job is recorded as ended just before its run's last steps (summary artifact,
         # the COMPLETED state): the run may still be RUNNING for a moment.
-        deadline = time.monotonic() + 60
-        while True:
-            runs = httpx.post(
+        runs = eventually(
+            lambda: httpx.post(
                 f"http://127.0.0.1:{prefect_port}/api/flow_runs/filter",
                 json={"flow_runs": {"name": {"any_": [data["job_id"]]}}},
-            ).json()
-            if [r["state_type"] for r in runs] != ["RUNNING"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+            ).json(),
+            "the job's run past RUNNING",
+            until=lambda found: [r["state_type"] for r in found] != ["RUNNING"],
+        )
         assert [r["state_type"] for r in runs] == ["COMPLETED"]
         ui = httpx.get(
             f"http://127.0.0.1:{prefect_port}/runs/flow-run/{runs[0]['id']}",

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from mailsync.devstack.api_server import api_in_thread
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually, job_ended
 
 URL = "/v1/email/sync"
 
@@ -123,13 +125,10 @@ class Api:
         return data
 
     def wait(self, tenant: Tenant, job_id: str, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            data = self.get(tenant, job_id)
-            if data["status"] in ("completed", "failed"):
-                return data
-            time.sleep(0.25)
-        raise AssertionError(f"{job_id} did not end in {timeout} s")
+        """The job's view once it has ended."""
+        return eventually(
+            lambda: self.get(tenant, job_id), f"{job_id} to end", timeout, 0.25, until=job_ended
+        )
 
     def jobs(self, tenant: Tenant) -> list[SyncJob]:
         with Session(get_engine(self.stack.settings.resolved_database_url)) as session:
@@ -157,15 +156,16 @@ def start_ui_run(
     return prefect.create_flow_run_from_deployment(deployment.id, parameters=parameters)
 
 
-def wait_final(prefect: SyncPrefectClient, run: FlowRun, timeout: float = 60) -> FlowRun:
+def wait_final(prefect: SyncPrefectClient, run: FlowRun | UUID, timeout: float = 60) -> FlowRun:
     """The flow run once Prefect reports a final state."""
-    deadline = time.monotonic() + timeout
-    while True:
-        run = prefect.read_flow_run(run.id)
-        if run.state is not None and run.state.is_final():
-            return run
-        assert time.monotonic() < deadline, f"flow run {run.name} not final after {timeout} s"
-        time.sleep(0.3)
+    run_id = run if isinstance(run, UUID) else run.id
+    return eventually(
+        lambda: prefect.read_flow_run(run_id),
+        f"flow run {run_id} final",
+        timeout,
+        0.3,
+        until=lambda found: found.state is not None and found.state.is_final(),
+    )
 
 
 def slow_down(fakes: FakeProviders, provider: str, address: str, slow_ms: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from mailsync.settings import Settings
 from mailsync.webhooks import store
 from mailsync.webhooks.signing import verify
 from tests.support.stack import ENCRYPTION_KEY
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -76,12 +76,14 @@ class Receiver:
             return [r for r in self.requests if r.answered == 200]
 
     def wait_for(self, count: int, timeout: float = 60) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.accepted) >= count:
-                return self.accepted
-            time.sleep(0.1)
-        raise AssertionError(f"receiver got {self.requests!r}, not {count} accepted deliveries")
+        """The accepted deliveries, once there are `count` of them."""
+        return eventually(
+            lambda: self.accepted,
+            f"{count} accepted deliveries",
+            timeout,
+            0.1,
+            until=lambda accepted: len(accepted) >= count,
+        )
 
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:

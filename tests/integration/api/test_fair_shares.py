@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from tests.support.overload import (
 )
 from tests.support.servers import serve_like_up
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -107,9 +107,8 @@ def test_one_tenants_burst_of_triggers_leaves_a_slot_to_another(fair: Fair) -> N
     for thread in threads:
         thread.start()
     barrier.wait()
-    deadline = time.monotonic() + 10
-    while fair.gates.sync.waiting < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)  # the loud tenant's slot is taken and the rest of its burst waits
+    # The loud tenant's slot is taken and the rest of its burst waits.
+    eventually(lambda: fair.gates.sync.waiting >= 4, "the burst waiting at the gate", 10, 0.01)
     quiet = httpx.post(f"{fair.url}{URL}", json={}, headers=fair.quiet.auth(), timeout=60)
     for thread in threads:
         thread.join(timeout=60)
@@ -140,10 +139,12 @@ def test_one_address_trickling_bodies_leaves_slots_to_other_clients(fair: Fair) 
     before = gate.admitted + gate.shed
     held = [_slow_body(fair.host, fair.port, fair.loud) for _ in range(GENERAL_CAP)]
     try:
-        deadline = time.monotonic() + 10
-        while gate.admitted + gate.shed + gate.waiting - before < GENERAL_CAP:
-            assert time.monotonic() < deadline, "the slow requests never reached the gate"
-            time.sleep(0.01)
+        eventually(
+            lambda: gate.admitted + gate.shed + gate.waiting - before >= GENERAL_CAP,
+            "the slow requests at the gate",
+            10,
+            0.01,
+        )
         # The address's share; its other two wait, then are shed. (Other slots may be held
         # meanwhile: the fixture's own requests can still be finishing.)
         assert gate.held_by("addr:127.0.0.2") == 2

@@ -40,6 +40,7 @@ from tests.support.overload import (
 )
 from tests.support.servers import serve_like_up
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually
 
 BURST = 12
 QUOTA = 100
@@ -152,7 +153,8 @@ def test_overload_sheds_quickly_and_shed_requests_leave_nothing(drill: Drill) ->
     for thread in threads:
         thread.start()
     barrier.wait()
-    time.sleep(0.2)  # the trigger slots are taken and the rest wait for them
+    # Looked at while the trigger slots are taken (the others wait for them, or were shed).
+    eventually(lambda: drill.gates.sync.in_use == SYNC_CAP, "the trigger slots taken", 10, 0.01)
     with httpx.Client(timeout=30, headers=drill.tenant.auth()) as client:
         side["health"] = client.get(f"{drill.url}/health").status_code
         side["job"] = client.get(f"{drill.url}{URL}/{warmup_job}").status_code

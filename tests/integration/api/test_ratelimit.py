@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from mailsync.db.tables import JobStatus, SyncJob
 from mailsync.settings import Settings
 from tests.support.api import Tenant, make_tenant
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually
 
 URL = "/v1/email/sync"
 NOW = 1_800_000_000.0
@@ -200,14 +200,13 @@ def test_concurrent_requests_on_one_key_admit_exactly_the_quota(
 
 def wait_until_done(stack: PrefectStack, job_id: str, timeout: float = 90) -> None:
     """Let the sync finish so no stray run overlaps later tests' provider request counts."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ended() -> bool:
         with Session(get_engine(stack.settings.resolved_database_url)) as session:
             job = session.get(SyncJob, job_id)
-            if job is not None and JobStatus(job.status).terminal:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+            return job is not None and JobStatus(job.status).terminal
+
+    eventually(ended, f"job {job_id} to finish", timeout)
 
 
 @pytest.mark.integration

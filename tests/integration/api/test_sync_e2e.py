@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -20,7 +19,7 @@ from mailsync.db import get_engine
 from mailsync.db.tables import Mailbox, SyncJob
 from tests.support.api import Tenant, make_tenant
 from tests.support.stack import FakeProviders, PrefectStack
-from tests.support.waiting import wait_for
+from tests.support.waiting import eventually, job_ended
 
 pytestmark = pytest.mark.integration
 URL = "/v1/email/sync"
@@ -49,18 +48,18 @@ def trigger(client: TestClient, tenant: Tenant, body: dict[str, Any] | None = No
 def wait(client: TestClient, tenant: Tenant, job_id: str, timeout: float = 90) -> dict[str, Any]:
     """Poll until the job ends; returns its last view with the statuses seen on the way."""
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def view() -> dict[str, Any]:
         response = client.get(f"{URL}/{job_id}", headers=tenant.auth(tenant.reader))
         assert response.status_code == 200, response.text
         data: dict[str, Any] = response.json()["data"]
         if not seen or seen[-1] != data["status"]:
             seen.append(data["status"])
-        if data["status"] in ("completed", "failed"):
-            data["seen"] = seen
-            return data
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {seen[-1]} after {timeout} s")
+        return data
+
+    data = eventually(view, f"job {job_id} to end", timeout, until=job_ended)
+    data["seen"] = seen
+    return data
 
 
 def indexed(stack: PrefectStack, workspace_id: str, provider: str) -> set[str]:
@@ -190,12 +189,16 @@ def test_run_started_like_the_prefect_ui_becomes_a_job(
             deployment.id,
             parameters={"workspace": tenant.workspace_id, "providers": ["microsoft"]},
         )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            run = prefect.read_flow_run(run.id)
-            if run.name.startswith("sync_") or (run.state and run.state.is_final()):
-                break
-            time.sleep(0.3)
+        run = eventually(
+            lambda: prefect.read_flow_run(run.id),
+            "the UI run named after its job",
+            90,
+            0.3,
+            until=lambda found: (
+                found.name.startswith("sync_")
+                or (found.state is not None and found.state.is_final())
+            ),
+        )
     assert run.name.startswith("sync_"), run.name
     final = wait(client, tenant, run.name)
     assert final["status"] == "completed" and final["providers"] == ["microsoft"]
@@ -245,10 +248,10 @@ def test_no_secret_reaches_logs_parameters_or_api_output(
         for run_id in run_ids:
             # A job ends before its run does, and the run's logs are shipped in batches up to
             # its exit: wait for the run to end and for its logs to arrive.
-            run = wait_for(partial(_ended, prefect, run_id), f"flow run {run_id} to end")
+            run = eventually(partial(_ended, prefect, run_id), f"flow run {run_id} to end")
             outputs.append(str(run.parameters))
             only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
-            logs = wait_for(
+            logs = eventually(
                 partial(prefect.read_logs, only_this_run), f"the logs of {run_id}", timeout=30
             )
             outputs.extend(log.message for log in logs)

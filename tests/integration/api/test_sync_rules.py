@@ -26,6 +26,7 @@ from tests.support.api import (
 from tests.support.index import fake_index, live_index
 from tests.support.processes import flow_run_pids
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 URL = "/v1/email/sync"
@@ -168,13 +169,10 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
 
 
 def _wait_for_running_job(api: Api, tenant: Tenant, timeout: float = 60) -> SyncJob:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = [j for j in api.jobs(tenant) if j.status == "running"]
-        if running:
-            return running[0]
-        time.sleep(0.2)
-    raise AssertionError("no job started running")
+    running = eventually(
+        lambda: [j for j in api.jobs(tenant) if j.status == "running"], "a running job", timeout
+    )
+    return running[0]
 
 
 @pytest.mark.only_database("postgresql")  # crash handling is Prefect's
@@ -193,11 +191,13 @@ def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakePr
         os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     speed_up(fakes, "microsoft", tenant.microsoft_address)
-    while True:
-        retry = api.post(tenant, {"mode": "full", "provider": "microsoft"})
-        if retry.status_code != 409 or time.monotonic() - killed > 90:
-            break
-        time.sleep(1)
+    retry = eventually(
+        lambda: api.post(tenant, {"mode": "full", "provider": "microsoft"}),
+        "a full sync accepted after the kill",
+        90,
+        1,
+        until=lambda response: response.status_code != 409,
+    )
     assert retry.status_code == 202, retry.text
     assert time.monotonic() - killed < 90
     crashed = api.get(tenant, job.id)
@@ -242,10 +242,10 @@ def test_two_syncs_of_one_mailbox_take_turns(
     tenant = make_tenant(prefect_stack.settings, fakes, providers=("gmail",), messages=1200)
     slow_down(fakes, "gmail", tenant.gmail_address, 1000)  # ~10 s a page of 500
     first = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
-    deadline = time.monotonic() + 60
-    while not (api.get(tenant, first).get("progress") or {}).get("processed"):
-        assert time.monotonic() < deadline, "the first sync never progressed"
-        time.sleep(0.2)
+    eventually(
+        lambda: (api.get(tenant, first).get("progress") or {}).get("processed"),
+        "the first sync's progress",
+    )
     second = api.post(tenant, {"mode": "full", "provider": "gmail"})
     assert second.status_code == 202, second.text
     second_id = second.json()["data"]["job_id"]

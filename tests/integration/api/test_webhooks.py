@@ -29,6 +29,7 @@ from mailsync.settings import Settings
 from tests.support.api import make_tenant
 from tests.support.receiver import Receiver, finish_job, running_job, serve_receiver
 from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.waiting import eventually, job_ended
 
 URL = "/v1/webhooks"
 HOOK = "http://127.0.0.1:9/hook"  # never called in the CRUD tests
@@ -312,13 +313,11 @@ def stack_client(prefect_stack: PrefectStack) -> Iterator[TestClient]:
 
 
 def wait_for_job(client: TestClient, auth: dict[str, str], job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    def view() -> dict[str, Any]:
         data: dict[str, Any] = client.get(f"/v1/email/sync/{job_id}", headers=auth).json()["data"]
-        if data["status"] in ("completed", "failed"):
-            return data
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not end")
+        return data
+
+    return eventually(view, f"job {job_id} to end", 90, 0.25, until=job_ended)
 
 
 @pytest.mark.integration
@@ -367,14 +366,13 @@ def test_api_triggered_sync_sends_a_verified_email_sync_completed(
     assert data["counts"] == job["counts"] and data["cursor_reset"] is False
     assert isinstance(data["duration_seconds"], float | int) and data["duration_seconds"] >= 0
     # The receiver has answered; the delivery is recorded just after, by the sending task.
-    deadline = time.monotonic() + 30
-    while True:
-        [delivery] = stack_client.get(f"{URL}/{endpoint['id']}/deliveries", headers=hooks).json()[
-            "data"
-        ]
-        if delivery["status"] != "pending" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    deliveries = f"{URL}/{endpoint['id']}/deliveries"
+    [delivery] = eventually(
+        lambda: stack_client.get(deliveries, headers=hooks).json()["data"],
+        "the delivery recorded",
+        30,
+        until=lambda found: found[0]["status"] != "pending",
+    )
     assert delivery["event_id"] == received.webhook_id and delivery["status"] == "delivered"
     assert [a["status_code"] for a in delivery["attempt_log"]] == [200]
     assert delivery["attempt_log"][0]["latency_ms"] >= 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import google_auth_httplib2
@@ -27,19 +26,11 @@ from mailsync.fakes.client import (
 )
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import FakeTLS, ensure_tls
+from tests.support.waiting import eventually
 
 GMAIL_SCOPE = "https://www.googleapis.com/auth/gmail.readonly"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 _numbers = itertools.count()
-
-
-def eventually(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Poll `check` until it holds; fail after `within` seconds (a deadline, not a wait)."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")

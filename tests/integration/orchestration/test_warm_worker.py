@@ -32,7 +32,7 @@ from mailsync.devstack.processes import (
     worker_name,
 )
 from tests.support.stack import PrefectStack
-from tests.support.waiting import wait_for
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,10 @@ class Probe:
             current = self.client.read_flow_run(run.id)
             return current if current.state and current.state.is_final() else None
 
-        return wait_for(probe, f"flow run {run.id} to end", timeout)
+        return eventually(probe, f"flow run {run.id} to end", timeout)
 
     def report(self, path: Path) -> dict[str, Any]:
-        wait_for(lambda: path.exists() and path.stat().st_size > 0, f"the report {path.name}")
+        eventually(lambda: path.exists() and path.stat().st_size > 0, f"the report {path.name}")
         data: dict[str, Any] = json.loads(path.read_text())
         return data
 
@@ -162,14 +162,14 @@ def test_a_warm_run_is_a_complete_prefect_run(probe: Probe) -> None:
         )
         return [t for t in tasks if t.state_name == "Completed" and t.run_count == 2]
 
-    flaky = wait_for(retried, "the retried task run in Prefect", 30)
+    flaky = eventually(retried, "the retried task run in Prefect", 30)
     assert len(flaky) == 1 and flaky[0].name.startswith("flaky"), flaky
 
     def hello() -> bool:
         logs = probe.client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
         return any("probe says hello" in log.message for log in logs)
 
-    wait_for(hello, "the run's log in Prefect", 30)
+    eventually(hello, "the run's log in Prefect", 30)
 
 
 @pytest.mark.parametrize("deployment", ["command", "other"])
@@ -192,7 +192,7 @@ def test_cancelling_a_warm_run_stops_it(probe: Probe) -> None:
     probe.client.set_flow_run_state(run.id, Cancelling())
     final = probe.final(run, 60)
     assert final.state is not None and final.state.is_cancelled(), final.state
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the cancelled run to exit", 30)
+    eventually(lambda: not Path(f"/proc/{pid}").exists(), "the cancelled run to exit", 30)
 
 
 def test_a_killed_warm_run_is_crashed(probe: Probe) -> None:
