@@ -13,9 +13,6 @@ from rich.panel import Panel
 
 from mailsync import db
 from mailsync.devstack import demo as demo_mod
-
-# Re-exported: tests/integration/api/test_input_limits.py imports it from here (its home is api_server).
-from mailsync.devstack.api_server import api_server_options as api_server_options
 from mailsync.devstack.processes import port_free
 from mailsync.devstack.stack import ApiSpec, FakesProcess, LocalStack, StackSpec
 from mailsync.errors import StackError

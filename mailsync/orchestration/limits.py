@@ -18,6 +18,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPS
 
 from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.errors import PrefectUnavailableError
+from mailsync.orchestration.boundary import UNREACHABLE
 
 
 def _status(exc: Exception) -> int | None:
@@ -41,7 +42,7 @@ class PrefectLimits:
                 self._upsert(spec)
             except ObjectAlreadyExists:
                 self._upsert(spec)  # a concurrent request created it first: now an update
-            except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            except UNREACHABLE as exc:
                 raise PrefectUnavailableError("Prefect refused to create a limit") from exc
             with self._lock:
                 self._known[spec.name] = spec
@@ -124,5 +125,5 @@ class PrefectLimits:
             return int(self._client().read_global_concurrency_limit_by_name(name).active_slots)
         except ObjectNotFound:
             return 0
-        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+        except UNREACHABLE as exc:
             raise PrefectUnavailableError("the Prefect API could not be reached") from exc

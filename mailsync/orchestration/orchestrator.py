@@ -26,6 +26,7 @@ from mailsync.core.rules.admission import Admission, Clock
 from mailsync.db.tables import JobStatus, SyncJob, SyncMode, as_utc, utcnow
 from mailsync.errors import PrefectUnavailableError
 from mailsync.orchestration import runs
+from mailsync.orchestration.boundary import prefect_calls
 from mailsync.orchestration.deadline import DeadlineTransport
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.settings import Settings, get_settings
@@ -129,14 +130,8 @@ class Orchestrator:
         the job id: a retried submission of the job gets its run, and no other job can (a key
         derived from the client's Idempotency-Key handed a retried trigger's new job the run
         of the first, failed one)."""
-        try:
+        with prefect_calls(missing=f"the {self.deployment} deployment is not registered"):
             deployment = self._deployment()
-        except ObjectNotFound as exc:
-            raise PrefectUnavailableError(
-                f"the {self.deployment} deployment is not registered"
-            ) from exc
-        except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
-            raise PrefectUnavailableError("the Prefect API could not be reached") from exc
         try:
             run = runs.start_run(
                 self.client,
@@ -269,13 +264,11 @@ class Orchestrator:
                 .order_by(col(SyncJob.queued_at))
             )
         )
-        try:
+        with prefect_calls():
             by_id = self._runs(
                 [j.flow_run_id for j in open_jobs if j.flow_run_id], page, by_name=False
             )
             by_name = self._runs([j.id for j in open_jobs if not j.flow_run_id], page, by_name=True)
-        except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
-            raise PrefectUnavailableError("the Prefect API could not be reached") from exc
         now, done = self._clock(), []
         for job in open_jobs:
             run = by_id.get(job.flow_run_id) if job.flow_run_id else by_name.get(job.id)

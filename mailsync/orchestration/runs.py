@@ -13,15 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import httpx
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Scheduled
 
 from mailsync.db.tables import utcnow
-from mailsync.errors import PrefectUnavailableError
+from mailsync.orchestration.boundary import prefect_calls
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,7 @@ def start_run(
 
     Raises PrefectUnavailableError when Prefect cannot be reached or the deployment is not
     registered."""
-    try:
+    with prefect_calls(missing=f"the deployment {deployment} is not registered"):
         if isinstance(deployment, str):
             deployment = client.read_deployment_by_name(deployment).id
         return client.create_flow_run_from_deployment(
@@ -53,10 +51,6 @@ def start_run(
             idempotency_key=key,
             state=Scheduled(scheduled_time=at) if at is not None else None,
         )
-    except ObjectNotFound as exc:
-        raise PrefectUnavailableError(f"the deployment {deployment} is not registered") from exc
-    except (httpx.HTTPError, PrefectHTTPStatusError, RuntimeError) as exc:
-        raise PrefectUnavailableError("the Prefect API could not be reached") from exc
 
 
 def start_delivery_run(key: str, *, client: SyncPrefectClient | None = None) -> bool:

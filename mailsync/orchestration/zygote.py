@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 # A placeholder variable the worker puts last in the zygote's environment: a forked child writes
-# its own environment over it, so /proc/<pid>/environ (what operators and tests/drills/test_drills.py
-# grep for PREFECT__FLOW_RUN_ID) shows the run's variables, as it does for `python -m
-# prefect.engine`. Only this variable's bytes are ever overwritten: nothing caches pointers to it.
+# its own environment over it, so /proc/<pid>/environ (what operators and
+# tests/drills/test_drills.py grep for PREFECT__FLOW_RUN_ID) shows the run's variables, as it
+# does for `python -m prefect.engine`. Only this variable's bytes are ever overwritten: nothing
+# caches pointers to it.
 ENV_RESERVE_VAR = "MAILSYNC_ZYGOTE_ENV_RESERVE"
 ENV_RESERVE_BYTES = 64 * 1024
 MAX_MESSAGE = 1 << 20

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from mailsync.devstack.up import api_server_options
+from mailsync.devstack.api_server import api_server_options
 from mailsync.fakes.server import serve_in_thread
 from mailsync.settings import Settings
 

@@ -1,5 +1,5 @@
 """Input limits on a real server, over raw sockets: uvicorn configured as `mailsync up` runs it
-(`devstack.up.api_server_options`), the real app in front of an unreachable Prefect (nothing
+(`devstack.api_server.api_server_options`), the real app in front of an unreachable Prefect (nothing
 here gets past the middleware that matters), request quotas off.
 
 Limits in these tests: body 64 KiB (413), body deadline 1 s (408), header section 8 KiB or
@@ -122,8 +122,8 @@ def test_431_too_many_header_fields(server: tuple[str, int]) -> None:
 def test_431_header_section_too_large(server: tuple[str, int]) -> None:
     """Header fields of more than 8 KiB (as on the wire) get the JSON 431 and a closed
     connection; 8 KiB pass. Past uvicorn's own buffer (32 KiB of incomplete request head)
-    the app never sees the request: uvicorn answers a plain-text 400 and closes, as devstack/up.py
-    documents."""
+    the app never sees the request: uvicorn answers a plain-text 400 and closes, as
+    devstack/api_server.py documents."""
     host = len(b"host: 127.0.0.1\r\n")
     fits = 8192 - host - len(b"x-pad: \r\n")
     answer, sock = ask(server, request_head("GET", "/openapi.json", "X-Pad: " + "a" * fits))
