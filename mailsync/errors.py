@@ -14,7 +14,8 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     ├── SyncInProgressError               sync_in_progress: another full sync holds the provider
     │   ├── MailboxBusyError                  another sync held the mailbox past our wait
     │   ├── BuildSupersededError              another sync took over this one's index build
-    │   └── TurnLapsedError                   this sync's turn of the mailbox lapsed (retried)
+    │   ├── TurnLapsedError                   this sync's turn of the mailbox lapsed (retried)
+    │   └── CredentialsChangedError           the mailbox was re-connected mid-sync (retried)
     ├── RateLimitedError                  rate_limited: the on-demand quota (retry_after)
     ├── IdempotencyError
     │   ├── InvalidIdempotencyKey         invalid_request
@@ -111,6 +112,12 @@ class TurnLapsedError(SyncInProgressError):
     """The sync's turn of the mailbox lapsed (its lease could not be renewed): it stops before
     writing again, since another sync may hold the turn now. Worth retrying: the retry waits
     for the turn and resumes from what is stored."""
+
+
+class CredentialsChangedError(SyncInProgressError):
+    """The mailbox was re-connected (new credentials, perhaps another account) while this sync
+    ran on the old ones: it stops before writing again. Worth retrying: the retry reads the new
+    credentials and starts the mailbox afresh."""
 
 
 class RateLimitedError(MailsyncError):

@@ -13,7 +13,12 @@ from prefect.client.schemas.objects import State, TaskRun
 from mailsync.core.jobs.contract import JobEnd, JobRef
 from mailsync.core.sync.engine import MailboxResult
 from mailsync.db import connection_lost
-from mailsync.errors import PrefectUnavailableError, TransientProviderError, TurnLapsedError
+from mailsync.errors import (
+    CredentialsChangedError,
+    PrefectUnavailableError,
+    TransientProviderError,
+    TurnLapsedError,
+)
 from mailsync.orchestration import runtime
 
 
@@ -23,7 +28,13 @@ def is_transient_error(exc: BaseException) -> bool:
     A lost app-database connection counts too (tests/drills/test_drills.py drops it mid-sync): the
     page being written was rolled back with its checkpoint, so the retry resumes from the last
     stored page and converges to the same index. Before, one killed backend failed the job."""
-    if isinstance(exc, TransientProviderError | PrefectUnavailableError | TurnLapsedError):
+    retried = (
+        TransientProviderError,
+        PrefectUnavailableError,
+        TurnLapsedError,
+        CredentialsChangedError,
+    )
+    if isinstance(exc, retried):
         return True
     return isinstance(exc, Exception) and connection_lost(exc)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete, select, update
 
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox, Message, Workspace
@@ -70,11 +70,24 @@ def connect_mailbox(
     """
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
-    if session.get(Workspace, workspace_id) is None:
-        raise ValueError(f"workspace {workspace_id!r} does not exist")
     if "@" not in address:
         raise ValueError("the account address must be an email address")
     sealed = box.seal(validate_credentials(provider, credentials))
+    # A new credentials version first, before anything is read: the UPDATE waits for a sync's
+    # write in flight (each locks the row first, engine._held) and refuses its next ones, and
+    # what is read below is what that write left, so clearing it misses nothing.
+    session.exec(  # type: ignore[call-overload]
+        update(Mailbox)
+        .where(
+            col(Mailbox.workspace_id) == workspace_id,
+            col(Mailbox.provider) == provider,
+            col(Mailbox.address) == address,
+        )
+        .values(credentials_version=Mailbox.credentials_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if session.get(Workspace, workspace_id) is None:
+        raise ValueError(f"workspace {workspace_id!r} does not exist")
     mailbox = session.exec(
         select(Mailbox).where(
             Mailbox.workspace_id == workspace_id,

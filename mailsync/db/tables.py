@@ -95,6 +95,9 @@ class Mailbox(SQLModel, table=True):
     checkpoint_at: datetime | None = _ts()
     # Provider token state kept between syncs (msal's cache, Google's access token): secret.
     auth_state_encrypted: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
+    # Bumped by every re-connect: a sync's writes (pages, cursor, checkpoint, token state) are
+    # bound to the version it read, so one still running on old credentials writes no more.
+    credentials_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Message(SQLModel, table=True):

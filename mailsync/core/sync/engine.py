@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, update
 
 from mailsync.core.sync import index
 from mailsync.core.sync.readahead import read_ahead
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox, SyncMode, as_utc, utcnow
-from mailsync.errors import MailboxGoneError, TurnLapsedError
+from mailsync.errors import CredentialsChangedError, MailboxGoneError, TurnLapsedError
 from mailsync.providers.base import (
     CursorExpiredError,
     MailProvider,
@@ -74,6 +74,27 @@ def _mailbox(session: Session, mailbox_id: str) -> Mailbox:
     return mailbox
 
 
+def _held(session: Session, mailbox_id: str, credentials_version: int) -> Mailbox:
+    """The mailbox, first thing in a write's transaction, if it still has the credentials the
+    sync read. The no-op UPDATE locks the row until the write commits, so a re-connect lands
+    either before it (and the write is refused) or after it (and clears what it wrote)."""
+    held = session.exec(  # type: ignore[call-overload]
+        update(Mailbox)
+        .where(
+            col(Mailbox.id) == mailbox_id,
+            col(Mailbox.credentials_version) == credentials_version,
+        )
+        .values(credentials_version=credentials_version)
+        .execution_options(synchronize_session=False)
+    )
+    mailbox = _mailbox(session, mailbox_id)
+    if held.rowcount != 1:
+        raise CredentialsChangedError(
+            f"mailbox {mailbox_id} was re-connected while it synced; stopped"
+        )
+    return mailbox
+
+
 def sync_mailbox(
     database_url: str,
     mailbox_id: str,
@@ -93,6 +114,7 @@ def sync_mailbox(
         credentials = box.open(mailbox.credentials_encrypted)
         auth_state = box.open(mailbox.auth_state_encrypted) if mailbox.auth_state_encrypted else {}
         provider_name, address, cursor = mailbox.provider, mailbox.address, mailbox.cursor
+        credentials_version = mailbox.credentials_version
 
     result = MailboxResult(mailbox_id, provider_name, address, mode, mode, cursor_before=cursor)
     provider = factory(
@@ -110,6 +132,7 @@ def sync_mailbox(
         result,
         progress or (lambda _n, _t: None),
         fence or (lambda: True),
+        credentials_version,
     )
     try:
         if mode == SyncMode.incremental and cursor is None:
@@ -136,6 +159,7 @@ class _Run:
     result: MailboxResult
     progress: Progress
     fence: Fence
+    credentials_version: int
     processed: int = 0
 
     def _writes(self) -> None:
@@ -145,6 +169,9 @@ class _Run:
                 f"the turn of mailbox {self.mailbox_id} lapsed while it synced; stopped"
             )
 
+    def _mailbox(self, session: Session) -> Mailbox:
+        return _held(session, self.mailbox_id, self.credentials_version)
+
     def incremental(self, cursor: str) -> None:
         # Pages are applied as they come: upserts and deletions are idempotent, so a sync that
         # dies half-way and is retried from the old cursor converges to the same index.
@@ -152,7 +179,7 @@ class _Run:
         for page in read_ahead(self.provider.incremental_sync(cursor)):
             self._writes()
             with session_scope(self.database_url) as session:
-                live = _mailbox(session, self.mailbox_id).generation
+                live = self._mailbox(session).generation
                 self.result.counts += index.upsert(session, self.mailbox_id, page.upserts, live)
                 self.result.counts.deleted += index.remove(
                     session, self.mailbox_id, page.deletions, live
@@ -161,12 +188,12 @@ class _Run:
             self._advance(len(page.upserts) + len(page.deletions), page.total_estimate)
         self._writes()
         with session_scope(self.database_url) as session:
-            self._finish(_mailbox(session, self.mailbox_id), final or cursor)
+            self._finish(self._mailbox(session), final or cursor)
 
     def full(self) -> None:
         self._writes()
         with session_scope(self.database_url) as session:
-            mailbox = _mailbox(session, self.mailbox_id)
+            mailbox = self._mailbox(session)
             checkpoint = self._resumable(mailbox)
             if checkpoint is None:
                 # A generation no other build used: one still running on the old number
@@ -188,6 +215,7 @@ class _Run:
             # The provider cannot continue from it (page tokens expire too): start over.
             log.info("checkpoint of mailbox %s unusable; rebuilding from scratch", self.mailbox_id)
             with session_scope(self.database_url) as session:
+                self._mailbox(session)
                 index.discard(session, self.mailbox_id, building)
             self.result.resumed = False
             self._build(None, building, live)
@@ -199,6 +227,7 @@ class _Run:
             # skips a page nor applies one twice.
             self._writes()
             with session_scope(self.database_url) as session:
+                self._mailbox(session)
                 self.result.counts += index.upsert(
                     session, self.mailbox_id, page.upserts, building, compare_to=live
                 )
@@ -209,7 +238,7 @@ class _Run:
             self._advance(len(page.upserts), page.total_estimate)
         self._writes()
         with session_scope(self.database_url) as session:
-            mailbox = _mailbox(session, self.mailbox_id)
+            mailbox = self._mailbox(session)
             self.result.counts.deleted += index.switch(session, mailbox, building, live=live)
             self._finish(mailbox, final)
 
@@ -234,8 +263,15 @@ class _Run:
         state = self.provider.auth_state()
         if state is None or not self.fence():
             return
+        # Only over the credentials it belongs to: an old account's token cache kept after a
+        # re-connect would go on syncing the old account.
         with session_scope(self.database_url) as session:
-            mailbox = session.get(Mailbox, self.mailbox_id)
-            if mailbox is not None:
-                mailbox.auth_state_encrypted = box.seal({"state": state})
-                session.add(mailbox)
+            session.exec(  # type: ignore[call-overload]
+                update(Mailbox)
+                .where(
+                    col(Mailbox.id) == self.mailbox_id,
+                    col(Mailbox.credentials_version) == self.credentials_version,
+                )
+                .values(auth_state_encrypted=box.seal({"state": state}))
+                .execution_options(synchronize_session=False)
+            )
