@@ -167,7 +167,7 @@ def _crowd(settings: Settings, fakes: FakeProviders, gmail: int, microsoft: int)
         for provider, count in (("gmail", gmail), ("microsoft", microsoft)):
             for i in range(count):
                 address = f"u{i}-{workspace_id}@{provider}.example"
-                credentials = fakes.account(provider, address)["credentials"]
+                credentials = fakes.admin(provider).create_mailbox(address).provider_credentials()
                 workspaces.connect_mailbox(
                     session, box, workspace_id, provider, address, credentials
                 )
@@ -180,7 +180,8 @@ def _indexed(settings: Settings, fakes: FakeProviders, workspace_id: str) -> lis
     with Session(get_engine(settings.resolved_database_url)) as session:
         mailboxes = session.exec(select(Mailbox).where(Mailbox.workspace_id == workspace_id))
         return [
-            index.message_ids(session, m.id) == fakes.ids(m.provider, m.address) for m in mailboxes
+            index.message_ids(session, m.id) == set(fakes.admin(m.provider).ids(m.address))
+            for m in mailboxes
         ]
 
 
@@ -217,7 +218,7 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
     address = tenant.microsoft_address
     # Every Graph call of this mailbox takes 5 s: the full sync runs long enough for a second
     # request and for a UI-style run to start on the other worker.
-    fakes.call("microsoft", "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": 10000})
+    fakes.microsoft.slow_down(address, 10000)
     try:
         first = scaled.post(tenant, {"mode": "full", "provider": "microsoft"})
         assert first.status_code == 202, first.text
@@ -233,7 +234,7 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
             assert scaled.get(tenant, job_id)["status"] == "running"
             full_run = _runs(prefect, [job_id])[job_id]
     finally:
-        fakes.call("microsoft", "DELETE", f"/_admin/mailboxes/{address}/faults")
+        fakes.microsoft.release(address)
     assert ui_run.state is not None and ui_run.state.is_failed(), ui_run.state
     failed = scaled.get(tenant, ui_run.name)
     assert failed["error"]["code"] == "sync_in_progress"

@@ -12,6 +12,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.states import Cancelling
 
+from mailsync.fakes.client import FaultPlan
 from tests.support.api import Api, Tenant, hold, make_tenant, slow_down, speed_up, wait_final
 from tests.support.index import (
     fake_index,
@@ -25,12 +26,11 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 # Retry-After 0: the retries are real, the suite does not sit out a second per fault.
-FAULTS = {"share": 0.2, "statuses": [429, 500, 503], "retry_after": 0, "seed": 11}
+FAULTS = FaultPlan(share=0.2, statuses=[429, 500, 503], retry_after=0, seed=11)
 
 
 def gmail_units(fakes: FakeProviders, address: str) -> int:
-    usage = fakes.call("gmail", "GET", f"/_admin/mailboxes/{address}/quota")
-    return int(usage["charged_total"])
+    return fakes.gmail.quota(address).charged_total
 
 
 @pytest.mark.only_database(
@@ -86,26 +86,23 @@ def test_killed_full_sync_resumes_from_its_checkpoint(
 
 
 def _change_the_mailboxes(fakes: FakeProviders, tenant: Tenant) -> None:
-    gmail = f"/_admin/mailboxes/{tenant.gmail_address}/messages"
-    ids = sorted(fakes.ids("gmail", tenant.gmail_address))
-    fakes.call("gmail", "POST", gmail, json={"count": 7})
+    gmail, address = fakes.gmail, tenant.gmail_address
+    ids = sorted(gmail.ids(address))
+    gmail.add_messages(address, 7)
     for message_id in ids[:4]:
-        fakes.call("gmail", "DELETE", f"{gmail}/{message_id}")
+        gmail.delete_message(address, message_id)
     for message_id in ids[4:10]:
-        fakes.call(
-            "gmail",
-            "PATCH",
-            f"{gmail}/{message_id}",
-            json={"add_labels": ["Label_7", "STARRED"], "remove_labels": ["UNREAD", "INBOX"]},
+        gmail.modify_labels(
+            address, message_id, add=["Label_7", "STARRED"], remove=["UNREAD", "INBOX"]
         )
-    microsoft = f"/_admin/mailboxes/{tenant.microsoft_address}/messages"
-    inbox = sorted(fakes.call("microsoft", "GET", microsoft, params={"folder": "inbox"})["ids"])
-    fakes.call("microsoft", "POST", microsoft, json={"count": 5, "folder": "inbox"})
-    fakes.call("microsoft", "POST", microsoft, json={"count": 2, "folder": "sentitems"})
+    microsoft, address = fakes.microsoft, tenant.microsoft_address
+    inbox = sorted(microsoft.ids(address, folder="inbox"))
+    microsoft.add_messages(address, 5, folder="inbox")
+    microsoft.add_messages(address, 2, folder="sentitems")
     for message_id in inbox[:3]:
-        fakes.call("microsoft", "DELETE", f"{microsoft}/{message_id}")
-    fakes.call("microsoft", "PATCH", f"{microsoft}/{inbox[3]}", json={"folder": "sentitems"})
-    fakes.call("microsoft", "PATCH", f"{microsoft}/{inbox[4]}", json={"folder": "archive"})
+        microsoft.delete_message(address, message_id)
+    microsoft.update_message(address, inbox[3], folder="sentitems")
+    microsoft.update_message(address, inbox[4], folder="archive")
 
 
 @pytest.mark.only_database("sqlite")  # provider faults; the index paths run on both elsewhere
@@ -121,7 +118,7 @@ def test_full_then_incremental_through_20_percent_faults(
         ("gmail", tenant.gmail_address),
         ("microsoft", tenant.microsoft_address),
     ):
-        fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json=FAULTS)
+        fakes.admin(provider).set_faults(address, FAULTS)
 
     def sync(mode: str) -> dict[str, Any]:
         response = api.post(tenant, {"mode": mode})
@@ -146,10 +143,10 @@ def test_full_then_incremental_through_20_percent_faults(
         ("gmail", tenant.gmail_address),
         ("microsoft", tenant.microsoft_address),
     ):
-        stats = fakes.call(provider, "GET", f"/_admin/mailboxes/{address}/faults")
-        assert stats["injected"] > 0, provider
+        stats = fakes.admin(provider).fault_stats(address)
+        assert stats.injected > 0, provider
         indexed = len(fake_index(fakes, provider, address))
-        print(f"{provider}: {stats['injected']} faults injected, {indexed} messages indexed")
+        print(f"{provider}: {stats.injected} faults injected, {indexed} messages indexed")
 
 
 @pytest.mark.only_database("sqlite")  # the cancellation is Prefect's
@@ -162,9 +159,7 @@ def test_cancelling_a_running_job_from_the_ui_fails_it_as_cancelled(
     tenant = make_tenant(prefect_stack.settings, fakes, providers=("gmail",))
     initial = api.post(tenant, {}).json()["data"]["job_id"]  # the cancelled job is incremental
     assert api.wait(tenant, initial)["status"] == "completed"
-    fakes.call(
-        "gmail", "POST", f"/_admin/mailboxes/{tenant.gmail_address}/messages", json={"count": 5}
-    )
+    fakes.gmail.add_messages(tenant.gmail_address, 5)
     hold(fakes, "gmail", tenant.gmail_address)
     job_id = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
     try:

@@ -63,13 +63,13 @@ def test_mailbox_connect_never_echoes_secrets(
 ) -> None:
     """Credentials from the environment or a file are stored encrypted and never printed."""
     runner.invoke(app, ["workspace", "create", "cli-mb"])
-    gmail = fakes.account("gmail", "cli@gmail.example")["credentials"]
+    gmail = fakes.gmail.create_mailbox("cli@gmail.example").provider_credentials()
     monkeypatch.setenv("MAILSYNC_GMAIL_CREDENTIALS", json.dumps(gmail))
     result = runner.invoke(
         app, ["mailbox", "connect", "gmail", "-w", "cli-mb", "--address", "cli@gmail.example"]
     )
     assert result.exit_code == 0, result.output
-    microsoft = fakes.account("microsoft", "cli@microsoft.example")["credentials"]
+    microsoft = fakes.microsoft.create_mailbox("cli@microsoft.example").provider_credentials()
     path = tmp_path / "ms.json"
     path.write_text(json.dumps(microsoft))
     result2 = runner.invoke(
@@ -107,7 +107,7 @@ def test_sync_wait_and_jobs_table(
     runner.invoke(app, ["workspace", "create", "cli-sync"])
     monkeypatch.setenv(
         "MAILSYNC_MICROSOFT_CREDENTIALS",
-        json.dumps(fakes.account("microsoft", "sync@microsoft.example")["credentials"]),
+        json.dumps(fakes.microsoft.create_mailbox("sync@microsoft.example").provider_credentials()),
     )
     runner.invoke(
         app,

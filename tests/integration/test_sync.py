@@ -23,7 +23,7 @@ def connect(
     settings: Settings, fakes: FakeProviders, provider: str, messages: int
 ) -> tuple[str, str]:
     address = f"sync-{secrets.token_hex(4)}@{provider}.example"
-    credentials = fakes.account(provider, address, messages=messages)["credentials"]
+    credentials = fakes.admin(provider).create_mailbox(address, messages).provider_credentials()
     with session_scope(settings.resolved_database_url) as session:
         workspace = workspaces.create_workspace(session, f"ws-{secrets.token_hex(4)}")
         mailbox, _ = workspaces.connect_mailbox(
@@ -52,26 +52,27 @@ def test_interrupted_rebuild_leaves_the_index_intact_and_resumes(
     mailbox_id, address = connect(settings, fakes, provider, messages=1200)
     assert run(settings, mailbox_id, "full").performed_mode == "full"
     before = live_ids(settings, mailbox_id)
-    assert before == fakes.ids(provider, address)
-    added = fakes.call(
-        provider, "POST", f"/_admin/mailboxes/{address}/messages", json={"count": 5}
-    )["ids"]
+    admin = fakes.admin(provider)
+    assert before == set(admin.ids(address))
+    added = admin.add_messages(address, 5)
 
     # List calls fail from the second page on, with a Retry-After beyond what a sync waits
     # out (the run fails at once instead of backing off for ~15 s first).
-    fault = {"operation": LIST_OPERATION[provider], "status": 503, "count": 50, "retry_after": 60}
+    def break_list_calls(after: int = 0) -> None:
+        admin.fail(LIST_OPERATION[provider], 503, count=50, retry_after=60, after=after)
+
     broken: list[int] = []
 
     def break_after_first_page(processed: int, _estimate: int | None) -> None:
         if processed and not broken:
             broken.append(processed)
-            fakes.call(provider, "POST", "/_admin/faults", json=fault)
+            break_list_calls()
 
     if provider == "gmail":
         # Gmail reads ahead one page in order: armed before the run, the fault lets the first
         # list call through (its page is written and checkpointed), then fails the second.
         # Armed later it would race the read-ahead of 3 pages and could come too late.
-        fakes.call(provider, "POST", "/_admin/faults", json={**fault, "after": 1})
+        break_list_calls(after=1)
         with pytest.raises(ProviderError):
             run(settings, mailbox_id, "full")
     else:
@@ -82,13 +83,13 @@ def test_interrupted_rebuild_leaves_the_index_intact_and_resumes(
             run(settings, mailbox_id, "full", progress=break_after_first_page)
     assert live_ids(settings, mailbox_id) == before  # nothing of the rebuild is visible
 
-    fakes.reset_stats(provider)  # clears the faults too
+    admin.reset_stats()  # clears the faults too
     result = run(settings, mailbox_id, "full")
     assert result.resumed
-    listed = fakes.stats(provider)[LIST_OPERATION[provider]]
+    listed = admin.stats()[LIST_OPERATION[provider]]
     fresh_pages = -(-1205 // (500 if provider == "gmail" else 100))
     assert listed < fresh_pages  # it did not start over
-    assert live_ids(settings, mailbox_id) == fakes.ids(provider, address)
+    assert live_ids(settings, mailbox_id) == set(admin.ids(address))
     assert set(added) <= live_ids(settings, mailbox_id)
 
 
@@ -100,12 +101,14 @@ def test_expired_cursor_becomes_a_full_sync_with_cursor_reset(
     cursor_reset, with exactly the fake's message set."""
     mailbox_id, address = connect(settings, fakes, provider, messages=30)
     run(settings, mailbox_id, "full")
-    expire = "expire-history" if provider == "gmail" else "expire-delta"
-    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/{expire}")
-    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/messages", json={"count": 2})
+    if provider == "gmail":
+        fakes.gmail.expire_history(address)
+    else:
+        fakes.microsoft.expire_delta(address)
+    fakes.admin(provider).add_messages(address, 2)
     result = run(settings, mailbox_id, "incremental")
     assert (result.performed_mode, result.reason) == ("full", "cursor_reset")
-    assert live_ids(settings, mailbox_id) == fakes.ids(provider, address)
+    assert live_ids(settings, mailbox_id) == set(fakes.admin(provider).ids(address))
 
 
 def test_progress_reports_processed_and_estimate(settings: Settings, fakes: FakeProviders) -> None:

@@ -57,7 +57,8 @@ def make_tenant(
     with session_scope(settings.resolved_database_url) as session:
         workspaces.create_workspace(session, workspace_id)
         for provider in providers:
-            credentials = fakes.account(provider, addresses[provider], messages)["credentials"]
+            account = fakes.admin(provider).create_mailbox(addresses[provider], messages)
+            credentials = account.provider_credentials()
             workspaces.connect_mailbox(
                 session, box, workspace_id, provider, addresses[provider], credentials
             )
@@ -170,14 +171,14 @@ def wait_final(prefect: SyncPrefectClient, run: FlowRun | UUID, timeout: float =
 
 def slow_down(fakes: FakeProviders, provider: str, address: str, slow_ms: int) -> None:
     """Make every provider call of the mailbox slow, so a sync stays running for a while."""
-    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json={"slow_ms": slow_ms})
+    fakes.admin(provider).slow_down(address, slow_ms)
 
 
 def hold(fakes: FakeProviders, provider: str, address: str) -> None:
     """Keep every provider call of the mailbox waiting until `speed_up` (a call waits 20 s at
     most): a sync stays running exactly as long as the test needs, on any machine."""
-    fakes.call(provider, "POST", f"/_admin/mailboxes/{address}/faults", json={"hold": True})
+    fakes.admin(provider).hold(address)
 
 
 def speed_up(fakes: FakeProviders, provider: str, address: str) -> None:
-    fakes.call(provider, "DELETE", f"/_admin/mailboxes/{address}/faults")
+    fakes.admin(provider).release(address)

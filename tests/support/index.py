@@ -46,12 +46,9 @@ def live_index(stack: PrefectStack, tenant: Tenant, provider: str) -> dict[str, 
 
 def fake_index(fakes: FakeProviders, provider: str, address: str) -> dict[str, list[str]]:
     """The same mapping as the fake knows it (Microsoft: the synced folders only)."""
-    admin = f"/_admin/mailboxes/{address}"
     if provider == "gmail":
-        labels = fakes.call("gmail", "GET", f"{admin}/messages", params={"labels": "true"})
-        return {k: sorted(v) for k, v in labels["labels"].items()}
-    folders = fakes.call("microsoft", "GET", f"{admin}/folders")["folders"]
+        return {k: sorted(v) for k, v in fakes.gmail.labels(address).items()}
     # Folders configured by well-known name are recorded under that name.
-    synced = {f["id"]: f["key"] for f in folders if f["key"] in MICROSOFT_FOLDERS}
-    placement = fakes.call("microsoft", "GET", f"{admin}/messages", params={"with_folders": "true"})
-    return {k: [synced[v]] for k, v in placement["folders"].items() if v in synced}
+    synced = {f.id: f.key for f in fakes.microsoft.folders(address) if f.key in MICROSOFT_FOLDERS}
+    placement = fakes.microsoft.placement(address)
+    return {k: [synced[v]] for k, v in placement.items() if v in synced}

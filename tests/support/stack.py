@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography.fernet import Fernet
 
 from mailsync.devstack.fakes import Fakes, fakes_in_threads
 from mailsync.devstack.processes import Stack, free_port
 from mailsync.devstack.stack import StackSpec, start_stack
+from mailsync.fakes.client import GmailAdmin, MicrosoftAdmin
 from mailsync.fakes.tls import FakeTLS, ensure_tls
 from mailsync.providers import pools
 from mailsync.settings import Settings
@@ -33,44 +33,43 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> FakeTLS:
 
 @dataclass(frozen=True)
 class FakeProviders(Fakes):
-    """The running fakes plus helpers to drive their admin surface."""
+    """The running fakes plus their typed admin clients (mailsync.fakes.client), one each,
+    made with the instance and closed by close()."""
 
-    def admin(self, provider: str) -> httpx.Client:
-        base = self.gmail_url if provider == "gmail" else self.microsoft_url
-        return httpx.Client(base_url=base, verify=str(self.ca_path), trust_env=False, timeout=30)
+    gmail: GmailAdmin = field(init=False, repr=False, compare=False)
+    microsoft: MicrosoftAdmin = field(init=False, repr=False, compare=False)
 
-    def call(self, provider: str, method: str, path: str, **kwargs: Any) -> Any:
-        with self.admin(provider) as client:
-            response = client.request(method, path, **kwargs)
-            response.raise_for_status()
-            return response.json() if response.content else None
+    def __post_init__(self) -> None:
+        # Frozen: the clients are set the way dataclasses sets fields of frozen instances.
+        object.__setattr__(self, "gmail", GmailAdmin(self.gmail_url, self.ca_path))
+        object.__setattr__(self, "microsoft", MicrosoftAdmin(self.microsoft_url, self.ca_path))
 
-    def account(self, provider: str, address: str, messages: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"address": address}
-        if messages is not None:
-            body["messages"] = messages
-        result: dict[str, Any] = self.call(provider, "POST", "/_admin/mailboxes", json=body)
-        return result
+    def admin(self, provider: str) -> GmailAdmin | MicrosoftAdmin:
+        """The admin client of the fake for `provider` ("gmail" or "microsoft")."""
+        clients: dict[str, GmailAdmin | MicrosoftAdmin] = {
+            "gmail": self.gmail,
+            "microsoft": self.microsoft,
+        }
+        if provider not in clients:
+            raise ValueError(f"no fake for provider {provider!r}")
+        return clients[provider]
 
-    def ids(self, provider: str, address: str) -> set[str]:
-        return set(self.call(provider, "GET", f"/_admin/mailboxes/{address}/messages")["ids"])
-
-    def stats(self, provider: str) -> dict[str, int]:
-        result: dict[str, int] = self.call(provider, "GET", "/_admin/stats")["requests"]
-        return result
-
-    def reset_stats(self, provider: str) -> None:
-        self.call(provider, "POST", "/_admin/stats/reset")
+    def close(self) -> None:
+        self.gmail.close()
+        self.microsoft.close()
 
 
 @pytest.fixture(scope="session")
 def fakes(tls: FakeTLS) -> Iterator[FakeProviders]:
     """Fake Gmail and Microsoft over real HTTPS with a generated CA."""
     with fakes_in_threads(tls, seed_messages=40) as running:
+        providers = FakeProviders(running.gmail_url, running.microsoft_url, running.ca_path)
         try:
-            yield FakeProviders(running.gmail_url, running.microsoft_url, running.ca_path)
+            yield providers
         finally:
-            # Pooled connections would keep the servers' shutdown waiting on them.
+            # Pooled connections (the admin clients' too) would keep the servers' shutdown
+            # waiting on them.
+            providers.close()
             pools.close_all()
 
 

@@ -103,7 +103,8 @@ def test_trigger_runs_a_real_sync_of_both_mailboxes(
         ("gmail", tenant.gmail_address),
         ("microsoft", tenant.microsoft_address),
     ):
-        assert indexed(prefect_stack, tenant.workspace_id, provider) == fakes.ids(provider, address)
+        expected = set(fakes.admin(provider).ids(address))
+        assert indexed(prefect_stack, tenant.workspace_id, provider) == expected
     assert final["counts"]["messages_added"] == 80
 
     with SyncPrefectClient(prefect_stack.api_url) as prefect:
@@ -123,33 +124,26 @@ def test_incremental_fetches_exactly_the_new_messages_and_full_prunes_deleted(
     """After adds, an incremental sync fetches exactly those (per the fakes' request counts);
     after deletes, a full sync removes them from the index."""
     assert wait(client, tenant, trigger(client, tenant))["status"] == "completed"
-    gmail_new = fakes.call(
-        "gmail", "POST", f"/_admin/mailboxes/{tenant.gmail_address}/messages", json={"count": 3}
-    )["ids"]
-    fakes.call(
-        "microsoft",
-        "POST",
-        f"/_admin/mailboxes/{tenant.microsoft_address}/messages",
-        json={"count": 4},
-    )
-    fakes.reset_stats("gmail")
-    fakes.reset_stats("microsoft")
+    gmail_new = fakes.gmail.add_messages(tenant.gmail_address, 3)
+    fakes.microsoft.add_messages(tenant.microsoft_address, 4)
+    fakes.gmail.reset_stats()
+    fakes.microsoft.reset_stats()
     final = wait(client, tenant, trigger(client, tenant))
     assert final["status"] == "completed", final
     assert final["counts"] == {"messages_added": 7, "messages_updated": 0, "messages_deleted": 0}
     assert {m["performed_mode"] for m in final["mailboxes"]} == {"incremental"}
-    gmail_calls = fakes.stats("gmail")
+    gmail_calls = fakes.gmail.stats()
     assert gmail_calls.get("messages.get") == 3 and not gmail_calls.get("messages.list")
-    assert fakes.stats("microsoft").get("delta") == 2  # one page per folder, from the deltaLinks
+    assert fakes.microsoft.stats().get("delta") == 2  # one page per folder, from the deltaLinks
     assert set(gmail_new) <= indexed(prefect_stack, tenant.workspace_id, "gmail")
 
     for pid in gmail_new[:2]:
-        fakes.call("gmail", "DELETE", f"/_admin/mailboxes/{tenant.gmail_address}/messages/{pid}")
+        fakes.gmail.delete_message(tenant.gmail_address, pid)
     final = wait(client, tenant, trigger(client, tenant, {"mode": "full", "provider": "gmail"}))
     assert final["status"] == "completed" and final["providers"] == ["gmail"]
     assert final["counts"]["messages_deleted"] == 2
-    assert indexed(prefect_stack, tenant.workspace_id, "gmail") == fakes.ids(
-        "gmail", tenant.gmail_address
+    assert indexed(prefect_stack, tenant.workspace_id, "gmail") == set(
+        fakes.gmail.ids(tenant.gmail_address)
     )
 
 
@@ -170,7 +164,7 @@ def test_auth_failure_at_the_provider_fails_the_job_without_retrying(
 ) -> None:
     """Credentials revoked at the provider end the job failed with provider_auth_failed (once
     the stored access token is refused), and the error names no secret."""
-    fakes.call("gmail", "POST", f"/_admin/mailboxes/{tenant.gmail_address}/revoke")
+    fakes.gmail.revoke(tenant.gmail_address)
     final = wait(client, tenant, trigger(client, tenant, {"provider": "gmail"}))
     assert final["status"] == "failed"
     assert final["error"]["code"] == "provider_auth_failed"
@@ -227,12 +221,16 @@ def test_no_secret_reaches_logs_parameters_or_api_output(
 
     outputs: list[str] = []
     secrets = [tenant.writer, tenant.reader]
-    secrets += _secret_values(fakes.account("gmail", tenant.gmail_address)["credentials"])
-    secrets += _secret_values(fakes.account("microsoft", tenant.microsoft_address)["credentials"])
+    secrets += _secret_values(
+        fakes.gmail.create_mailbox(tenant.gmail_address).provider_credentials()
+    )
+    secrets += _secret_values(
+        fakes.microsoft.create_mailbox(tenant.microsoft_address).provider_credentials()
+    )
     job_id = trigger(client, tenant)
     final = wait(client, tenant, job_id)
     outputs.append(str(final))
-    fakes.call("gmail", "POST", f"/_admin/mailboxes/{tenant.gmail_address}/revoke")
+    fakes.gmail.revoke(tenant.gmail_address)
     failed = wait(client, tenant, trigger(client, tenant, {"provider": "gmail"}))
     assert failed["status"] == "failed"
     outputs.append(str(failed))
