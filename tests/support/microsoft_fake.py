@@ -1,4 +1,5 @@
-"""A client of the fake Microsoft identity + Graph admin surface, shared by the provider tests."""
+"""The fake Microsoft identity + Graph served for the provider tests, with its typed admin
+client."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
+from mailsync.fakes.client import MicrosoftAdmin
 from mailsync.fakes.microsoft import create_app
 from mailsync.fakes.server import serve_in_thread
 from mailsync.fakes.tls import FakeTLS
@@ -19,21 +19,15 @@ from mailsync.providers.base import ProviderEndpoints
 @dataclass
 class MicrosoftFake:
     base: str
-    admin: httpx.Client
+    admin: MicrosoftAdmin  # the /_admin surface (mailsync.fakes.client)
     endpoints: ProviderEndpoints
 
     def stats(self) -> dict[str, int]:
-        stats: dict[str, int] = self.admin.get("/_admin/stats").json()["requests"]
-        return stats
+        return self.admin.stats()
 
     def reset(self) -> None:
         """Counts and faults are per fake: start from zero, with no pending faults."""
-        self.admin.post("/_admin/stats/reset").raise_for_status()
-
-    def ok(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.admin.request(method, path, **kwargs)
-        response.raise_for_status()
-        return response.json() if response.content else None
+        self.admin.reset_stats()
 
 
 @contextmanager
@@ -43,7 +37,7 @@ def serve_microsoft(
     """The fake Microsoft identity + Graph over HTTPS and an admin client for it."""
     with (
         serve_in_thread(create_app(**app_kwargs), tls) as base,
-        httpx.Client(base_url=base, verify=str(tls.ca_path), trust_env=False, timeout=30) as admin,
+        MicrosoftAdmin(base, tls.ca_path) as admin,
     ):
         endpoints = ProviderEndpoints(
             microsoft_authority_host=base,

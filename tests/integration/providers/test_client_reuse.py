@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
+from mailsync.fakes.client import GmailAdmin, MicrosoftAccount, MicrosoftAdmin
 from mailsync.fakes.gmail import create_app as gmail_app
 from mailsync.fakes.microsoft import create_app as microsoft_app
 from mailsync.fakes.server import serve_in_thread
@@ -90,24 +90,26 @@ class Microsoft:
     wire: Wire
     app: FastAPI
 
-    def mailbox(self, messages: int = 6, domain: str = "contoso.com") -> dict[str, Any]:
+    def mailbox(self, messages: int = 6, domain: str = "contoso.com") -> MicrosoftAccount:
         address = f"user{len(self.app.state.microsoft.mailboxes)}@{domain}"
-        box: dict[str, Any] = self.fake.ok(
-            "POST", "/_admin/mailboxes", json={"address": address, "messages": messages}
-        )
-        return box
+        return self.fake.admin.create_mailbox(address, messages)
 
-    def inbox(self, box: dict[str, Any]) -> set[str]:
-        ids = self.fake.ok("GET", f"/_admin/mailboxes/{box['address']}/messages?folder=inbox")
-        return set(ids["ids"])
+    def inbox(self, box: MicrosoftAccount) -> set[str]:
+        return set(self.fake.admin.ids(box.address, folder="inbox"))
 
-    def provider(self, box: dict[str, Any], kind: str = "credentials", **kwargs: Any) -> Any:
+    def provider(
+        self, box: MicrosoftAccount, kind: Literal["app", "delegated"] = "app", **kwargs: Any
+    ) -> Any:
         # One folder: one Graph request at a time, so one connection per mailbox without reuse.
         return MicrosoftProvider(
-            box["address"], box[kind], self.fake.endpoints, folders=("inbox",), **kwargs
+            box.address,
+            box.provider_credentials(kind),
+            self.fake.endpoints,
+            folders=("inbox",),
+            **kwargs,
         )
 
-    def sync(self, box: dict[str, Any], kind: str = "credentials") -> set[str]:
+    def sync(self, box: MicrosoftAccount, kind: Literal["app", "delegated"] = "app") -> set[str]:
         provider = self.provider(box, kind)
         try:
             return {r.provider_message_id for p in provider.full_sync() for r in p.upserts}
@@ -124,18 +126,15 @@ class Microsoft:
 
 
 @contextmanager
-def _recorded(app: FastAPI, tls: FakeTLS) -> Iterator[tuple[str, httpx.Client, Wire]]:
-    """`app` served with every request recorded, and an admin client for it; the shared pools
-    are closed before the server (idle ones close by themselves after a while, and the
-    server's shutdown would wait for that)."""
+def _recorded(app: FastAPI, tls: FakeTLS) -> Iterator[tuple[str, Wire]]:
+    """`app` served with every request recorded; the shared pools are closed before the server
+    (idle ones close by themselves after a while, and the server's shutdown would wait for
+    that)."""
     wire = Wire()
     app.add_middleware(_Recorder, wire=wire)
-    with (
-        serve_in_thread(app, tls) as base,
-        httpx.Client(base_url=base, verify=str(tls.ca_path), trust_env=False, timeout=30) as admin,
-    ):
+    with serve_in_thread(app, tls) as base:
         try:
-            yield base, admin, wire
+            yield base, wire
         finally:
             pools.close_all()
 
@@ -144,7 +143,7 @@ def _recorded(app: FastAPI, tls: FakeTLS) -> Iterator[tuple[str, httpx.Client, W
 def microsoft(tls: FakeTLS) -> Iterator[Microsoft]:
     """A fake of its own per test: its port keys pools of its own, so counts start at zero."""
     app = microsoft_app(seed_messages=0, seed=5)
-    with _recorded(app, tls) as (base, admin, wire):
+    with _recorded(app, tls) as (base, wire), MicrosoftAdmin(base, tls.ca_path) as admin:
         endpoints = ProviderEndpoints(
             microsoft_authority_host=base,
             graph_api_url=f"{base}/v1.0",
@@ -180,20 +179,11 @@ class Gmail:
 @pytest.fixture
 def gmail(tls: FakeTLS) -> Iterator[Gmail]:
     app = gmail_app(seed_messages=0, seed=5)
-    with _recorded(app, tls) as (base, admin, wire):
+    with _recorded(app, tls) as (base, wire), GmailAdmin(base, tls.ca_path) as admin:
         endpoints = ProviderEndpoints(
             google_token_uri=f"{base}/token", gmail_api_url=f"{base}/", ca_bundle=str(tls.ca_path)
         )
         yield Gmail(GmailFake(base, endpoints, admin), wire, app)
-
-
-def hold(admin: httpx.Client, address: str) -> None:
-    """Every API call of the mailbox waits, answer computed, until release()."""
-    admin.post(f"/_admin/mailboxes/{address}/faults", json={"hold": True}).raise_for_status()
-
-
-def release(admin: httpx.Client, address: str) -> None:
-    admin.delete(f"/_admin/mailboxes/{address}/faults").raise_for_status()
 
 
 # --- Microsoft -------------------------------------------------------------------------------
@@ -220,11 +210,11 @@ def test_mailboxes_of_a_tenant_share_discovery_and_connections_but_not_tokens(
     assert len(ports(seen, "/v1.0/")) == 1
     assert len(ports([s for s in seen if not s.path.startswith("/v1.0/")])) == 1
     tokens = {
-        box["address"]: {s.authorization for s in seen if f"/users/{box['address']}/" in s.path}
+        box.address: {s.authorization for s in seen if f"/users/{box.address}/" in s.path}
         for box in (first, second)
     }
     assert all(tokens.values())
-    assert not tokens[first["address"]] & tokens[second["address"]]
+    assert not tokens[first.address] & tokens[second.address]
 
 
 def test_delegated_tokens_stay_with_their_user(microsoft: Microsoft) -> None:
@@ -239,9 +229,9 @@ def test_delegated_tokens_stay_with_their_user(microsoft: Microsoft) -> None:
 
     graph = [s for s in microsoft.wire.between(start) if s.path.startswith("/v1.0/")]
     for box in (first, second):
-        mine = [s for s in graph if f"/users/{box['address']}/" in s.path]
+        mine = [s for s in graph if f"/users/{box.address}/" in s.path]
         assert mine
-        assert {microsoft.token_owner(s.authorization) for s in mine} == {box["address"]}
+        assert {microsoft.token_owner(s.authorization) for s in mine} == {box.address}
     assert len(ports(graph)) == 1
 
 
@@ -250,7 +240,7 @@ def test_a_failed_discovery_is_not_kept_for_the_next_mailbox(microsoft: Microsof
     asks again and syncs. Only the successful answer is kept, so a third mailbox does not ask."""
     boxes = [microsoft.mailbox() for _ in range(3)]
     microsoft.fake.reset()
-    microsoft.fake.ok("POST", "/_admin/faults", json={"operation": "openid-configuration"})
+    microsoft.fake.admin.fail("openid-configuration")
 
     failing = microsoft.provider(boxes[0])
     # msal's own 5 s pause is then handed to the caller.
@@ -279,7 +269,7 @@ def test_a_refused_token_request_is_not_replayed_to_the_next_mailbox(
     at its first attempt."""
     first, second = microsoft.mailbox(), microsoft.mailbox()
     microsoft.fake.reset()
-    microsoft.fake.ok("POST", "/_admin/faults", json={"operation": "token", "status": status})
+    microsoft.fake.admin.fail("token", status)
 
     failing = microsoft.provider(first)
     failing.throttle_retry = replace(failing.throttle_retry, max_retry_after=0.5)
@@ -308,7 +298,7 @@ def test_graph_pool_survives_a_provider_whose_request_timed_out(microsoft: Micro
     closed; the answer never reaches the next mailbox, which syncs exactly its own messages over
     the shared pool, and the one after it reuses that mailbox's connection."""
     stuck, second, third = microsoft.mailbox(), microsoft.mailbox(), microsoft.mailbox()
-    hold(microsoft.fake.admin, stuck["address"])
+    microsoft.fake.admin.hold(stuck.address)
     provider = microsoft.provider(stuck, timeout=HELD_TIMEOUT)
     provider.transient_retry = replace(provider.transient_retry, attempts=1)
     try:
@@ -316,7 +306,7 @@ def test_graph_pool_survives_a_provider_whose_request_timed_out(microsoft: Micro
             list(provider.full_sync())
     finally:
         provider.close()
-        release(microsoft.fake.admin, stuck["address"])
+        microsoft.fake.admin.release(stuck.address)
 
     marks = [microsoft.wire.mark()]
     for box in (second, third):
@@ -360,7 +350,7 @@ def test_gmail_transport_of_a_provider_that_timed_out_is_not_reused_dirty(gmail:
     before that answer arrives) reads its own answers (its own messages and message count),
     over a new connection; the mailbox after that reuses that connection: the pool still works."""
     (stuck, stuck_creds), *rest = [gmail.fake.mailbox(n) for n in (9, 3, 2)]
-    hold(gmail.fake.admin, stuck)
+    gmail.fake.admin.hold(stuck)
     start = gmail.wire.mark()
     try:
         provider = gmail.provider(stuck, stuck_creds, timeout=HELD_TIMEOUT)
@@ -371,7 +361,7 @@ def test_gmail_transport_of_a_provider_that_timed_out_is_not_reused_dirty(gmail:
             provider.close()
         providers = [gmail.provider(*rest[0], timeout=HELD_TIMEOUT)]
     finally:
-        release(gmail.fake.admin, stuck)  # the held answer now goes out on the stuck connection
+        gmail.fake.admin.release(stuck)  # the held answer now goes out on the stuck connection
 
     marks = [gmail.wire.mark()]
     for address, credentials in rest:

@@ -30,23 +30,23 @@ from tests.support.gmail_fake import GmailFake, serve_gmail
 class Fake(GmailFake):
     def expected_record(self, address: str, message_id: str) -> MessageRecord:
         """The record the fake's own view of a message calls for, built independently."""
-        view = self.admin.get(f"/_admin/mailboxes/{address}/messages/{message_id}").json()
-        headers = view["headers"]
+        view = self.admin.message(address, message_id)
+        headers = view.headers
 
         def addrs(name: str) -> list[str]:
             return [a for _, a in getaddresses([headers[name]])] if name in headers else []
 
         return MessageRecord(
-            provider_message_id=view["id"],
-            thread_id=view["threadId"],
+            provider_message_id=view.id,
+            thread_id=view.thread_id,
             sender=headers["From"],
             to=addrs("To"),
             cc=addrs("Cc"),
             subject=headers["Subject"],
-            snippet=view["snippet"],
-            date=datetime.fromtimestamp(int(view["internalDate"]) / 1000, tz=UTC),
-            labels=view["labelIds"],
-            size=view["sizeEstimate"],
+            snippet=view.snippet,
+            date=datetime.fromtimestamp(int(view.internal_date) / 1000, tz=UTC),
+            labels=view.label_ids,
+            size=view.size_estimate,
         )
 
 
@@ -144,13 +144,12 @@ def test_incremental_applies_deletions_and_label_changes(fake: Fake) -> None:
     address, provider, cursor = _synced(fake)
     ids = fake.ids(address)
     gone, relabelled = ids[3], ids[4]
-    fake.admin.delete(f"/_admin/mailboxes/{address}/messages/{gone}")
-    fake.admin.patch(
-        f"/_admin/mailboxes/{address}/messages/{relabelled}",
-        json={"add_labels": ["STARRED", "Label_9"], "remove_labels": ["UNREAD", "INBOX"]},
+    fake.admin.delete_message(address, gone)
+    fake.admin.modify_labels(
+        address, relabelled, add=["STARRED", "Label_9"], remove=["UNREAD", "INBOX"]
     )
     (flash,) = fake.add(address, 1)
-    fake.admin.delete(f"/_admin/mailboxes/{address}/messages/{flash}")
+    fake.admin.delete_message(address, flash)
 
     _, upserts, deletions = _collect(provider.incremental_sync(cursor))
     assert set(deletions) == {gone, flash}
@@ -167,7 +166,7 @@ def test_message_deleted_between_history_and_fetch_becomes_a_deletion(fake: Fake
     """A 404 from a batch part means the message is gone: a deletion, not an error."""
     address, provider, cursor = _synced(fake)
     ids = fake.ids(address)
-    fake.admin.patch(f"/_admin/mailboxes/{address}/messages/{ids[0]}", json={"add_labels": ["X"]})
+    fake.admin.modify_labels(address, ids[0], add=["X"])
     fake.fault("messages.get", 404)
     _, upserts, deletions = _collect(provider.incremental_sync(cursor))
     assert upserts == {} and deletions == [ids[0]]
@@ -178,7 +177,7 @@ def test_stale_history_raises_cursor_expired(fake: Fake) -> None:
     """Fact: a stale startHistoryId gives 404. A history id past retention raises
     CursorExpiredError (at once, not retried); a new full sync recovers."""
     address, provider, cursor = _synced(fake, messages=5)
-    fake.admin.post(f"/_admin/mailboxes/{address}/expire-history").raise_for_status()
+    fake.admin.expire_history(address)
     with pytest.raises(CursorExpiredError):
         list(provider.incremental_sync(cursor))
     assert fake.stats()["history.list"] == 1
@@ -203,7 +202,7 @@ def test_refused_credentials_raise_auth_error_without_secrets(fake: Fake) -> Non
 
     provider = fake.provider(address, creds)
     assert len(list(provider.full_sync())[-1].upserts) == 2
-    fake.admin.post(f"/_admin/mailboxes/{address}/revoke").raise_for_status()  # drops the tokens
+    fake.admin.revoke(address)  # drops the tokens
     with pytest.raises(AuthError):
         list(provider.full_sync())
     provider.close()
@@ -213,13 +212,13 @@ def test_expired_access_token_is_refreshed_transparently(fake: Fake) -> None:
     """When the access token expires mid-life (401), the client refreshes once and carries on,
     for plain calls and batch parts alike."""
     address, provider, cursor = _synced(fake, messages=5)
-    fake.admin.post("/_admin/tokens/expire").raise_for_status()
+    fake.admin.expire_tokens()
     added = fake.add(address, 2)
     _, upserts, _ = _collect(provider.incremental_sync(cursor))
     assert set(upserts) == set(added)
     assert fake.stats()["token"] == 1
     fake.reset()
-    fake.admin.post("/_admin/tokens/expire").raise_for_status()
+    fake.admin.expire_tokens()
     assert len(_collect(provider.full_sync())[1]) == 7
 
     # A 401 on a batch part alone: the client refreshes and resends just that part.
@@ -323,7 +322,7 @@ def test_unreachable_service_is_transient(fake: Fake) -> None:
 def test_service_account_credentials_sync_the_subject(fake: Fake) -> None:
     """Service-account credentials (domain-wide delegation) read the mailbox named by address."""
     address, _ = fake.mailbox(messages=6)
-    info = fake.admin.post("/_admin/service-accounts", json={}).json()
+    info = fake.admin.service_account().info()
     # The info's own token_uri must not matter: the endpoints decide where tokens come from.
     info["token_uri"] = "https://oauth2.googleapis.com/token"
     creds = {"type": "service_account", "info": info}

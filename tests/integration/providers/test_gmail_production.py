@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from mailsync.fakes.client import FaultPlan
 from mailsync.fakes.tls import FakeTLS, ensure_tls
 from mailsync.providers.base import (
     CursorExpiredError,
@@ -43,15 +44,6 @@ UNPACED = 10**9  # quota_units_per_minute for tests that are not about pacing
 @dataclass
 class Fake(GmailFake):
     prefix: str = "prod"
-
-    def labels(self, address: str) -> dict[str, list[str]]:
-        body = self.admin.get(f"/_admin/mailboxes/{address}/messages?labels=true").json()
-        labels: dict[str, list[str]] = body["labels"]
-        return labels
-
-    def quota(self, address: str) -> dict[str, Any]:
-        usage: dict[str, Any] = self.admin.get(f"/_admin/mailboxes/{address}/quota").json()
-        return usage
 
     def provider(self, address: str, credentials: dict[str, Any], **kwargs: Any) -> GmailProvider:
         kwargs.setdefault("quota_units_per_minute", UNPACED)
@@ -173,15 +165,15 @@ def test_each_method_costs_what_gmail_charges(fake: Fake) -> None:
         assert len(pages) == 3
         full = 1 + 3 * 5 + 120 * 5
         assert provider.pacer.charged == full
-        assert fake.quota(address)["charged_total"] == full
+        assert fake.admin.quota(address).charged_total == full
         assert fake.stats()["batch"] == 3 + 3 + 1  # ceil(50/20) + ceil(50/20) + ceil(20/20)
 
-        fake.admin.post(f"/_admin/mailboxes/{address}/messages", json={"count": 3})
+        fake.add(address, 3)
         cursor = pages[-1].cursor
         assert cursor is not None
         list(provider.incremental_sync(cursor))
         assert provider.pacer.charged == full + 2 + 3 * 5
-        assert fake.quota(address)["charged_total"] == full + 2 + 3 * 5
+        assert fake.admin.quota(address).charged_total == full + 2 + 3 * 5
 
 
 def test_batches_hold_at_most_50_parts_by_default_and_never_over_100(fake: Fake) -> None:
@@ -220,12 +212,10 @@ def test_resume_from_a_checkpoint_lists_no_page_twice_and_skips_none(fake: Fake)
     assert fake.stats()["messages.list"] == 2 and fake.stats()["messages.get"] == 100
 
     # Meanwhile: a new message (newer than everything listed) and a not-yet-listed one deleted.
-    (added,) = fake.admin.post(f"/_admin/mailboxes/{address}/messages", json={"count": 1}).json()[
-        "ids"
-    ]
+    (added,) = fake.add(address, 1)
     listed = {r.provider_message_id for p in before for r in p.upserts}
     doomed = next(i for i in fake.ids(address)[::-1] if i not in listed)
-    fake.admin.delete(f"/_admin/mailboxes/{address}/messages/{doomed}").raise_for_status()
+    fake.admin.delete_message(address, doomed)
 
     checkpoint = before[-1].checkpoint
     assert checkpoint is not None
@@ -292,7 +282,7 @@ def test_single_calls_retry_429_5xx_and_quota_403_honouring_retry_after(fake: Fa
         stats = fake.stats()
         assert stats["profile"] == 2 and stats["messages.list"] == 2
 
-        fake.admin.post(f"/_admin/mailboxes/{address}/messages", json={"count": 2})
+        fake.add(address, 2)
         sleeps.clear()
         fake.fault("history.list", 503, count=2)  # no Retry-After: exponential backoff
         cursor = pages[-1].cursor
@@ -326,8 +316,8 @@ def test_twenty_percent_faults_still_end_with_exactly_the_mailbox(fake: Fake) ->
     fake's message ids and labels; every retry waited at least the Retry-After. (Three
     attempts per call instead of five, so that some errors do escape and resumes happen.)"""
     address, creds = fake.mailbox(messages=400)
-    plan = {"share": 0.2, "statuses": [429, 500, 503], "retry_after": 1, "seed": 1}
-    fake.admin.post(f"/_admin/mailboxes/{address}/faults", json=plan).raise_for_status()
+    plan = FaultPlan(share=0.2, statuses=[429, 500, 503], retry_after=1, seed=1)
+    fake.admin.set_faults(address, plan)
     sleeps: list[float] = []
     escaped: list[TransientProviderError] = []
 
@@ -355,16 +345,15 @@ def test_twenty_percent_faults_still_end_with_exactly_the_mailbox(fake: Fake) ->
         return progress
 
     until_done(full)
-    assert index == {k: sorted(v) for k, v in fake.labels(address).items()}
+    assert index == {k: sorted(v) for k, v in fake.admin.labels(address).items()}
 
     ids = fake.ids(address)
-    fake.admin.post(f"/_admin/mailboxes/{address}/messages", json={"count": 20})
+    fake.add(address, 20)
     for mid in ids[:10]:
-        fake.admin.delete(f"/_admin/mailboxes/{address}/messages/{mid}")
+        fake.admin.delete_message(address, mid)
     for mid in ids[10:30]:
-        fake.admin.patch(
-            f"/_admin/mailboxes/{address}/messages/{mid}",
-            json={"add_labels": ["Label_7", "STARRED"], "remove_labels": ["UNREAD", "INBOX"]},
+        fake.admin.modify_labels(
+            address, mid, add=["Label_7", "STARRED"], remove=["UNREAD", "INBOX"]
         )
     cursor = progress[-1].cursor
     assert cursor is not None
@@ -377,9 +366,9 @@ def test_twenty_percent_faults_still_end_with_exactly_the_mailbox(fake: Fake) ->
         return pages
 
     until_done(increment)
-    assert index == {k: sorted(v) for k, v in fake.labels(address).items()}
-    faults = fake.admin.get(f"/_admin/mailboxes/{address}/faults").json()
-    assert faults["injected"] >= 0.15 * faults["calls"] > 0
+    assert index == {k: sorted(v) for k, v in fake.admin.labels(address).items()}
+    faults = fake.admin.fault_stats(address)
+    assert faults.injected >= 0.15 * faults.calls > 0
     assert sleeps and min(sleeps) >= 1.0
     assert escaped  # some syncs did die half-way and were resumed
 
@@ -402,11 +391,11 @@ def test_paced_full_sync_runs_at_the_quota_without_being_refused(tls: FakeTLS) -
             started = time.monotonic()
             count = sum(len(p.upserts) for p in provider.full_sync())
             elapsed = time.monotonic() - started
-        usage = fake.quota(address)
+        usage = fake.admin.quota(address)
         assert count == 2_000
-        assert usage["rejected"] == 0
-        assert usage["charged_total"] == 1 + 4 * 5 + 2_000 * 5
-        share = usage["charged_total"] / elapsed / (units / window)
+        assert usage.rejected == 0
+        assert usage.charged_total == 1 + 4 * 5 + 2_000 * 5
+        share = usage.charged_total / elapsed / (units / window)
         print(f"achieved {share:.1%} of the quota ceiling in {elapsed:.2f}s")
         assert share <= 1.0
 
@@ -427,7 +416,7 @@ def test_refusals_of_an_overrun_quota_are_waited_out(tls: FakeTLS) -> None:
         with fake.provider(address, creds, sleep=sleep) as provider:
             count = sum(len(p.upserts) for p in provider.full_sync())
         assert count == 120
-        assert fake.quota(address)["rejected"] > 0
+        assert fake.admin.quota(address).rejected > 0
         assert sleeps and min(sleeps) >= 1.0  # the fake's Retry-After, not a shorter backoff
 
 
@@ -456,7 +445,7 @@ def test_auth_state_round_trip_skips_the_token_endpoint(
         assert second.auth_state() is None  # unchanged: nothing new to store
     assert "token" not in fake.stats()
 
-    fake.admin.post("/_admin/tokens/expire").raise_for_status()
+    fake.admin.expire_tokens()
     with fake.provider(address, creds, auth_state=state) as third:
         list(third.full_sync())
         renewed = third.auth_state()

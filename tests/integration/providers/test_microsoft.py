@@ -32,24 +32,16 @@ from tests.support.microsoft_fake import MicrosoftFake, serve_microsoft
 
 @dataclass
 class Fake(MicrosoftFake):
-    def fault(self, operation: str, status: int, count: int = 1, retry_after: int | None = None):
-        spec = {"operation": operation, "status": status, "count": count}
-        if retry_after is not None:
-            spec["retry_after"] = retry_after
-        self.admin.post("/_admin/faults", json=spec).raise_for_status()
+    def fault(
+        self, operation: str, status: int, count: int = 1, retry_after: int | None = None
+    ) -> None:
+        self.admin.fail(operation, status, count=count, retry_after=retry_after)
 
     def ids(self, address: str, folder: str | None = None) -> set[str]:
-        params = {"folder": folder} if folder else None
-        response = self.admin.get(f"/_admin/mailboxes/{address}/messages", params=params)
-        response.raise_for_status()
-        return set(response.json()["ids"])
+        return set(self.admin.ids(address, folder))
 
     def add(self, address: str, count: int, folder: str) -> list[str]:
-        response = self.admin.post(
-            f"/_admin/mailboxes/{address}/messages", json={"count": count, "folder": folder}
-        )
-        response.raise_for_status()
-        return response.json()["ids"]
+        return self.admin.add_messages(address, count, folder)
 
 
 @dataclass
@@ -95,10 +87,11 @@ def _fresh_counters(fake: Fake) -> None:
 
 def new_mailbox(fake: Fake, messages: int | None = None, domain: str = "contoso.com") -> Mailbox:
     address = f"user-{uuid.uuid4().hex[:10]}@{domain}"
-    response = fake.admin.post("/_admin/mailboxes", json={"address": address, "messages": messages})
-    assert response.status_code == 201
-    body = response.json()
-    return Mailbox(address, body["credentials"], body["delegated"])
+    account = fake.admin.create_mailbox(address, messages)
+    assert account.created
+    return Mailbox(
+        address, account.provider_credentials(), account.provider_credentials("delegated")
+    )
 
 
 @pytest.fixture
@@ -185,7 +178,7 @@ def test_incremental_after_adds_fetches_exactly_those(
     cursor = drain(provider.full_sync()).cursor
     new_inbox = fake.add(mailbox.address, 3, "inbox")
     new_sent = fake.add(mailbox.address, 2, "sentitems")
-    fake.admin.post("/_admin/stats/reset")
+    fake.reset()
 
     run = drain(provider.incremental_sync(cursor))
 
@@ -223,12 +216,11 @@ def test_deletes_and_moves_become_deletions(fake: Fake, mailbox: Mailbox, provid
     sent = sorted(fake.ids(mailbox.address, "sentitems"))
     deleted, trashed, to_sent, edited = inbox[:4]
     to_inbox = sent[0]
-    base = f"/_admin/mailboxes/{mailbox.address}/messages"
-    assert fake.admin.delete(f"{base}/{deleted}").status_code == 204
-    fake.admin.patch(f"{base}/{trashed}", json={"folder": "deleteditems"}).raise_for_status()
-    fake.admin.patch(f"{base}/{to_sent}", json={"folder": "sentitems"}).raise_for_status()
-    fake.admin.patch(f"{base}/{to_inbox}", json={"folder": "inbox"}).raise_for_status()
-    fake.admin.patch(f"{base}/{edited}", json={"subject": "Edited"}).raise_for_status()
+    fake.admin.delete_message(mailbox.address, deleted)
+    fake.admin.update_message(mailbox.address, trashed, folder="deleteditems")
+    fake.admin.update_message(mailbox.address, to_sent, folder="sentitems")
+    fake.admin.update_message(mailbox.address, to_inbox, folder="inbox")
+    fake.admin.update_message(mailbox.address, edited, subject="Edited")
 
     run = drain(provider.incremental_sync(cursor))
 
@@ -246,7 +238,7 @@ def test_expired_delta_token_raises_cursor_expired(
     CursorExpiredError so the caller falls back to a full sync, which works again."""
     provider = provider_for(mailbox)
     cursor = drain(provider.full_sync()).cursor
-    fake.admin.post(f"/_admin/mailboxes/{mailbox.address}/expire-delta").raise_for_status()
+    fake.admin.expire_delta(mailbox.address)
 
     with pytest.raises(CursorExpiredError):
         drain(provider.incremental_sync(cursor))
@@ -450,8 +442,8 @@ def test_rejected_access_token_is_replaced_once(fake: Fake, mailbox: Mailbox, pr
     provider = provider_for(mailbox)
     cursor = drain(provider.full_sync()).cursor
     added = fake.add(mailbox.address, 1, "inbox")
-    fake.admin.post("/_admin/tokens/expire").raise_for_status()
-    fake.admin.post("/_admin/stats/reset")
+    fake.admin.expire_tokens()
+    fake.reset()
 
     run = drain(provider.incremental_sync(cursor))
 
@@ -465,7 +457,7 @@ def test_rejected_delegated_token_is_replaced_once(
     """The same recovery works for delegated credentials, through msal's refresh token."""
     provider = provider_for(mailbox, mailbox.delegated)
     cursor = drain(provider.full_sync()).cursor
-    fake.admin.post("/_admin/tokens/expire").raise_for_status()
+    fake.admin.expire_tokens()
 
     run = drain(provider.incremental_sync(cursor))
 

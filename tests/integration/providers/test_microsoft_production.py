@@ -24,6 +24,14 @@ from typing import Any
 
 import pytest
 
+from mailsync.fakes.client import (
+    Concurrency,
+    FaultPlan,
+    FaultStats,
+    Folder,
+    FolderRef,
+    GraphRequest,
+)
 from mailsync.fakes.tls import ensure_tls
 from mailsync.providers.base import (
     CursorExpiredError,
@@ -44,47 +52,33 @@ class Box:
     credentials: dict[str, str]
     delegated: dict[str, str]
 
-    @property
-    def admin(self) -> str:
-        return f"/_admin/mailboxes/{self.address}"
-
     def ids(self, folder: str | None = None) -> set[str]:
-        params = {"folder": folder} if folder else None
-        return set(self.fake.ok("GET", f"{self.admin}/messages", params=params)["ids"])
+        return set(self.fake.admin.ids(self.address, folder))
 
     def placement(self) -> dict[str, str]:
         """Every message id -> the id of the folder holding it, as the fake knows it."""
-        body = self.fake.ok("GET", f"{self.admin}/messages", params={"with_folders": "true"})
-        placement: dict[str, str] = body["folders"]
-        return placement
+        return self.fake.admin.placement(self.address)
 
-    def folders(self) -> dict[str, dict[str, Any]]:
-        return {f["key"]: f for f in self.fake.ok("GET", f"{self.admin}/folders")["folders"]}
+    def folders(self) -> dict[str, Folder]:
+        return {f.key: f for f in self.fake.admin.folders(self.address)}
 
     def add(self, count: int, folder: str) -> list[str]:
-        body = {"count": count, "folder": folder}
-        ids: list[str] = self.fake.ok("POST", f"{self.admin}/messages", json=body)["ids"]
-        return ids
+        return self.fake.admin.add_messages(self.address, count, folder)
 
-    def new_folder(self, name: str, parent: str | None = None) -> dict[str, Any]:
-        body = {"name": name, "parent": parent}
-        folder: dict[str, Any] = self.fake.ok("POST", f"{self.admin}/folders", json=body)
-        return folder
+    def new_folder(self, name: str, parent: str | None = None) -> FolderRef:
+        return self.fake.admin.create_folder(self.address, name, parent)
 
     def faults(self, **plan: Any) -> None:
-        self.fake.ok("POST", f"{self.admin}/faults", json=plan)
+        self.fake.admin.set_faults(self.address, FaultPlan(**plan))
 
-    def fault_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self.fake.ok("GET", f"{self.admin}/faults")
-        return stats
+    def fault_stats(self) -> FaultStats:
+        return self.fake.admin.fault_stats(self.address)
 
-    def concurrency(self) -> dict[str, int]:
-        stats: dict[str, int] = self.fake.ok("GET", f"{self.admin}/concurrency")
-        return stats
+    def concurrency(self) -> Concurrency:
+        return self.fake.admin.concurrency(self.address)
 
-    def requests(self) -> list[dict[str, Any]]:
-        requests: list[dict[str, Any]] = self.fake.ok("GET", f"{self.admin}/requests")["requests"]
-        return requests
+    def requests(self) -> list[GraphRequest]:
+        return self.fake.admin.requests(self.address)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +95,10 @@ def _fresh_counters(fake: Fake) -> None:
 
 def new_box(fake: Fake, messages: int | None = None, spread: bool = False) -> Box:
     address = f"user-{uuid.uuid4().hex[:10]}@contoso.com"
-    body = fake.ok(
-        "POST",
-        "/_admin/mailboxes",
-        json={"address": address, "messages": messages, "spread": spread},
+    account = fake.admin.create_mailbox(address, messages, spread=spread)
+    return Box(
+        fake, address, account.provider_credentials(), account.provider_credentials("delegated")
     )
-    return Box(fake, address, body["credentials"], body["delegated"])
 
 
 @pytest.fixture
@@ -277,11 +269,11 @@ def test_page_size_is_a_prefer_header_never_top(fake: Fake, provider_for: Any) -
     pages = list(provider_for(box, page_size=7).full_sync())
 
     assert all(len(p.upserts) <= 7 for p in pages) and len(upserted_ids(pages)) == 30
-    delta = [r for r in box.requests() if r["operation"] == "delta"]
+    delta = [r for r in box.requests() if r.operation == "delta"]
     assert len(delta) == len(pages)
     for request in delta:
-        assert not any(key.lower() == "$top" for key in request["query"])
-        assert any("odata.maxpagesize=7" in prefer for prefer in request["prefer"])
+        assert not any(key.lower() == "$top" for key in request.query)
+        assert any("odata.maxpagesize=7" in prefer for prefer in request.prefer)
 
 
 def test_lost_delta_state_is_cursor_expired_and_restarts_a_resumed_folder(
@@ -297,14 +289,14 @@ def test_lost_delta_state_is_cursor_expired_and_restarts_a_resumed_folder(
     first_pages = [next(run) for _ in range(2)]
     run.close()
     checkpoint = first_pages[-1].checkpoint
-    fake.ok("POST", f"{box.admin}/expire-delta")
+    fake.admin.expire_delta(box.address)
 
     rest = list(provider_for(box, page_size=4).full_sync(checkpoint))
 
     assert set(upserted_ids(first_pages + rest)) == box.ids()
     assert set(upserted_ids(rest)) == box.ids()  # the inbox came again, from its start
     cursor = final_cursor(rest)
-    fake.ok("POST", f"{box.admin}/expire-delta")
+    fake.admin.expire_delta(box.address)
     with pytest.raises(CursorExpiredError):
         list(provider_for(box).incremental_sync(cursor))
 
@@ -313,7 +305,7 @@ def test_throttling_waits_out_retry_after(fake: Fake, provider_for: Any) -> None
     """Graph fact: throttling answers 429 with Retry-After. The worker that got it waits that
     long (and no less) before trying again, then the sync completes with the whole mailbox."""
     box = new_box(fake, messages=10)
-    fake.ok("POST", "/_admin/faults", json={"operation": "delta", "status": 429, "retry_after": 1})
+    fake.admin.fail("delta", 429, retry_after=1)
 
     started = time.monotonic()
     pages = list(provider_for(box).full_sync())
@@ -333,28 +325,28 @@ def test_ten_folders_never_exceed_four_requests_in_flight(fake: Fake, provider_f
     folders = [box.new_folder(f"Client {n}") for n in range(10)]
     expected = {}
     for folder in folders:
-        expected.update(dict.fromkeys(box.add(6, folder["key"]), folder["id"]))
+        expected.update(dict.fromkeys(box.add(6, folder.key), folder.id))
     box.faults(share=0.0, slow_ms=40)
-    folder_ids = tuple(f["id"] for f in folders)
+    folder_ids = tuple(f.id for f in folders)
 
     pages = list(provider_for(box, folders=folder_ids, page_size=2).full_sync())
 
     assert apply({}, pages) == expected
     labels = [p.upserts[0].labels[0] for p in pages if p.upserts]
     assert labels == sorted(labels, key=folder_ids.index)  # folder after folder
-    assert box.concurrency() == {"limit": 4, "in_flight": 0, "peak": 4, "rejected": 0}
-    assert not any("$batch" in r["path"] for r in box.requests())
+    assert box.concurrency() == Concurrency(limit=4, in_flight=0, peak=4, rejected=0)
+    assert not any("$batch" in r.path for r in box.requests())
 
     class Greedy(MicrosoftProvider):
         max_concurrent_requests = 6
 
-    fake.ok("POST", f"{box.admin}/limits/reset")
+    fake.admin.reset_limits(box.address)
     greedy = Greedy(box.address, box.credentials, fake.endpoints, folders=folder_ids, page_size=2)
     try:
         assert apply({}, list(greedy.full_sync())) == expected
     finally:
         greedy.close()
-    assert box.concurrency()["rejected"] > 0
+    assert box.concurrency().rejected > 0
 
 
 # --- faults -------------------------------------------------------------------------------
@@ -373,30 +365,30 @@ def test_full_then_incremental_through_20_percent_faults(fake: Fake, provider_fo
     index = apply({}, pages)
     assert index == box.placement()
     assert len(upserted_ids(pages)) == len(index) == 400
-    full_faults = box.fault_stats()["injected"]
+    full_faults = box.fault_stats().injected
 
     folders = box.folders()
     inbox = sorted(box.ids("inbox"))
     design = sorted(box.ids("projects/falcon/design"))
-    messages = f"{box.admin}/messages"
+    admin, address = fake.admin, box.address
     box.add(5, "inbox")
     box.add(3, "projects/falcon/design")
     for message_id in inbox[:3] + design[:1]:
-        fake.ok("DELETE", f"{messages}/{message_id}")
-    fake.ok("PATCH", f"{messages}/{inbox[3]}", json={"folder": "receipts"})
-    fake.ok("PATCH", f"{messages}/{inbox[4]}", json={"folder": folders["archive"]["id"]})
-    fake.ok("PATCH", f"{messages}/{design[1]}", json={"folder": "inbox"})
-    fake.ok("PATCH", f"{messages}/{inbox[5]}", json={"subject": "Edited", "is_read": True})
+        admin.delete_message(address, message_id)
+    admin.update_message(address, inbox[3], folder="receipts")
+    admin.update_message(address, inbox[4], folder=folders["archive"].id)
+    admin.update_message(address, design[1], folder="inbox")
+    admin.update_message(address, inbox[5], subject="Edited", is_read=True)
     escalations = box.new_folder("Escalations", parent="inbox")
-    box.add(2, escalations["key"])
+    box.add(2, escalations.key)
 
     increment = list(provider.incremental_sync(final_cursor(pages)))
 
     assert apply(index, increment) == box.placement()
     edited = [r for p in increment for r in p.upserts if r.provider_message_id == inbox[5]]
     assert edited and edited[-1].subject == "Edited"
-    assert full_faults > 0 and box.fault_stats()["injected"] > full_faults
-    assert box.concurrency()["rejected"] == 0
+    assert full_faults > 0 and box.fault_stats().injected > full_faults
+    assert box.concurrency().rejected == 0
 
 
 def test_timeouts_are_retried_then_raised_as_transient(fake: Fake, provider_for: Any) -> None:
@@ -411,7 +403,7 @@ def test_timeouts_are_retried_then_raised_as_transient(fake: Fake, provider_for:
         list(provider.full_sync())
 
     assert "timed out" in str(caught.value)
-    assert box.fault_stats()["calls"] == provider.transient_retry.attempts
+    assert box.fault_stats().calls == provider.transient_retry.attempts
 
 
 def test_server_errors_are_retried_with_backoff(fake: Fake, provider_for: Any) -> None:
@@ -420,8 +412,8 @@ def test_server_errors_are_retried_with_backoff(fake: Fake, provider_for: Any) -
     box = new_box(fake, messages=6)
     provider = provider_for(box, folders=("inbox",))
     provider.transient_retry = replace(provider.transient_retry, backoff=0.2)
-    fake.ok("POST", "/_admin/faults", json={"operation": "delta", "status": 500})
-    fake.ok("POST", "/_admin/faults", json={"operation": "delta", "status": 503})
+    fake.admin.fail("delta", 500)
+    fake.admin.fail("delta", 503)
 
     started = time.monotonic()
     pages = list(provider.full_sync())
@@ -455,12 +447,12 @@ def test_all_folders_lists_nested_folders_across_pages(fake: Fake, provider_for:
     assert stats["childFolders"] == 3  # Inbox, Projects, Projects/Falcon have children
     assert stats["delta"] == len(box.folders())  # one page per folder at 100 a page
     cursor = final_cursor(pages)
-    assert set(json.loads(cursor)["delta_links"]) == {f["id"] for f in box.folders().values()}
+    assert set(json.loads(cursor)["delta_links"]) == {f.id for f in box.folders().values()}
 
     later = box.new_folder("Later", parent="projects/roadmap")
-    added = box.add(2, later["key"])
+    added = box.add(2, later.key)
     increment = list(provider_for(box, folders=None).incremental_sync(cursor))
-    assert apply({}, increment) == dict.fromkeys(added, later["id"])
+    assert apply({}, increment) == dict.fromkeys(added, later.id)
     with pytest.raises(CursorExpiredError):
         list(provider_for(box).incremental_sync(cursor))
 
@@ -493,7 +485,7 @@ def test_auth_state_round_trip_skips_the_token_endpoint(
     assert "token" not in fake.stats()
     assert second.auth_state() is None
 
-    fake.ok("POST", "/_admin/tokens/expire")
+    fake.admin.expire_tokens()
     third = provider_for(box, credentials, auth_state=state)
     list(third.full_sync())
     assert fake.stats()["token"] == 1
@@ -525,4 +517,4 @@ def test_closing_the_provider_stops_a_suspended_sync(fake: Fake, provider_for: A
     with pytest.raises(ProviderError):
         for _ in run:
             pass
-    assert box.concurrency()["in_flight"] == 0
+    assert box.concurrency().in_flight == 0
