@@ -121,7 +121,8 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
             label = f"{mailboxes[0].provider}:{mailboxes[0].address}" + (
                 f" +{len(mailboxes) - 1}" if len(mailboxes) > 1 else ""
             )
-            futures[refresh_batch.submit(job_id, label, mailboxes, turn_held=held)] = unit
+            key = unit.key if held else None
+            futures[refresh_batch.submit(job_id, label, mailboxes, turn_key=key)] = unit
         summary = _close_as_they_end(jobs, futures, logger, turns.release)
     _deliver_webhooks([s.job.job_id for s in summary])
     duration = time.monotonic() - started

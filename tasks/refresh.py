@@ -15,15 +15,16 @@ from tasks.sync_mailbox import is_transient_error
 
 @task(name="refresh-mailboxes", task_run_name="{label}", cache_policy=NO_CACHE)
 def refresh_batch(
-    job_id: str, label: str, mailboxes: list[MailboxRef], turn_held: bool = False
+    job_id: str, label: str, mailboxes: list[MailboxRef], turn_key: str | None = None
 ) -> list[MailboxOutcome]:
     """Each mailbox's result or the exception it ended with, in order (refresh.sync_batch):
     transient failures are tried again per mailbox inside the batch, so a retry never syncs
-    the batch's other mailboxes twice. `turn_held`: the round holds the batch's turns
-    (runtime.RoundTurns). No progress artifact: most mailboxes of a round have nothing new."""
+    the batch's other mailboxes twice. `turn_key`: the round holds the batch's turns under
+    that key (runtime.RoundTurns), and the syncs write behind that lease's fence. No progress
+    artifact: most mailboxes of a round have nothing new."""
 
     def sync(mailbox: MailboxRef) -> MailboxResult:
-        return runtime.run_mailbox(mailbox.mailbox_id, "incremental", turn_held=turn_held)
+        return runtime.run_mailbox(mailbox.mailbox_id, "incremental", turn_key=turn_key)
 
     return refresh.sync_batch(mailboxes, sync, is_transient_error, logger=get_run_logger())
 

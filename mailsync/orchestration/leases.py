@@ -70,7 +70,27 @@ class HeldLease:
             self._released()
 
 
-class MailboxTurn(HeldLease):
+class HeldTurn(HeldLease):
+    """A turn's lease, and whether it may have lapsed: Prefect said it is gone, or no renewal
+    was confirmed for a whole lease time (Prefect unreachable: the lease may have expired on
+    the server and another sync taken the turn). The time counts from when the last confirmed
+    take or renewal was sent, on this process's monotonic clock, so it never runs late."""
+
+    lease_seconds: float
+    _clock: Callable[[], float]
+    _confirmed_at: float = 0.0
+    _lost: bool = False
+
+    @property
+    def lapsed(self) -> bool:
+        if self._lost:
+            return True
+        return self.lease_id is not None and (
+            self._clock() - self._confirmed_at >= self.lease_seconds
+        )
+
+
+class MailboxTurn(HeldTurn):
     """The one slot of a mailbox's limit, held by one sync at a time: waits for it (Prefect's
     Retry-After, at most a second between asks), renews its lease, gives it back on exit.
 
@@ -93,12 +113,12 @@ class MailboxTurn(HeldLease):
         self.wait_seconds, self.lease_seconds = wait_seconds, lease_seconds
         self._sleep, self._clock = sleep, clock
         self.lease_id: str | None = None
-        self.lapsed = False
         self._renewal: Renewal | None = None
 
     def __enter__(self) -> MailboxTurn:
         deadline = self._clock() + self.wait_seconds
         while True:
+            self._confirmed_at = self._clock()
             taken = self.limits.take([self.spec], self.lease_seconds, ensure_first=False)
             if not isinstance(taken, Refusal):
                 break
@@ -118,27 +138,37 @@ class MailboxTurn(HeldLease):
         _renew_turn(self, self.spec.name)
 
 
-def _renew_turn(turn: MailboxTurn | MailboxTurns, what: str) -> None:
+def _renew_turn(turn: HeldTurn, what: str) -> None:
     """One renewal of a turn's lease; a lease Prefect no longer knows marks the turn lapsed."""
     assert turn.lease_id is not None
+    sent = turn._clock()
     try:
-        if not turn.limits.renew(turn.lease_id, turn.lease_seconds):
-            turn.lapsed = True
+        if turn.limits.renew(turn.lease_id, turn.lease_seconds):
+            turn._confirmed_at = sent
+        else:
+            turn._lost = True
             log.warning("the lease on %s lapsed while its sync ran", what)
     except PrefectUnavailableError as exc:
         log.warning("could not renew the lease on %s: %s", what, exc)
 
 
-class MailboxTurns(HeldLease):
+class MailboxTurns(HeldTurn):
     """The turns of several mailboxes under one lease, taken at once or not at all, without
     waiting: a refresh round takes its job's mailboxes this way, one Prefect call instead of
     a take and a release per mailbox (BENCHMARKS.md, fan-out). `held` says whether it got
     them; a caller that did not takes each mailbox's own MailboxTurn, which waits."""
 
-    def __init__(self, limits: PrefectLimits, specs: list[LimitSpec], lease_seconds: float) -> None:
+    def __init__(
+        self,
+        limits: PrefectLimits,
+        specs: list[LimitSpec],
+        lease_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits, self.specs, self.lease_seconds = limits, specs, lease_seconds
+        self._clock = clock
         self.lease_id: str | None = None
-        self.lapsed = False
         self._renewal: Renewal | None = None
 
     @property
@@ -148,6 +178,7 @@ class MailboxTurns(HeldLease):
     def __enter__(self) -> MailboxTurns:
         if not self.specs:
             return self
+        self._confirmed_at = self._clock()
         taken = self.limits.take(self.specs, self.lease_seconds, ensure_first=False)
         if isinstance(taken, Refusal):
             return self

@@ -110,13 +110,15 @@ def run_mailbox(
     progress: Progress | None = None,
     settings: Settings | None = None,
     *,
-    turn_held: bool = False,
+    turn_key: str | None = None,
 ) -> MailboxResult:
-    """Sync one mailbox, in its turn: never two syncs of one mailbox at once. `turn_held`:
-    the caller holds the turn already (a refresh round's RoundTurns)."""
+    """Sync one mailbox, in its turn: never two syncs of one mailbox at once. `turn_key`: the
+    refresh round of this flow run holds the turn already under that key (RoundTurns); the
+    sync writes behind that lease's fence. A key the round does not hold takes its own turn."""
     settings = settings or get_settings()
-    if turn_held:
-        return sync_now(mailbox_id, mode, settings, progress=progress)
+    fence = held_fence(turn_key) if turn_key else None
+    if fence is not None:
+        return sync_now(mailbox_id, mode, settings, progress=progress, fence=fence)
     with mailbox_turn(mailbox_id, settings) as turn:
         # Once its lease lapses another sync may take the turn: this one writes no more.
         return sync_now(
@@ -195,16 +197,35 @@ class RoundTurns:
             return False
         if turns.held:
             self._held[key] = turns
+            with _held_lock:
+                _held_turns[key] = turns
         return turns.held
 
     def release(self, key: str) -> None:
         turns = self._held.pop(key, None)
         if turns is not None:
+            with _held_lock:
+                _held_turns.pop(key, None)
             turns.__exit__(None, None, None)
 
     def release_all(self) -> None:
         for key in list(self._held):
             self.release(key)
+
+
+# The turns the refresh rounds of this process hold, by batch key: a batch's task (a thread of
+# the round's flow run) finds its round's lease here, to write behind its fence.
+_held_turns: dict[str, MailboxTurns] = {}
+_held_lock = threading.Lock()
+
+
+def held_fence(key: str) -> Fence | None:
+    """The fence of the turns held under `key` (open while their lease is), or None."""
+    with _held_lock:
+        turns = _held_turns.get(key)
+    if turns is None:
+        return None
+    return lambda: not turns.lapsed
 
 
 @contextmanager

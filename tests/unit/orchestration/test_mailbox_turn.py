@@ -38,6 +38,8 @@ class Slots:
 
     def renew(self, lease_id: str, lease_seconds: float) -> bool:
         self.renewed.set()
+        if self.unreachable:
+            raise PrefectUnavailableError("the Prefect API could not be reached")
         return self.renew_answer and lease_id == self.holder
 
     def release(self, lease_id: str) -> None:
@@ -132,3 +134,32 @@ def test_prefect_unreachable_is_raised_as_limits_unavailable() -> None:
     slots.unreachable = True
     with pytest.raises(PrefectUnavailableError), _turn(slots, clock):
         pass
+
+
+def test_a_turn_prefect_could_not_renew_for_a_whole_lease_is_lapsed() -> None:
+    """Prefect unreachable: a failed renewal alone does not lapse the turn (the next one may
+    get through), but once no renewal was confirmed for a whole lease time the lease may have
+    expired on the server and another sync may hold the turn: the turn reads lapsed, so the
+    sync's fence stops its writes (issue 15 point 5: leases are fences)."""
+    slots, clock = Slots(), Clock()
+    with _turn(slots, clock, lease=60.0) as turn:
+        turn._renewal.stop()  # type: ignore[union-attr]  # renewals driven by hand below
+        slots.unreachable = True
+        clock.now += 20
+        turn._renew_once()  # unreachable: logged, not lapsed yet
+        assert not turn.lapsed
+        clock.now += 39.9
+        assert not turn.lapsed
+        clock.now += 0.2  # 60.1 s since the take, the last confirmation
+        assert turn.lapsed
+
+
+def test_a_confirmed_renewal_restarts_the_lease_time() -> None:
+    """The lease time counts from the last renewal Prefect confirmed (from when it was sent)."""
+    slots, clock = Slots(), Clock()
+    with _turn(slots, clock, lease=60.0) as turn:
+        turn._renewal.stop()  # type: ignore[union-attr]
+        clock.now += 50
+        turn._renew_once()
+        clock.now += 50  # 100 s since the take, 50 s since the renewal
+        assert not turn.lapsed

@@ -8,7 +8,7 @@ from mailsync.core.rules.admission import mailbox_limit
 from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.errors import PrefectUnavailableError
 from mailsync.orchestration.leases import MailboxTurns
-from mailsync.orchestration.runtime import RoundTurns
+from mailsync.orchestration.runtime import RoundTurns, held_fence
 
 
 class Limits:
@@ -108,3 +108,22 @@ def test_the_shared_lease_is_renewed_and_a_lapse_recorded(answer: bool) -> None:
             limits.leases.pop(turns.lease_id)
         turns._renew_once()
         assert turns.lapsed is not answer
+
+
+def test_a_batch_syncs_behind_the_fence_of_the_turns_its_round_holds() -> None:
+    """A batch whose turns its round holds syncs with a fence on that lease (issue 15 point 5:
+    before, `turn_held` syncs passed no fence at all and wrote on after the lease lapsed): the
+    fence is open while the round's lease is renewed and closed once it lapsed; a key the
+    round does not hold (or no longer holds) gives no fence, and the sync takes its own turn."""
+    limits = Limits()
+    turns = RoundTurns(limits, 60)  # type: ignore[arg-type]
+    assert turns.hold("job-1/0", ["a", "b"])
+    fence = held_fence("job-1/0")
+    assert fence is not None and fence()
+    held = turns._held["job-1/0"]
+    limits.leases.pop(held.lease_id or "")
+    held._renew_once()
+    assert not fence()
+    assert held_fence("job-2/0") is None
+    turns.release("job-1/0")
+    assert held_fence("job-1/0") is None
