@@ -153,12 +153,18 @@ class _Run:
             self._writes()
             with session_scope(self.database_url) as session:
                 live = _mailbox(session, self.mailbox_id).generation
-                self.result.counts += index.upsert(session, self.mailbox_id, page.upserts, live)
+                self.result.counts += index.upsert(
+                    session, self.mailbox_id, page.upserts, live, add_labels=page.folder_labels
+                )
                 self.result.counts.deleted += index.remove(
                     session, self.mailbox_id, page.deletions, live
                 )
+                self.result.counts.deleted += index.remove_from_folders(
+                    session, self.mailbox_id, page.removals, live
+                )
             final = page.cursor or final
-            self._advance(len(page.upserts) + len(page.deletions), page.total_estimate)
+            changes = len(page.upserts) + len(page.deletions) + len(page.removals)
+            self._advance(changes, page.total_estimate)
         self._writes()
         with session_scope(self.database_url) as session:
             self._finish(_mailbox(session, self.mailbox_id), final or cursor)
@@ -200,7 +206,12 @@ class _Run:
             self._writes()
             with session_scope(self.database_url) as session:
                 self.result.counts += index.upsert(
-                    session, self.mailbox_id, page.upserts, building, compare_to=live
+                    session,
+                    self.mailbox_id,
+                    page.upserts,
+                    building,
+                    compare_to=live,
+                    add_labels=page.folder_labels,
                 )
                 index.keep_checkpoint(
                     session, self.mailbox_id, page.checkpoint, building=building, live=live
