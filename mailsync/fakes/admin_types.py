@@ -137,3 +137,9 @@ class GraphRequest(_Model):
     path: str
     query: dict[str, str]
     prefer: list[str]
+
+
+class DeltaGate(_Model):
+    held: bool  # its delta calls wait until released
+    waiting: int  # calls waiting at the gate now
+    answered: int  # delta calls of the folder answered so far

@@ -25,6 +25,7 @@ from mailsync.fakes.admin_types import (
     AppCredentials,
     Concurrency,
     DelegatedCredentials,
+    DeltaGate,
     FaultStats,
     Folder,
     FolderRef,
@@ -46,6 +47,7 @@ __all__ = [
     "AppCredentials",
     "Concurrency",
     "DelegatedCredentials",
+    "DeltaGate",
     "FakeAdmin",
     "FaultPlan",
     "FaultStats",
@@ -324,6 +326,19 @@ class MicrosoftAdmin(FakeAdmin):
         """Make every delta and skip token so far stale (410); the mailbox's new delta epoch."""
         epoch: int = self._json("POST", _path(address, "/expire-delta"))["delta_epoch"]
         return epoch
+
+    def hold_delta(self, address: str, folder: str) -> None:
+        """Hold the folder's delta calls before they are answered (at most 20 s each) until
+        release_delta: a breakpoint between the folders of one sync."""
+        self._call("PUT", _path(address, "/delta-gates"), json={"folder": folder, "hold": True})
+
+    def release_delta(self, address: str, folder: str) -> None:
+        self._call("PUT", _path(address, "/delta-gates"), json={"folder": folder, "hold": False})
+
+    def delta_gates(self, address: str) -> dict[str, DeltaGate]:
+        """Folder key -> its gate (held, waiting, answered) for every folder read or held."""
+        body = self._json("GET", _path(address, "/delta-gates"))["gates"]
+        return {key: DeltaGate.model_validate(gate) for key, gate in body.items()}
 
     def concurrency(self, address: str) -> Concurrency:
         return Concurrency.model_validate(self._json("GET", _path(address, "/concurrency")))

@@ -62,9 +62,27 @@ class MessageRecord:
     size: int | None = None
 
 
+@dataclass(frozen=True)
+class FolderRemoval:
+    """A message one folder reported gone (Graph's `@removed`: delta is per folder). It may
+    only have moved to another synced folder, reported there before or after, so the index
+    takes `label` (the label that folder gives its messages) off the message and deletes it
+    only if no label is left: never when another folder holds it."""
+
+    provider_message_id: str
+    label: str
+
+
 @dataclass
 class Page:
-    """A slice of a sync: messages to upsert, ids to delete; `cursor` is set on the last page.
+    """A slice of a sync: messages to upsert, ids to delete whatever their labels (`deletions`)
+    or only from one folder (`removals`); `cursor` is set on the last page.
+
+    `folder_labels` (Graph): labels are the folders that reported a message, each folder's
+    changes a stream of its own. An upsert then adds its labels to the message's instead of
+    replacing them, and only a removal takes one off: a message moved while a sync read its
+    folders may be reported by the folder read before the move as well as the one read after,
+    in any order, and is filed under both until the stale one reports its removal.
 
     During a full sync every page also carries `checkpoint`: opaque provider state from which
     `full_sync(checkpoint)` continues right after this page, so a sync whose process died
@@ -74,6 +92,8 @@ class Page:
 
     upserts: list[MessageRecord] = field(default_factory=list)
     deletions: list[str] = field(default_factory=list)
+    removals: list[FolderRemoval] = field(default_factory=list)
+    folder_labels: bool = False
     cursor: str | None = None
     checkpoint: str | None = None
     total_estimate: int | None = None

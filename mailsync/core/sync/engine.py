@@ -180,12 +180,18 @@ class _Run:
             self._writes()
             with session_scope(self.database_url) as session:
                 live = self._mailbox(session).generation
-                self.result.counts += index.upsert(session, self.mailbox_id, page.upserts, live)
+                self.result.counts += index.upsert(
+                    session, self.mailbox_id, page.upserts, live, add_labels=page.folder_labels
+                )
                 self.result.counts.deleted += index.remove(
                     session, self.mailbox_id, page.deletions, live
                 )
+                self.result.counts.deleted += index.remove_from_folders(
+                    session, self.mailbox_id, page.removals, live
+                )
             final = page.cursor or final
-            self._advance(len(page.upserts) + len(page.deletions), page.total_estimate)
+            changes = len(page.upserts) + len(page.deletions) + len(page.removals)
+            self._advance(changes, page.total_estimate)
         self._writes()
         with session_scope(self.database_url) as session:
             self._finish(self._mailbox(session), final or cursor)
@@ -229,7 +235,12 @@ class _Run:
             with session_scope(self.database_url) as session:
                 self._mailbox(session)
                 self.result.counts += index.upsert(
-                    session, self.mailbox_id, page.upserts, building, compare_to=live
+                    session,
+                    self.mailbox_id,
+                    page.upserts,
+                    building,
+                    compare_to=live,
+                    add_labels=page.folder_labels,
                 )
                 index.keep_checkpoint(
                     session, self.mailbox_id, page.checkpoint, building=building, live=live

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, delete, select, update
 
 from mailsync.db.tables import Mailbox, Message, as_utc, utcnow
 from mailsync.errors import BuildSupersededError, MailboxGoneError, MailsyncError
-from mailsync.providers.base import MessageRecord
+from mailsync.providers.base import FolderRemoval, MessageRecord
 
 _CHUNK = 500  # keeps IN (...) lists well under every database's parameter limit
 
@@ -85,9 +85,11 @@ def upsert(
     generation: int,
     *,
     compare_to: int | None = None,
+    add_labels: bool = False,
 ) -> Counts:
     """Write `records` into `generation`; counts are relative to `compare_to` (by default the
-    same generation): a rebuild counts what changed against the live index."""
+    same generation): a rebuild counts what changed against the live index. `add_labels`
+    (Page.folder_labels): a record's labels join the message's instead of replacing them."""
     counts = Counts()
     # New rows go in as one executemany of plain dicts: building a SQLModel object per message
     # (pydantic validation, default factories) cost more than the insert itself.
@@ -105,12 +107,14 @@ def upsert(
         )
         for pid in chunk:
             fields = _fields(by_id[pid])
+            row = target.get(pid)
+            if add_labels and row is not None:
+                fields["labels"] = sorted({*row.labels, *fields["labels"]})
             before = baseline.get(pid)
             if before is None:
                 counts.added += 1
             elif _changed(before, fields):
                 counts.updated += 1
-            row = target.get(pid)
             if row is None:
                 new_rows.append(
                     {
@@ -145,6 +149,35 @@ def remove(session: Session, mailbox_id: str, provider_ids: Iterable[str], gener
         )
         deleted += result.rowcount or 0
     return deleted
+
+
+def remove_from_folders(
+    session: Session, mailbox_id: str, removals: Iterable[FolderRemoval], generation: int
+) -> int:
+    """Take each removal's label off its message, and delete the messages left with none;
+    returns how many were deleted. A message labelled otherwise was re-filed by the other half
+    of its move (reported before this removal, in this sync or an earlier one) and stays."""
+    gone: dict[str, set[str]] = {}
+    for removal in removals:
+        gone.setdefault(removal.provider_message_id, set()).add(removal.label)
+    ids = list(gone)
+    doomed: list[int] = []
+    for start in range(0, len(ids), _CHUNK):
+        for pid, row in _rows(session, mailbox_id, generation, ids[start : start + _CHUNK]).items():
+            left = [label for label in row.labels if label not in gone[pid]]
+            if len(left) == len(row.labels):
+                continue
+            if left:
+                row.labels = left
+                session.add(row)
+            elif row.id is not None:
+                doomed.append(row.id)
+    session.flush()
+    for start in range(0, len(doomed), _CHUNK):
+        session.exec(  # type: ignore[call-overload]
+            delete(Message).where(col(Message.id).in_(doomed[start : start + _CHUNK]))
+        )
+    return len(doomed)
 
 
 def discard(session: Session, mailbox_id: str, generation: int) -> None:

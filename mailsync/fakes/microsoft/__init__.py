@@ -32,6 +32,11 @@ Admin (besides FakeControl's /_admin/stats, /_admin/stats/reset, /_admin/faults)
     GET    /_admin/mailboxes/{address}/requests               recent Graph requests (path, query,
                                                                Prefer) of that mailbox
     POST   /_admin/mailboxes/{address}/limits/reset           forget peak, rejections, requests
+    PUT    /_admin/mailboxes/{address}/delta-gates            {"folder", "hold"}: hold (at most
+                                                               20 s) or release the folder's
+                                                               delta calls before they are answered
+    GET    /_admin/mailboxes/{address}/delta-gates            {"gates": {key: {"held", "waiting",
+                                                               "answered"}}}
     POST|GET|DELETE /_admin/mailboxes/{address}/faults        share-based faults (429 / 500 / 503
                                                                with Retry-After, slow_ms) of
                                                                mailsync.fakes.faults, per mailbox

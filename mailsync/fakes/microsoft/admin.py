@@ -32,6 +32,11 @@ class AddMessages(BaseModel):
     folder: str = "inbox"
 
 
+class GateSpec(BaseModel):
+    folder: str  # key, id or well-known name
+    hold: bool
+
+
 class MessagePatch(BaseModel):
     subject: str | None = None
     is_read: bool | None = None
@@ -113,6 +118,26 @@ def admin_router(fake: FakeMicrosoftState) -> APIRouter:
         return on_mailbox(
             address,
             lambda m: JSONResponse({"requests": fake.limits.requests(m.address)}),
+            locked=False,
+        )
+
+    @router.put("/mailboxes/{address}/delta-gates")
+    def set_gate(address: str, spec: GateSpec) -> Response:
+        def answer(mailbox: Mailbox) -> Response:
+            key = _folder(mailbox, spec.folder)
+            if spec.hold:
+                fake.gates.hold(mailbox.address, key)
+            else:
+                fake.gates.release(mailbox.address, key)
+            return JSONResponse({"folder": key, "held": spec.hold})
+
+        return on_mailbox(address, answer)
+
+    @router.get("/mailboxes/{address}/delta-gates")
+    def gates(address: str) -> Response:
+        return on_mailbox(
+            address,
+            lambda m: JSONResponse({"gates": fake.gates.state(m.address)}),
             locked=False,
         )
 

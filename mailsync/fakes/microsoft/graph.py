@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -82,7 +83,8 @@ def _endpoint(
 
 def serve(call: GraphCall, operation: Operation) -> Response:
     """One Graph call: counted, then authorized, then held to the mailbox's concurrency limit
-    and subject to its injected faults, then answered under the state lock."""
+    and subject to its injected faults, then (delta) past its folder's gate, then answered
+    under the state lock."""
     fake = call.fake
     restart = operation.restart(call) if operation.restart else None
     try:
@@ -98,12 +100,23 @@ def serve(call: GraphCall, operation: Operation) -> Response:
             draw.pause.wait()
             if draw.fault is not None:
                 raise injected_graph_fault(draw.fault.status, draw.fault.retry_after, restart)
-            with fake.lock:
+            with _gate(call, operation, mailbox), fake.lock:
                 return operation.answer(call, mailbox)
         finally:
             fake.limits.leave(mailbox.address)
     except GraphFault as exc:
         return graph_error(call.request, exc)
+
+
+def _gate(call: GraphCall, operation: Operation, mailbox: Mailbox) -> AbstractContextManager[None]:
+    """A delta call passes its folder's gate (held there while a test says so) before the lock."""
+    if operation.name != "delta":
+        return nullcontext()
+    with call.fake.lock:
+        folder = mailbox.resolve_folder(call.folder or "")
+    if folder is None:  # answered 404 by the delta page itself
+        return nullcontext()
+    return call.fake.gates.passage(mailbox.address, folder.key)
 
 
 def authorize(call: GraphCall) -> Mailbox:

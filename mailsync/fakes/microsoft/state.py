@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from mailsync.fakes.control import FakeControl
 from mailsync.fakes.faults import MailboxFaults
 from mailsync.fakes.microsoft.content import b64url
+from mailsync.fakes.microsoft.gates import DeltaGates
 from mailsync.fakes.microsoft.limits import MailboxLimits
 from mailsync.fakes.microsoft.mailbox import Mailbox
 
@@ -86,10 +87,12 @@ class FakeMicrosoftState:
         # tokens from an earlier fake process are unknown sync state here.
         self._fernet = Fernet(Fernet.generate_key())
         # The admin surface's handles on the Graph calls: counted and faulted per operation
-        # (control), faulted and held per mailbox (faults), throttled per mailbox (limits).
+        # (control), faulted and held per mailbox (faults), throttled per mailbox (limits),
+        # held per folder of a mailbox (gates, delta only).
         self.control = FakeControl()
         self.faults = MailboxFaults()
         self.limits = MailboxLimits(limit)
+        self.gates = DeltaGates()
 
     # --- admin -------------------------------------------------------------------------
 

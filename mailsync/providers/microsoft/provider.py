@@ -13,6 +13,7 @@ import httpx
 
 from mailsync.providers.base import (
     CursorExpiredError,
+    FolderRemoval,
     Page,
     ProviderEndpoints,
     TransientProviderError,
@@ -139,7 +140,8 @@ class MicrosoftProvider:
             return
         last = tasks[-1].key
         for task, body, page_next, page_delta in self._pages(tasks):
-            page = Page(upserts=delta_records(body, task.key)[0], total_estimate=estimate)
+            upserts = delta_records(body, task.key)[0]
+            page = Page(upserts=upserts, folder_labels=True, total_estimate=estimate)
             if page_next is not None:
                 current, next_link = task.key, page_next
             else:
@@ -154,8 +156,9 @@ class MicrosoftProvider:
     def incremental_sync(self, cursor: str) -> Iterator[Page]:
         """Changes since `cursor`; CursorExpiredError when Graph lost a folder's delta state, or
         (all folders) a synced folder is gone. Folders created since the cursor (all folders)
-        are read in full. Deletions come on the last page, minus ids that moved to another
-        synced folder within the same run."""
+        are read in full. Removals come on the last page, each scoped to the folder that
+        reported it: a move into another synced folder, reported in this run or another,
+        never deletes."""
         # A generator, so a bad cursor surfaces while iterating, like every other failure.
         links = self._cursors.read_cursor(cursor)
         if self.folders is None:
@@ -176,23 +179,24 @@ class MicrosoftProvider:
                 tasks.append(FolderTask(key, fresh, fresh, expiring=False))
         delta_links: dict[str, str] = {}
         # Graph reports a move between two synced folders as a removal from one and an upsert in
-        # the other, in whichever order the folders are read. Removals are therefore held back
-        # to the last page and dropped for any id this run upserted, so a move never deletes.
-        removed: dict[str, None] = {}
-        upserted: set[str] = set()
+        # the other: in one run, or in two when the sync read one folder before the move and
+        # the other after it (then a run may even see it in both). So labels are folder
+        # claims (Page.folder_labels): an upsert adds its folder, a removal takes only its own
+        # folder off. Removals are held back to the last page so a move reported in one run is
+        # one update, not a delete then an add.
+        removed: dict[FolderRemoval, None] = {}
         if not tasks:
             yield Page(cursor=self._cursors.cursor({}))
             return
         last = tasks[-1].key
         for task, body, _next, page_delta in self._pages(tasks):
             upserts, removals = delta_records(body, task.key)
-            upserted.update(r.provider_message_id for r in upserts)
             removed.update(dict.fromkeys(removals))
-            page = Page(upserts=upserts)
+            page = Page(upserts=upserts, folder_labels=True)
             if page_delta is not None:
                 delta_links[task.key] = page_delta
                 if task.key == last:
-                    page.deletions = [i for i in removed if i not in upserted]
+                    page.removals = list(removed)
                     page.cursor = self._cursors.cursor({key: delta_links[key] for key in order})
             yield page
 

@@ -1,4 +1,4 @@
-"""Graph delta items turned into provider-neutral records (and the ids a delta page removed)."""
+"""Graph delta items turned into provider-neutral records (and the folder removals of a page)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from mailsync.providers.base import MessageRecord
+from mailsync.providers.base import FolderRemoval, MessageRecord
 
 # Only what the index needs; `id` always comes back.
 SELECT_FIELDS = (
@@ -66,15 +66,18 @@ def to_record(item: dict[str, Any], folder: str) -> MessageRecord:
     )
 
 
-def delta_records(body: dict[str, Any], label: str) -> tuple[list[MessageRecord], list[str]]:
-    """A delta page's upserts (labelled `label`) and removed ids."""
+def delta_records(
+    body: dict[str, Any], label: str
+) -> tuple[list[MessageRecord], list[FolderRemoval]]:
+    """A delta page of the folder labelled `label`: its upserts and its removals. Delta is per
+    folder, so `@removed` says the message left this folder (deleted, or moved anywhere)."""
     upserts: list[MessageRecord] = []
-    removed: list[str] = []
+    removed: list[FolderRemoval] = []
     for item in body.get("value") or []:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
         if "@removed" in item:
-            removed.append(item["id"])
+            removed.append(FolderRemoval(item["id"], label))
         else:
             upserts.append(to_record(item, label))
     return upserts, removed

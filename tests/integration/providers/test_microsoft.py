@@ -61,7 +61,12 @@ class Run:
 
     @property
     def deletions(self) -> set[str]:
-        return {d for p in self.pages for d in p.deletions}
+        """Every id the pages may delete: unscoped deletions and folder removals alike."""
+        return {d for p in self.pages for d in p.deletions} | {i for i, _ in self.removals}
+
+    @property
+    def removals(self) -> set[tuple[str, str]]:
+        return {(r.provider_message_id, r.label) for p in self.pages for r in p.removals}
 
     @property
     def cursor(self) -> str:
@@ -206,10 +211,13 @@ def test_incremental_without_changes_is_empty_and_chains(
     assert not third.upserts and not third.deletions
 
 
-def test_deletes_and_moves_become_deletions(fake: Fake, mailbox: Mailbox, provider_for) -> None:
-    """Deleting a message, or moving it out of the synced folders, yields a deletion; moving it
-    between synced folders in either direction yields an upsert with the new label and no
-    deletion; an edit yields an upsert with the new content."""
+def test_deletes_and_moves_become_folder_removals(
+    fake: Fake, mailbox: Mailbox, provider_for
+) -> None:
+    """Deleting a message, or moving it anywhere, yields a removal scoped to the folder it left
+    (never an unscoped deletion: the index drops it only if no other synced folder holds it);
+    moving it between synced folders in either direction also yields an upsert with the new
+    label; an edit yields an upsert with the new content."""
     provider = provider_for(mailbox)
     cursor = drain(provider.full_sync()).cursor
     inbox = sorted(fake.ids(mailbox.address, "inbox"))
@@ -224,7 +232,13 @@ def test_deletes_and_moves_become_deletions(fake: Fake, mailbox: Mailbox, provid
 
     run = drain(provider.incremental_sync(cursor))
 
-    assert run.deletions == {deleted, trashed}
+    assert not any(p.deletions for p in run.pages)
+    assert run.removals == {
+        (deleted, "inbox"),
+        (trashed, "inbox"),
+        (to_sent, "inbox"),
+        (to_inbox, "sentitems"),
+    }
     assert set(run.upserts) == {to_sent, to_inbox, edited}
     assert run.upserts[to_sent].labels == ["sentitems"]
     assert run.upserts[to_inbox].labels == ["inbox"]

@@ -126,6 +126,9 @@ def apply(index: dict[str, str], pages: list[Page]) -> dict[str, str]:
             index[record.provider_message_id] = record.labels[0]
         for message_id in page.deletions:
             index.pop(message_id, None)
+        for removal in page.removals:  # scoped: a message filed elsewhere stays
+            if index.get(removal.provider_message_id) == removal.label:
+                del index[removal.provider_message_id]
     return index
 
 
@@ -182,7 +185,7 @@ def test_full_sync_resumes_right_after_the_checkpointed_page(
     assert fake.stats().get("delta", 0) == total_pages - stop
     assert all(p.total_estimate == len(inbox | sent) for p in before + after)
     assert all(p.checkpoint for p in before + after)
-    assert not any(p.deletions for p in before + after)
+    assert not any(p.deletions or p.removals for p in before + after)
     added = box.add(2, "sentitems")
     cursor = final_cursor(after) if stop < total_pages else final_cursor(before)
     assert final_cursor(after) == cursor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,7 @@ from mailsync.core.sync import index
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox, Workspace, new_id
-from mailsync.providers.base import MessageRecord
+from mailsync.providers.base import FolderRemoval, MessageRecord
 
 
 @pytest.fixture
@@ -63,6 +64,34 @@ def test_remove_counts_only_existing_rows(database_url: str, mailbox_id: str) ->
         index.upsert(session, mailbox_id, [record(f"m{i}") for i in range(3)], 0)
         assert index.remove(session, mailbox_id, ["m0", "m0", "missing"], 0) == 1
         assert index.message_ids(session, mailbox_id) == {"m1", "m2"}
+
+
+def test_folder_labels_join_and_removals_take_off_only_their_own(
+    database_url: str, mailbox_id: str
+) -> None:
+    """With folder labels an upsert adds its folder to the message's labels (a message two
+    folders reported is filed under both); a folder removal takes off only that folder and
+    deletes the message only once no folder holds it; only deleted rows are counted."""
+
+    def filed(pid: str, label: str) -> MessageRecord:
+        return replace(record(pid), labels=[label])
+
+    with session_scope(database_url) as session:
+        index.upsert(session, mailbox_id, [filed("gone", "A"), filed("moved", "B")], 0)
+        index.upsert(session, mailbox_id, [filed("both", "B")], 0, add_labels=True)
+        counts = index.upsert(session, mailbox_id, [filed("both", "A")], 0, add_labels=True)
+        assert (counts.added, counts.updated) == (0, 1)
+    removals = [FolderRemoval(pid, "A") for pid in ("gone", "moved", "both", "missing")]
+    with session_scope(database_url) as session:
+        assert index.remove_from_folders(session, mailbox_id, removals, 0) == 1
+    with session_scope(database_url) as session:
+        assert index.message_ids(session, mailbox_id) == {"moved", "both"}
+        unchanged = [filed("moved", "B"), filed("both", "B")]
+        assert index.upsert(session, mailbox_id, unchanged, 0) == index.Counts()
+    with session_scope(database_url) as session:
+        last = [FolderRemoval("both", "B")]
+        assert index.remove_from_folders(session, mailbox_id, last, 0) == 1
+        assert index.message_ids(session, mailbox_id) == {"moved"}
 
 
 def test_rebuild_is_invisible_until_the_switch(database_url: str, mailbox_id: str) -> None:
