@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +53,13 @@ def _short(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"[:200]
 
 
+def broken(started: datetime, tick: float, exc: BaseException) -> AttemptResult:
+    """The attempt that raised before an answer (a bug, an unreadable secret): its type only."""
+    return AttemptResult(
+        started, None, int((time.monotonic() - tick) * 1000), f"no response: {type(exc).__name__}"
+    )
+
+
 def send(
     outgoing: Outgoing,
     *,
@@ -59,9 +67,10 @@ def send(
     allow_loopback: bool = False,
     resolver: ssrf.Resolver = ssrf.system_resolver,
     transport: httpx.BaseTransport | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> AttemptResult:
     """POST the signed body once; a 2xx is delivered, anything else (3xx too) is a failure."""
-    started = utcnow()
+    started = clock()
     clock = time.monotonic()
 
     def result(status: int | None, error: str | None) -> AttemptResult:

@@ -5,6 +5,8 @@ deliveries are due (the runs that make them are started by mailsync/orchestratio
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +19,8 @@ from mailsync.settings import Settings, get_settings
 from mailsync.webhooks import delivery, outbox, ssrf, store
 
 log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
 
 
 def due_deliveries(settings: Settings | None = None, limit: int = 100) -> list[str]:
@@ -57,29 +61,42 @@ def deliver_one(
     settings: Settings | None = None,
     *,
     resolver: ssrf.Resolver = ssrf.system_resolver,
+    clock: Clock = utcnow,
 ) -> dict[str, Any]:
     """Claim a due delivery, make one attempt and record it; a claimed-elsewhere or no longer
-    deliverable one is skipped. Returns what happened (ids and figures, no secrets)."""
+    deliverable one is skipped. Returns what happened (ids and figures, no secrets).
+    `clock` is what the retry schedule and its horizon are reckoned by (tests move it)."""
     settings = settings or get_settings()
     policy = outbox.RetryPolicy.from_settings(settings)
     url = settings.resolved_database_url
     with session_scope(url) as session:
-        if not outbox.claim(session, delivery_id, utcnow(), policy.claim_seconds):
+        if not outbox.claim(session, delivery_id, clock(), policy.claim_seconds):
             return {"delivery_id": delivery_id, "status": "skipped"}
-    outgoing = _prepare(settings, delivery_id)
-    if outgoing is None:
-        return {"delivery_id": delivery_id, "status": "skipped"}
-    result = delivery.send(
-        outgoing,
-        timeout=settings.webhook_timeout_seconds,
-        allow_loopback=settings.webhook_allow_loopback,
-        resolver=resolver,
-    )
+    started, tick = clock(), time.monotonic()
+    event_id: str | None = None
+    try:
+        outgoing = _prepare(settings, delivery_id)
+        if outgoing is None:
+            return {"delivery_id": delivery_id, "status": "skipped"}
+        event_id = outgoing.event_id
+        result = delivery.send(
+            outgoing,
+            timeout=settings.webhook_timeout_seconds,
+            allow_loopback=settings.webhook_allow_loopback,
+            resolver=resolver,
+            clock=clock,
+        )
+    except Exception as exc:
+        # Unrecorded, the claim would lapse and the delivery be tried again every claim
+        # period for ever, past its horizon: it is a failed attempt like a 500. Only the
+        # type is kept: an exception's text may carry the URL or a secret.
+        log.warning("webhook delivery %s got no response: %s", delivery_id, type(exc).__name__)
+        result = delivery.broken(started, tick, exc)
     with session_scope(url) as session:
-        status = outbox.complete(session, delivery_id, result, policy)
+        status = outbox.complete(session, delivery_id, result, policy, clock())
     return {
         "delivery_id": delivery_id,
-        "event_id": outgoing.event_id,
+        "event_id": event_id,
         "status": status,
         "status_code": result.status_code,
         "latency_ms": result.latency_ms,
