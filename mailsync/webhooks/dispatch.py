@@ -82,6 +82,7 @@ def deliver_one(
         result = delivery.send(
             outgoing,
             timeout=settings.webhook_timeout_seconds,
+            total_timeout=settings.webhook_attempt_seconds,
             allow_loopback=settings.webhook_allow_loopback,
             resolver=resolver,
             clock=clock,
