@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # How long a delivery run holds a delivery it is sending, so no other run sends it too;
     # longer than an attempt can take (checked below).
     webhook_claim_seconds: int = Field(default=60, ge=1)
+    # Attempts one delivery run makes at once: in all, per endpoint, per workspace (lanes.py),
+    # so a slow receiver holds its own lanes only.
+    webhook_concurrency: int = Field(default=32, ge=1)
+    webhook_endpoint_concurrency: int = Field(default=2, ge=1)
+    webhook_workspace_concurrency: int = Field(default=8, ge=1)
     # Loopback receivers (and plain http) for local development and tests only.
     webhook_allow_loopback: bool = False
     webhook_disable_after_seconds: int = Field(default=3 * 24 * 3600, ge=0)

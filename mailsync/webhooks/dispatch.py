@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
 from mailsync.settings import Settings, get_settings
-from mailsync.webhooks import delivery, outbox, ssrf, store
+from mailsync.webhooks import delivery, lanes, outbox, ssrf, store
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,23 @@ def deliver_one(
 
 
 def deliver_due(settings: Settings | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-    """Every delivery due now, one after the other, in this process (no Prefect)."""
-    return [deliver_one(i, settings, **kwargs) for i in due_deliveries(settings)]
+    """Every delivery due now, and any falling due meanwhile, in parallel lanes on this
+    process's threads (no Prefect); returns once none is due or in flight."""
+    settings = settings or get_settings()
+    outcomes: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=settings.webhook_concurrency) as pool:
+
+        def start(delivery_id: str, done: Callable[[], None]) -> None:
+            def attempt() -> None:
+                try:
+                    outcomes.append(deliver_one(delivery_id, settings, **kwargs))
+                finally:
+                    done()
+
+            pool.submit(attempt)
+
+        lanes.pump(settings, start)
+    return outcomes
 
 
 def _job_deliveries(job_id: str, settings: Settings, limit: int) -> list[str]:

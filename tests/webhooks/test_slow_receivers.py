@@ -37,6 +37,7 @@ def test_an_attempt_ends_within_its_total_bound_however_slowly_the_receiver_drip
         webhook_timeout_seconds=1.0,
         webhook_attempt_seconds=bound,
         webhook_retry_base_seconds=60,
+        webhook_retry_max_seconds=60,
     )
     url = settings.resolved_database_url
     with slow_receiver(drip_every=0.1) as drip:

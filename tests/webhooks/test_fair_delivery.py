@@ -1,0 +1,69 @@
+"""Delivery lanes: a receiver that hangs holds back no other workspace's deliveries, and never
+holds more attempts than its endpoint's lane allows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailsync.settings import Settings
+from mailsync.webhooks import dispatch
+from tests.support.waiting import wait_for
+from tests.webhooks.conftest import (
+    Receiver,
+    attempts_of,
+    finish_job,
+    in_background,
+    new_endpoint,
+    new_workspace,
+    pending_delivery,
+    running_job,
+    slow_receiver,
+    webhook_settings,
+)
+
+
+@pytest.fixture
+def lanes_settings(unshared_database_url: str, tmp_path: Path) -> Settings:
+    """A receiver that hangs would hold an attempt 30 s; two attempts at once in all, one per
+    endpoint: the tightest shares, so a hanging endpoint's backlog could crowd out others."""
+    return webhook_settings(
+        unshared_database_url,
+        tmp_path,
+        webhook_timeout_seconds=30.0,
+        webhook_attempt_seconds=30.0,
+        webhook_concurrency=2,
+        webhook_endpoint_concurrency=1,
+        webhook_retry_base_seconds=60,
+        webhook_retry_max_seconds=60,
+    )
+
+
+def test_a_hanging_receiver_does_not_hold_back_another_workspaces_delivery(
+    lanes_settings: Settings, receiver: Receiver
+) -> None:
+    """Workspace A's receiver accepts and never answers, with three events due for it;
+    workspace B's event, recorded while A's first attempt hangs, is delivered within 10 s
+    (a third of A's 30 s attempt bound) while A's attempt is still pending, and A's endpoint
+    never holds more attempts than its lane allows."""
+    settings = lanes_settings
+    url = settings.resolved_database_url
+    with slow_receiver(drip_every=None) as hang:
+        ws_a, ws_b = new_workspace(url), new_workspace(url)
+        endpoint_a, _ = new_endpoint(settings, ws_a, hang.url)
+        endpoint_b, receiver.secret = new_endpoint(settings, ws_b, receiver.url)
+        for _ in range(3):
+            finish_job(url, running_job(url, ws_a))
+        round_thread, _ = in_background(lambda: dispatch.deliver_due(settings))
+        wait_for(lambda: hang.held, "A's first attempt reaching its receiver", timeout=10)
+        finish_job(url, running_job(url, ws_b))
+        wait_for(lambda: receiver.accepted, "B's delivery while A's receiver hangs", timeout=10)
+        still_hanging = hang.held
+        a_logged = attempts_of(settings, endpoint_a.id)
+    assert still_hanging >= 1 and a_logged == [], "A's attempt must still be pending"
+    assert hang.most_held == settings.webhook_endpoint_concurrency
+    assert pending_delivery(settings, endpoint_b.id).status == "delivered"
+    # Closing A's receiver ended its attempts: the round ends well within A's bound.
+    round_thread.join(3 * settings.webhook_attempt_seconds)
+    assert not round_thread.is_alive()
