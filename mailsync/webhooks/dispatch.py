@@ -162,8 +162,15 @@ def deliver_after_job(
     settings = settings or get_settings()
     outcomes: list[dict[str, Any]] = []
     try:
-        for delivery_id in _job_deliveries(job_id, settings, DELIVER_IN_RUN):
-            outcomes.append(deliver_one(delivery_id, settings, resolver=resolver))
+        ids = _job_deliveries(job_id, settings, DELIVER_IN_RUN)
+        # Side by side: the run holds a worker slot, for one attempt bound, not one per endpoint.
+        with ThreadPoolExecutor(max_workers=max(len(ids), 1)) as pool:
+            futures = [pool.submit(deliver_one, i, settings, resolver=resolver) for i in ids]
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except Exception:
+                log.warning("could not deliver the job's event from its run", exc_info=True)
     except Exception:
         log.warning("could not deliver the job's event from its run", exc_info=True)
     return outcomes

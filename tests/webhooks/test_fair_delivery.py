@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailsync.settings import Settings
-from mailsync.webhooks import dispatch
+from mailsync.webhooks import dispatch, lanes
 from tests.support.waiting import wait_for
 from tests.webhooks.conftest import (
     Receiver,
@@ -67,3 +67,20 @@ def test_a_hanging_receiver_does_not_hold_back_another_workspaces_delivery(
     # Closing A's receiver ended its attempts: the round ends well within A's bound.
     round_thread.join(3 * settings.webhook_attempt_seconds)
     assert not round_thread.is_alive()
+
+
+def test_lanes_cap_attempts_per_endpoint_per_workspace_and_in_all() -> None:
+    """An attempt starts only while its endpoint, its workspace and the run all have room;
+    an ended attempt gives its room back, and full lanes are named so the due query can
+    leave them out."""
+    room = lanes.Lanes(lanes.Limits(total=3, per_endpoint=1, per_workspace=2))
+    a1, a2, a3 = (lanes.Due(f"whd_a{i}", f"ep_a{i}", "ws_a") for i in (1, 2, 3))
+    a1_again = lanes.Due("whd_a4", "ep_a1", "ws_a")
+    b1, c1 = lanes.Due("whd_b1", "ep_b1", "ws_b"), lanes.Due("whd_c1", "ep_c1", "ws_c")
+    assert room.take(a1) and not room.take(a1_again)  # the endpoint's lane is full
+    assert room.take(a2) and not room.take(a3)  # the workspace's lanes are full
+    assert room.full() == ({"ep_a1", "ep_a2"}, {"ws_a"})
+    assert room.take(b1) and not room.take(c1)  # the run is full
+    assert room.delivery_ids() == {"whd_a1", "whd_a2", "whd_b1"} and room.room() == 0
+    room.release(a1)
+    assert room.take(a1_again) and room.in_flight == 3

@@ -65,3 +65,35 @@ def test_a_claim_outlasts_any_attempt(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ATTEMPT_SECONDS"):
         Settings(data_dir=tmp_path, webhook_attempt_seconds=60, webhook_claim_seconds=60)
     assert Settings(data_dir=tmp_path).webhook_attempt_seconds < 60
+
+
+def test_a_jobs_own_run_waits_for_one_attempt_bound_not_one_per_endpoint(
+    unshared_database_url: str, tmp_path: Path
+) -> None:
+    """The first attempts a sync run makes at its job's event (up to DELIVER_IN_RUN
+    endpoints) run side by side: with every receiver hanging, the run is held about one
+    attempt bound (within 3x), not one per endpoint (4x), since it holds a worker slot."""
+    bound = 2.0
+    settings = webhook_settings(
+        unshared_database_url,
+        tmp_path,
+        webhook_timeout_seconds=bound,
+        webhook_attempt_seconds=bound,
+        webhook_retry_base_seconds=60,
+        webhook_retry_max_seconds=60,
+    )
+    url = settings.resolved_database_url
+    with slow_receiver(drip_every=None) as hang:
+        workspace = new_workspace(url)
+        for _ in range(dispatch.DELIVER_IN_RUN):
+            new_endpoint(settings, workspace, hang.url)
+        job_id = running_job(url, workspace)
+        finish_job(url, job_id)
+        started = time.monotonic()
+        _, out = in_background(lambda: dispatch.deliver_after_job(job_id, settings))
+        wait_for(lambda: out, "the job's own attempts' end", timeout=3 * bound)
+        elapsed = time.monotonic() - started
+    [outcomes] = out
+    assert len(outcomes) == dispatch.DELIVER_IN_RUN == 4
+    assert all(o["status"] == "pending" and "timed out" in o["error"] for o in outcomes)
+    assert hang.most_held == dispatch.DELIVER_IN_RUN and elapsed < 3 * bound
