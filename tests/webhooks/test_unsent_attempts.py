@@ -16,10 +16,13 @@ from mailsync.db.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint,
 from mailsync.settings import Settings
 from mailsync.webhooks import dispatch, outbox, ssrf
 from tests.webhooks.conftest import (
+    attempts_of,
     finish_job,
     new_endpoint,
     new_workspace,
+    pending_delivery,
     running_job,
+    slow_receiver,
     webhook_settings,
 )
 
@@ -175,3 +178,22 @@ def test_a_clock_past_the_horizon_fails_the_next_failure_at_once(settings: Setti
     with Session(get_engine(settings.resolved_database_url)) as session:
         row = session.get(WebhookDelivery, delivery_id)
         assert row is not None and (row.status, row.attempts) == ("failed", 1)
+
+
+def test_a_tls_failure_is_a_logged_attempt_that_fails_at_the_horizon(settings: Settings) -> None:
+    """A receiver whose TLS handshake fails (here: it answers the ClientHello in plain HTTP)
+    gets a logged attempt per retry and the delivery ends `failed` at the horizon."""
+    url = settings.resolved_database_url
+    with slow_receiver(drip_every=None) as plain:
+        workspace = new_workspace(url)
+        endpoint, _ = new_endpoint(settings, workspace, plain.url.replace("http://", "https://"))
+        finish_job(url, running_job(url, workspace))
+        delivery_id = pending_delivery(settings, endpoint.id).id
+        final = _run_schedule(
+            settings,
+            delivery_id,
+            lambda clock: dispatch.deliver_one(delivery_id, settings, clock=clock),
+        )
+    assert (final.status, final.attempts) == ("failed", _expected_attempts(settings))
+    logged = attempts_of(settings, endpoint.id)
+    assert len(logged) == final.attempts and all("ConnectError" in (a.error or "") for a in logged)
