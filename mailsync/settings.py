@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from cryptography.fernet import Fernet
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailsync.errors import ConfigurationError
@@ -101,16 +101,33 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
     webhook_retry_horizon_seconds: int = Field(default=24 * 3600, ge=0)
+    # One attempt: each phase (connect, TLS, every read and write) within the timeout, the
+    # whole attempt within attempt_seconds (a receiver trickling bytes trips no phase timeout).
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_attempt_seconds: float = Field(default=15.0, gt=0)
     # Endpoints one workspace may register: each is an attempt per event (and a delivery row).
     webhook_max_endpoints: int = Field(default=16, ge=1)
     # How long a delivery run holds a delivery it is sending, so no other run sends it too;
-    # longer than an attempt can take.
+    # longer than an attempt can take (checked below).
     webhook_claim_seconds: int = Field(default=60, ge=1)
+    # Attempts one delivery run makes at once: in all, per endpoint, per workspace (lanes.py),
+    # so a slow receiver holds its own lanes only.
+    webhook_concurrency: int = Field(default=32, ge=1)
+    webhook_endpoint_concurrency: int = Field(default=2, ge=1)
+    webhook_workspace_concurrency: int = Field(default=8, ge=1)
     # Loopback receivers (and plain http) for local development and tests only.
     webhook_allow_loopback: bool = False
     webhook_disable_after_seconds: int = Field(default=3 * 24 * 3600, ge=0)
     webhook_secret_overlap_seconds: int = Field(default=24 * 3600, ge=0)
+
+    @model_validator(mode="after")
+    def _claims_outlast_attempts(self) -> Settings:
+        # A claim that lapsed mid-attempt would let another run send the delivery twice.
+        if self.webhook_attempt_seconds >= self.webhook_claim_seconds:
+            raise ValueError(
+                "MAILSYNC_WEBHOOK_ATTEMPT_SECONDS must be less than MAILSYNC_WEBHOOK_CLAIM_SECONDS"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

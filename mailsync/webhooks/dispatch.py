@@ -5,6 +5,9 @@ deliveries are due (the runs that make them are started by mailsync/orchestratio
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -14,9 +17,11 @@ from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
 from mailsync.settings import Settings, get_settings
-from mailsync.webhooks import delivery, outbox, ssrf, store
+from mailsync.webhooks import delivery, lanes, outbox, ssrf, store
 
 log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
 
 
 def due_deliveries(settings: Settings | None = None, limit: int = 100) -> list[str]:
@@ -57,29 +62,43 @@ def deliver_one(
     settings: Settings | None = None,
     *,
     resolver: ssrf.Resolver = ssrf.system_resolver,
+    clock: Clock = utcnow,
 ) -> dict[str, Any]:
     """Claim a due delivery, make one attempt and record it; a claimed-elsewhere or no longer
-    deliverable one is skipped. Returns what happened (ids and figures, no secrets)."""
+    deliverable one is skipped. Returns what happened (ids and figures, no secrets).
+    `clock` is what the retry schedule and its horizon are reckoned by (tests move it)."""
     settings = settings or get_settings()
     policy = outbox.RetryPolicy.from_settings(settings)
     url = settings.resolved_database_url
     with session_scope(url) as session:
-        if not outbox.claim(session, delivery_id, utcnow(), policy.claim_seconds):
+        if not outbox.claim(session, delivery_id, clock(), policy.claim_seconds):
             return {"delivery_id": delivery_id, "status": "skipped"}
-    outgoing = _prepare(settings, delivery_id)
-    if outgoing is None:
-        return {"delivery_id": delivery_id, "status": "skipped"}
-    result = delivery.send(
-        outgoing,
-        timeout=settings.webhook_timeout_seconds,
-        allow_loopback=settings.webhook_allow_loopback,
-        resolver=resolver,
-    )
+    started, tick = clock(), time.monotonic()
+    event_id: str | None = None
+    try:
+        outgoing = _prepare(settings, delivery_id)
+        if outgoing is None:
+            return {"delivery_id": delivery_id, "status": "skipped"}
+        event_id = outgoing.event_id
+        result = delivery.send(
+            outgoing,
+            timeout=settings.webhook_timeout_seconds,
+            total_timeout=settings.webhook_attempt_seconds,
+            allow_loopback=settings.webhook_allow_loopback,
+            resolver=resolver,
+            clock=clock,
+        )
+    except Exception as exc:
+        # Unrecorded, the claim would lapse and the delivery be tried again every claim
+        # period for ever, past its horizon: it is a failed attempt like a 500. Only the
+        # type is kept: an exception's text may carry the URL or a secret.
+        log.warning("webhook delivery %s got no response: %s", delivery_id, type(exc).__name__)
+        result = delivery.broken(started, tick, exc)
     with session_scope(url) as session:
-        status = outbox.complete(session, delivery_id, result, policy)
+        status = outbox.complete(session, delivery_id, result, policy, clock())
     return {
         "delivery_id": delivery_id,
-        "event_id": outgoing.event_id,
+        "event_id": event_id,
         "status": status,
         "status_code": result.status_code,
         "latency_ms": result.latency_ms,
@@ -88,8 +107,23 @@ def deliver_one(
 
 
 def deliver_due(settings: Settings | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-    """Every delivery due now, one after the other, in this process (no Prefect)."""
-    return [deliver_one(i, settings, **kwargs) for i in due_deliveries(settings)]
+    """Every delivery due now, and any falling due meanwhile, in parallel lanes on this
+    process's threads (no Prefect); returns once none is due or in flight."""
+    settings = settings or get_settings()
+    outcomes: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=settings.webhook_concurrency) as pool:
+
+        def start(delivery_id: str, done: Callable[[], None]) -> None:
+            def attempt() -> None:
+                try:
+                    outcomes.append(deliver_one(delivery_id, settings, **kwargs))
+                finally:
+                    done()
+
+            pool.submit(attempt)
+
+        lanes.pump(settings, start)
+    return outcomes
 
 
 def _job_deliveries(job_id: str, settings: Settings, limit: int) -> list[str]:
@@ -128,8 +162,15 @@ def deliver_after_job(
     settings = settings or get_settings()
     outcomes: list[dict[str, Any]] = []
     try:
-        for delivery_id in _job_deliveries(job_id, settings, DELIVER_IN_RUN):
-            outcomes.append(deliver_one(delivery_id, settings, resolver=resolver))
+        ids = _job_deliveries(job_id, settings, DELIVER_IN_RUN)
+        # Side by side: the run holds a worker slot, for one attempt bound, not one per endpoint.
+        with ThreadPoolExecutor(max_workers=max(len(ids), 1)) as pool:
+            futures = [pool.submit(deliver_one, i, settings, resolver=resolver) for i in ids]
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except Exception:
+                log.warning("could not deliver the job's event from its run", exc_info=True)
     except Exception:
         log.warning("could not deliver the job's event from its run", exc_info=True)
     return outcomes

@@ -181,14 +181,21 @@ def claim(session: Session, delivery_id: str, now: datetime, hold_seconds: int) 
 
 
 def complete(
-    session: Session, delivery_id: str, outcome: Outcome, policy: RetryPolicy
+    session: Session,
+    delivery_id: str,
+    outcome: Outcome,
+    policy: RetryPolicy,
+    now: datetime | None = None,
 ) -> str | None:
-    """Log the attempt and set what happens next; returns the delivery's new status."""
+    """Log the attempt and set what happens next; returns the delivery's new status.
+
+    `now` (default: the wall clock) decides the retry time and whether the horizon has passed.
+    """
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None:  # its endpoint was deleted meanwhile
         return None
     endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-    now = utcnow()
+    now = now or utcnow()
     session.add(
         WebhookAttempt(
             delivery_id=delivery.id,

@@ -1,11 +1,14 @@
-"""A real webhook receiver for tests: verifies every signature with the README's helper."""
+"""Webhook receivers for tests: one that verifies every signature with the README's helper, and
+slow ones (dripping, hanging) over raw sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,12 +17,13 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlmodel import Session, select
 
 from mailsync.core import workspaces
 from mailsync.core.jobs import store as jobstore
-from mailsync.db import session_scope
+from mailsync.db import get_engine, session_scope
 from mailsync.db.crypto import CredentialBox
-from mailsync.db.tables import SyncJob, WebhookEndpoint
+from mailsync.db.tables import SyncJob, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from mailsync.errors import WebhookVerificationError
 from mailsync.settings import Settings
 from mailsync.webhooks import store
@@ -123,6 +127,80 @@ def receiver() -> Iterator[Receiver]:
         yield state
 
 
+# --- receivers that are slow on purpose ----------------------------------------------
+
+
+@dataclass
+class SlowReceiver:
+    """A loopback HTTP "receiver" that reads the request, then either drips its response
+    headers one byte every `drip_every` seconds for ever, or (drip_every None) never answers.
+    Counts the connections it holds; closing it ends them all."""
+
+    drip_every: float | None
+    url: str = ""
+    held: int = 0
+    most_held: int = 0
+    accepted: int = 0
+    dripped: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def serve(self, conn: socket.socket) -> None:
+        with self.lock:
+            self.accepted += 1
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+        try:
+            conn.settimeout(0.1)
+            with contextlib.suppress(TimeoutError):
+                conn.recv(65536)  # the request (all of it, most likely: it is not parsed)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nx-drip: ")
+            while not self.stop.wait(self.drip_every or 0.1):
+                if self.drip_every is not None:
+                    conn.sendall(b"a")  # a header that never ends, each byte in time
+                    with self.lock:
+                        self.dripped += 1
+        except OSError:
+            pass  # the client gave up: what a bound is for
+        finally:
+            conn.close()
+            with self.lock:
+                self.held -= 1
+
+
+@contextmanager
+def slow_receiver(drip_every: float | None) -> Iterator[SlowReceiver]:
+    state = SlowReceiver(drip_every)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    state.url = f"http://127.0.0.1:{listener.getsockname()[1]}/hooks"
+
+    def accept() -> None:
+        while not state.stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=state.serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def in_background(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run `work()` in a thread; its result lands in the returned list."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(work()), daemon=True)
+    thread.start()
+    return thread, out
+
+
 # --- database helpers -------------------------------------------------------------------
 
 
@@ -190,4 +268,26 @@ def finish_job(database_url: str, job_id: str, error_code: str | None = None) ->
             ],
             error_code=error_code,
             error_message="boom" if error_code else None,
+        )
+
+
+def pending_delivery(settings: Settings, endpoint_id: str) -> WebhookDelivery:
+    """The endpoint's oldest delivery (the only one, in most tests)."""
+    with Session(get_engine(settings.resolved_database_url)) as session:
+        return session.exec(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+            .order_by(WebhookDelivery.created_at)  # type: ignore[arg-type]
+        ).first()  # type: ignore[return-value]
+
+
+def attempts_of(settings: Settings, endpoint_id: str) -> list[WebhookAttempt]:
+    """Every logged attempt at any delivery of the endpoint."""
+    with Session(get_engine(settings.resolved_database_url)) as session:
+        return list(
+            session.exec(
+                select(WebhookAttempt)
+                .join(WebhookDelivery)
+                .where(WebhookDelivery.endpoint_id == endpoint_id)
+            )
         )
