@@ -33,6 +33,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from mailsync.core.retention import (
     TERMINAL_RUN_STATES,
     LimitView,
+    Retention,
     flow_run_is_prunable,
     prunable_limits,
 )
@@ -180,3 +181,12 @@ def prune_flow_runs(client: SyncPrefectClient, now: datetime, retention: timedel
     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
         raise PrefectUnavailableError("Prefect refused a flow run's pruning") from exc
     return deleted
+
+
+def prune_prefect(api_url: str, now: datetime, retention: Retention) -> tuple[list[str], int]:
+    """Both of Prefect's prunes with one client: (limits deleted, flow runs deleted)."""
+    with SyncPrefectClient(api_url) as client:
+        return (
+            prune_limits(client, now, retention.limit_idle),
+            prune_flow_runs(client, now, retention.records),
+        )
