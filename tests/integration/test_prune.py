@@ -16,7 +16,11 @@ from uuid import UUID
 import pytest
 from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.actions import ArtifactCreate, LogCreate
+from prefect.client.schemas.actions import (
+    ArtifactCreate,
+    GlobalConcurrencyLimitCreate,
+    LogCreate,
+)
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -79,19 +83,25 @@ def _between(first: datetime, second: datetime) -> datetime:
 
 def test_idle_unheld_limits_go_and_held_young_or_foreign_ones_stay(own_prefect: str) -> None:
     """Of the limits idle past the clock, a per-mailbox one and a legacy per-key rate limit
-    nobody holds are deleted; a per-mailbox one whose slot is held stays and still refuses a
-    second taker; one used after the cutoff stays; another project's stays. A taker of a
-    deleted limit gets it created again."""
+    nobody holds are deleted (a take or release counts as a use); a per-mailbox one whose
+    slot is held stays and still refuses a second taker; one used after the cutoff stays;
+    another project's stays. A taker of a deleted limit gets it created again."""
     with SyncPrefectClient(own_prefect) as client:
         limits = PrefectLimits(lambda: client)
         idle, held, young = (mailbox_limit(new_id("mbx")) for _ in range(3))
         legacy = f"mailsync-requests:key:{new_id('key')}"
         foreign = f"billing-exports-{new_id('x')}"
-        client.upsert_global_concurrency_limit_by_name(legacy, 600)
+        # As older versions made them: a rate limit of 600 a minute (slots decay).
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=legacy, limit=600, slot_decay_per_second=10.0)
+        )
         client.upsert_global_concurrency_limit_by_name(foreign, 1)
+        limits.ensure([idle])
+        created = _view(client, idle.name).updated
         lease = limits.take([idle], 60)
         assert isinstance(lease, str)
         limits.release(lease)  # used once, then left: the limit stays cached in `limits`
+        assert _view(client, idle.name).updated > created  # a take or release is a use
         holder = limits.take([held], 600)
         assert isinstance(holder, str)
         cutoff_after = max(
