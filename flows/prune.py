@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-from prefect.futures import wait
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, wait
 
 from mailsync.db.tables import utcnow
 from tasks.prune import prune_app_records, prune_idle_limits, prune_old_flow_runs
@@ -23,5 +23,14 @@ def prune() -> dict[str, Any]:
     records = prune_app_records.submit(now)
     limits = prune_idle_limits.submit(now)
     runs = prune_old_flow_runs.submit(now)
-    wait([records, limits, runs])  # all three end before a failure of one fails the round
-    return {"records": records.result(), "limits": limits.result(), "flow_runs": runs.result()}
+    futures: list[PrefectFuture[Any]] = [records, limits, runs]
+    wait(futures)  # all three end before a failure of one fails the round
+    deleted_limits, deleted_runs = limits.result(), runs.result()
+    get_run_logger().info(
+        "pruned as of %s: %s, %d idle limits, %d flow runs",
+        now.isoformat(),
+        records.result(),
+        len(deleted_limits),
+        deleted_runs,
+    )
+    return {"records": records.result(), "limits": deleted_limits, "flow_runs": deleted_runs}

@@ -19,14 +19,21 @@ from mailsync.orchestration import pruning
 from mailsync.settings import get_settings
 from tasks.sync_mailbox import is_transient
 
-_RETRIES = {"retries": 2, "retry_delay_seconds": [10, 60], "retry_condition_fn": is_transient}
+# Twice, after 10 s then 60 s: a Prefect restart or a database failover, not a bug.
+_DELAYS: list[float] = [10.0, 60.0]
 
 
 def _client() -> SyncPrefectClient:
     return SyncPrefectClient(PREFECT_API_URL.value() or get_settings().resolved_prefect_api_url)
 
 
-@task(name="prune-records", cache_policy=NO_CACHE, **_RETRIES)  # type: ignore[call-overload]
+@task(
+    name="prune-records",
+    retries=2,
+    retry_delay_seconds=_DELAYS,
+    retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,
+)
 def prune_app_records(now: datetime) -> dict[str, int]:
     """Jobs, webhook events, deliveries, attempts and Idempotency-Key records past retention."""
     settings = get_settings()
@@ -37,7 +44,13 @@ def prune_app_records(now: datetime) -> dict[str, int]:
     return asdict(counts)
 
 
-@task(name="prune-limits", cache_policy=NO_CACHE, **_RETRIES)  # type: ignore[call-overload]
+@task(
+    name="prune-limits",
+    retries=2,
+    retry_delay_seconds=_DELAYS,
+    retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,
+)
 def prune_idle_limits(now: datetime) -> list[str]:
     """Per-workspace, per-mailbox and legacy per-key/per-address limits nobody used or holds."""
     idle = Retention.from_settings(get_settings()).limit_idle
@@ -47,7 +60,13 @@ def prune_idle_limits(now: datetime) -> list[str]:
     return deleted
 
 
-@task(name="prune-flow-runs", cache_policy=NO_CACHE, **_RETRIES)  # type: ignore[call-overload]
+@task(
+    name="prune-flow-runs",
+    retries=2,
+    retry_delay_seconds=_DELAYS,
+    retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,
+)
 def prune_old_flow_runs(now: datetime) -> int:
     """Terminal flow runs of mailsync's deployments past retention, with logs and artifacts."""
     retention = Retention.from_settings(get_settings()).records

@@ -264,14 +264,17 @@ def test_the_prune_deployment_runs_and_keeps_what_is_young(prefect_stack: Prefec
 
         final = wait_for(ended, "the prune run's end", timeout=300)
         assert final.state is not None and final.state.is_completed(), final.state
-        tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-        )
-        assert sorted(
-            t.name.rsplit("-", 1)[0] for t in tasks if t.state and t.state.is_completed()
-        ) == [
-            "prune-flow-runs",
-            "prune-limits",
-            "prune-records",
-        ]
+
+        def completed_tasks() -> list[str] | None:
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+            )
+            names = sorted(
+                t.name.rsplit("-", 1)[0] for t in tasks if t.state and t.state.is_completed()
+            )
+            return names if len(names) == 3 else None
+
+        # Prefect records task runs from their events, after the flow run's own end.
+        names = wait_for(completed_tasks, "the prune run's three completed tasks")
+        assert names == ["prune-flow-runs", "prune-limits", "prune-records"]
         assert _exists(client, spec.name)  # created by this test, minutes from idle
