@@ -98,8 +98,9 @@ def delete_if_unheld(client: SyncPrefectClient, limit: LimitView) -> bool:
         held = body.get("limits") or []
         if [str(h.get("id")) for h in held] != [limit.id]:
             return False  # gone, or created again since it was listed
-        now = client.read_global_concurrency_limit_by_name(limit.name)
-        if str(now.id) != limit.id or now.limit != limit.limit or now.active_slots != limit.limit:
+        current = client.read_global_concurrency_limit_by_name(limit.name)
+        same = str(current.id) == limit.id and current.limit == limit.limit
+        if not same or current.active_slots != limit.limit:
             return False  # resized since: a slot of the new size may have a holder
         # The endpoint takes an id or a name: by id, so a namesake is never deleted.
         client.delete_global_concurrency_limit_by_name(limit.id)
