@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     webhook_disable_after_seconds: int = Field(default=3 * 24 * 3600, ge=0)
     webhook_secret_overlap_seconds: int = Field(default=24 * 3600, ge=0)
 
+    # Pruning (the `prune` deployment, core/retention.py): finished jobs, their webhook events,
+    # deliveries and attempts, and mailsync's terminal Prefect flow runs (with their logs and
+    # artifacts) go once this many days old; a per-workspace, per-mailbox or legacy per-key /
+    # per-address Prefect limit goes once nobody took or gave back a slot of it for
+    # limit_idle_hours (it is created again on its next use).
+    retention_days: int = Field(default=30, ge=1)
+    limit_idle_hours: float = Field(default=24.0, gt=0)
+
     @model_validator(mode="after")
     def _claims_outlast_attempts(self) -> Settings:
         # A claim that lapsed mid-attempt would let another run send the delivery twice.

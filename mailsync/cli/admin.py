@@ -1,4 +1,5 @@
-"""Administration commands: the database, the encryption key, workspaces, API keys, mailboxes."""
+"""Administration commands: the database, the encryption key, workspaces, API keys, mailboxes,
+pruning what is past retention."""
 
 from __future__ import annotations
 
@@ -34,6 +35,37 @@ def register(app: typer.Typer) -> None:
     app.add_typer(mailbox_app, name="mailbox")
     app.add_typer(db_app, name="db")
     app.add_typer(encryption_app, name="encryption")
+    app.command("prune")(prune)
+
+
+def prune(
+    prefect: Annotated[
+        bool, typer.Option(help="Also Prefect's idle limits and old flow runs.")
+    ] = True,
+) -> None:
+    """Delete now what is past retention, as the daily `prune` deployment does: finished jobs
+    and their webhook events older than MAILSYNC_RETENTION_DAYS, expired Idempotency-Key
+    records, and (with --prefect) idle per-workspace/per-mailbox limits nobody holds and
+    mailsync's terminal flow runs past retention."""
+    from mailsync.core.retention import Retention, prune_records
+    from mailsync.errors import PrefectUnavailableError
+    from mailsync.orchestration import pruning
+
+    settings = ready_settings()
+    now, retention = utcnow(), Retention.from_settings(settings)
+    counts = prune_records(settings.resolved_database_url, now, retention.records)
+    console.print(
+        f"records: {counts.jobs} jobs, {counts.events} webhook events, {counts.deliveries}"
+        f" deliveries, {counts.attempts} attempts, {counts.idempotency_records}"
+        " idempotency records"
+    )
+    if not prefect:
+        return
+    try:
+        limits, runs = pruning.prune_prefect(settings.resolved_prefect_api_url, now, retention)
+    except PrefectUnavailableError as exc:
+        raise fail(f"{exc} (the records above are pruned; retry, or --no-prefect)") from exc
+    console.print(f"prefect: {len(limits)} idle limits, {runs} flow runs")
 
 
 @db_app.command("upgrade")

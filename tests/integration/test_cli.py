@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from mailsync.cli import app
-from mailsync.core import apikeys
-from mailsync.db import get_engine
-from mailsync.db.tables import ApiKey, Mailbox
+from mailsync.core import apikeys, workspaces
+from mailsync.db import get_engine, session_scope
+from mailsync.db.tables import ApiKey, Mailbox, SyncJob, new_id, utcnow
 from mailsync.settings import Settings, get_settings
 from tests.support.stack import ENCRYPTION_KEY, FakeProviders, PrefectStack
 
@@ -132,3 +133,37 @@ def test_sync_wait_and_jobs_table(
         assert missing.exit_code == 1 and "no gmail mailbox" in missing.output
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.integration
+@pytest.mark.only_database("sqlite")  # the deletes are tested on both in tests/test_retention.py
+def test_prune_deletes_old_finished_jobs_now_and_keeps_young_ones(
+    cli_env: Settings, prefect_stack: PrefectStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mailsync prune` deletes a job finished past MAILSYNC_RETENTION_DAYS and keeps one
+    finished within it, then prunes Prefect (nothing there is old on the real clock)."""
+    monkeypatch.setenv("MAILSYNC_PREFECT_API_URL", prefect_stack.api_url)
+    monkeypatch.setenv("MAILSYNC_RETENTION_DAYS", "30")
+    get_settings.cache_clear()
+    url = cli_env.resolved_database_url
+    ended = {"old": utcnow() - timedelta(days=31), "young": utcnow() - timedelta(days=29)}
+    with session_scope(url) as session:
+        ws = workspaces.create_workspace(session, new_id("ws").lower().replace("_", "-")).id
+        jobs = {
+            age: SyncJob(
+                workspace_id=ws, mode="full", status="completed", queued_at=at, finished_at=at
+            )
+            for age, at in ended.items()
+        }
+        session.add_all(jobs.values())
+        session.flush()
+        ids = {age: job.id for age, job in jobs.items()}
+
+    result = runner.invoke(app, ["prune"])
+
+    assert result.exit_code == 0, result.output
+    assert "records:" in result.output and "prefect:" in result.output
+    with Session(get_engine(url)) as session:
+        assert session.get(SyncJob, ids["old"]) is None
+        assert session.get(SyncJob, ids["young"]) is not None
+    assert runner.invoke(app, ["prune", "--no-prefect"]).exit_code == 0

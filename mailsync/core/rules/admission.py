@@ -63,13 +63,19 @@ def _in_progress(job_id: str | None, providers: list[str]) -> SyncInProgressErro
     )
 
 
+# The limits created per workspace, provider and mailbox (core/retention.py prunes idle ones).
+FULL_SYNC_LIMIT_PREFIX = "mailsync-full-sync:"
+MAILBOX_LIMIT_PREFIX = "mailsync-mailbox:"
+QUOTA_LIMIT_PREFIX = "mailsync-on-demand:"
+
+
 def full_sync_limit(workspace_id: str, provider: str) -> LimitSpec:
-    return LimitSpec(f"mailsync-full-sync:{workspace_id}:{provider}", 1)
+    return LimitSpec(f"{FULL_SYNC_LIMIT_PREFIX}{workspace_id}:{provider}", 1)
 
 
 def mailbox_limit(mailbox_id: str) -> LimitSpec:
     """One sync of a mailbox at a time, whatever started it (runtime.mailbox_turn)."""
-    return LimitSpec(f"mailsync-mailbox:{mailbox_id}", 1)
+    return LimitSpec(f"{MAILBOX_LIMIT_PREFIX}{mailbox_id}", 1)
 
 
 class Admission:
@@ -78,7 +84,7 @@ class Admission:
 
     # -- 429 ------------------------------------------------------------------------------
     def quota_limit(self, workspace_id: str) -> LimitSpec:
-        return LimitSpec(f"mailsync-on-demand:{workspace_id}", self.settings.sync_quota)
+        return LimitSpec(f"{QUOTA_LIMIT_PREFIX}{workspace_id}", self.settings.sync_quota)
 
     def _quota_jobs(self, session: Session, workspace_id: str) -> list[SyncJob]:
         return list(

@@ -22,6 +22,7 @@ from deployments.register import (
     register,
     schedules_of,
 )
+from mailsync.orchestration import pruning
 from mailsync.settings import Settings
 from tests.support.bare_prefect import BareServer
 
@@ -53,6 +54,20 @@ def test_declaration_declares_the_scheduled_deployments() -> None:
     assert (nightly.schedule.cron, nightly.schedule.timezone) == ("0 3 * * *", "UTC")
     assert schedules_of(_by_name("sync")) == []
     assert [s.active for s in schedules_of(_by_name("refresh"), activate=False)] == [False]
+
+
+def test_the_prune_deployment_is_daily_one_at_a_time_and_every_deployment_is_tagged() -> None:
+    """`prune` runs daily (one round at a time: a round due while one runs is cancelled),
+    and every deployment carries the `mailsync` tag the pruner selects runs by, so each
+    deployment's old runs are pruned and no other project's are."""
+    [daily] = schedules_of(_by_name("prune"))
+    assert isinstance(daily.schedule, CronSchedule) and daily.active
+    assert (daily.schedule.cron, daily.schedule.timezone) == ("30 4 * * *", "UTC")
+    limit, options = concurrency_of(_by_name("prune"))
+    assert limit == 1 and options is not None
+    assert options.collision_strategy.value == "CANCEL_NEW"
+    assert _by_name("prune")["entrypoint"] == "flows/prune.py:prune"
+    assert all(pruning.MAILSYNC_TAG in d["tags"] for d in DECLARATION["deployments"])
 
 
 def _snapshot(api_url: str) -> dict[str, dict[str, Any]]:
