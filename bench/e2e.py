@@ -154,10 +154,7 @@ def _scenario(
         for _ in range(rounds):
             for provider, address in scenario.mailboxes:
                 with stack.admin(provider) as admin:
-                    admin.post(
-                        f"/_admin/mailboxes/{address}/messages",
-                        json={"count": scenario.new_messages},
-                    ).raise_for_status()
+                    admin.add_messages(address, scenario.new_messages)
             started = time.perf_counter()
             posted = client.post(url, json=scenario.body).raise_for_status()
             accepted = time.perf_counter()

@@ -31,6 +31,7 @@ from mailsync.db.tables import Workspace
 from mailsync.devstack.fakes import Fakes
 from mailsync.devstack.processes import free_port
 from mailsync.devstack.stack import ApiSpec, StackSpec, start_stack
+from mailsync.fakes.client import GmailAdmin, MicrosoftAdmin, admin_client
 from mailsync.settings import Settings
 
 WORKSPACE = "bench"
@@ -53,23 +54,23 @@ class LocalStack:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
-    def admin(self, provider: str) -> httpx.Client:
+    def admin(self, provider: str) -> GmailAdmin | MicrosoftAdmin:
+        """A typed admin client of the fake for `provider`, to use in a `with` block."""
         base = self.fakes.gmail_url if provider == "gmail" else self.fakes.microsoft_url
-        return httpx.Client(base_url=base, verify=str(self.fakes.ca_path), timeout=600)
+        return admin_client(provider, base, self.fakes.ca_path, timeout=600)
 
     def connect(
         self, provider: str, address: str, messages: int, workspace: str = WORKSPACE
     ) -> str:
         """A new mailbox at the fake, connected to `workspace` (created if new); its id."""
         with self.admin(provider) as admin:
-            body = {"address": address, "messages": messages}
-            created = admin.post("/_admin/mailboxes", json=body).raise_for_status().json()
+            credentials = admin.create_mailbox(address, messages).provider_credentials()
         box = CredentialBox(self.settings.fernet_key())
         with db.session_scope(self.settings.resolved_database_url) as session:
             if session.get(Workspace, workspace) is None:
                 workspaces.create_workspace(session, workspace)
             mailbox, _ = workspaces.connect_mailbox(
-                session, box, workspace, provider, address, created["credentials"]
+                session, box, workspace, provider, address, credentials
             )
             return mailbox.id
 

@@ -107,8 +107,8 @@ def _measure(worker: str, runs: int) -> list[dict[str, Any]]:
         _wait_ended(stack, first)  # the initial full syncs
         with stack.admin("gmail") as admin:
             for _, address in boxes:
-                admin.post(f"/_admin/mailboxes/{address}/messages", json={"count": 10})
-                admin.post(f"/_admin/mailboxes/{address}/faults", json={"hold": True})
+                admin.add_messages(address, 10)
+                admin.hold(address)
             try:
                 job_ids = [
                     httpx.post(url, json={"provider": "gmail"}, headers=keys[w], timeout=30)
@@ -146,7 +146,7 @@ def _measure(worker: str, runs: int) -> list[dict[str, Any]]:
                         rows.append({"worker": worker, "process": role, "pid": pid} | smaps(pid))
             finally:
                 for _, address in boxes:
-                    admin.delete(f"/_admin/mailboxes/{address}/faults")
+                    admin.release(address)
         _wait_ended(stack, {job_id: keys[w] for job_id, (w, _) in zip(job_ids, boxes, strict=True)})
     return rows
 

@@ -84,8 +84,7 @@ def one_round(stack: LocalStack, address: str, new: int) -> dict[str, Counter[st
     log = _server_log(stack)
     _quiet(log)
     with stack.admin("gmail") as admin:
-        body = {"count": new}
-        admin.post(f"/_admin/mailboxes/{address}/messages", json=body).raise_for_status()
+        admin.add_messages(address, new)
     start = log.stat().st_size
     posted = httpx.post(
         f"{stack.api_url}/v1/email/sync", headers=stack.auth(), json={"provider": "gmail"}

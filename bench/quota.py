@@ -15,9 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench import harness
+from mailsync.fakes.client import GmailAdmin
 from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 UNITS, WINDOW_S = 15_000, 10.0
@@ -39,30 +38,29 @@ def run(size: str) -> list[dict[str, Any]]:
     with (
         tempfile.TemporaryDirectory() as workdir,
         harness.running_fakes(Path(workdir), gmail=gmail) as fakes,
-        httpx.Client(base_url=fakes.gmail_url, verify=str(fakes.ca_path), timeout=600) as admin,
+        GmailAdmin(fakes.gmail_url, fakes.ca_path, timeout=600) as admin,
     ):
         for count in SIZES[size]:
             address = f"quota-{count}@gmail.example"
-            body = {"address": address, "messages": count}
-            credentials = admin.post("/_admin/mailboxes", json=body).raise_for_status()
+            account = admin.create_mailbox(address, count)
             outcome = harness.in_fresh_process(
                 _paced_full_sync,
                 harness.endpoints(fakes),
                 address,
-                credentials.json()["credentials"],
+                account.provider_credentials(),
             )
-            usage = admin.get(f"/_admin/mailboxes/{address}/quota").raise_for_status().json()
+            usage = admin.quota(address)
             ceiling = UNITS / WINDOW_S  # units per second
             rows.append(
                 {
                     "messages": count,
                     "synced": outcome["messages"],
                     "seconds": outcome["seconds"],
-                    "units charged": usage["charged_total"],
-                    "units/s": usage["charged_total"] / outcome["seconds"],
+                    "units charged": usage.charged_total,
+                    "units/s": usage.charged_total / outcome["seconds"],
                     "ceiling units/s": ceiling,
-                    "share of ceiling": usage["charged_total"] / outcome["seconds"] / ceiling,
-                    "refused calls": usage["rejected"],
+                    "share of ceiling": usage.charged_total / outcome["seconds"] / ceiling,
+                    "refused calls": usage.rejected,
                     "failed syncs": int(outcome["failed"] is not None),
                 }
             )

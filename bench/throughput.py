@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from bench import harness
+from mailsync.fakes.client import GmailAdmin, MicrosoftAdmin
 from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 SIZES = {"tiny": [300], "small": [10_000], "full": [10_000, 100_000]}
@@ -109,16 +110,15 @@ def run(size: str) -> list[dict[str, Any]]:
     with (
         tempfile.TemporaryDirectory() as workdir,
         harness.running_fakes(Path(workdir)) as fakes,
-        httpx.Client(verify=str(fakes.ca_path), trust_env=False, timeout=600) as admin,
+        GmailAdmin(fakes.gmail_url, fakes.ca_path, timeout=600) as gmail,
+        MicrosoftAdmin(fakes.microsoft_url, fakes.ca_path, timeout=600) as microsoft,
     ):
         endpoints = harness.endpoints(fakes)
+        admins: dict[str, GmailAdmin | MicrosoftAdmin] = {"gmail": gmail, "microsoft": microsoft}
         for count in SIZES[size]:
-            for provider, base in (("gmail", fakes.gmail_url), ("microsoft", fakes.microsoft_url)):
+            for provider, admin in admins.items():
                 address = f"bench-{count}@{provider}.example"
-                created = admin.post(
-                    f"{base}/_admin/mailboxes", json={"address": address, "messages": count}
-                ).raise_for_status()
-                credentials = created.json()["credentials"]
+                credentials = admin.create_mailbox(address, count).provider_credentials()
                 raw = harness.in_fresh_process(_raw, endpoints, provider, address, credentials)
                 ours = harness.in_fresh_process(
                     _pipeline, endpoints, provider, address, credentials

@@ -107,7 +107,7 @@ def _scenario(
             client.post(f"{api}/webhooks", json={"url": base + path}).raise_for_status()
         for n in range(rounds + 1):  # the first round is the initial full sync, not measured
             with stack.admin("gmail") as admin:
-                admin.post(f"/_admin/mailboxes/{address}/messages", json={"count": 10})
+                admin.add_messages(address, 10)
             job_id = (
                 client.post(f"{api}/email/sync", json={})
                 .raise_for_status()

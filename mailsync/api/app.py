@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from mailsync import __version__
 from mailsync.api import errors
 from mailsync.api.middleware import (
+    ArrivalMeterMiddleware,
     BodyLimitMiddleware,
     HeaderLimitMiddleware,
     RateLimitMiddleware,
@@ -58,6 +59,8 @@ def create_app(
     # Added last = outermost. From the outside in:
     # - the request id exists before anything can fail, so every refusal below carries it;
     # - oversized heads (431) are refused before any work;
+    # - every request is counted against its address's arrival quota before it may hold an
+    #   overload slot (429), whatever its headers;
     # - load shedding (503) comes before anything reads the body or asks the database or
     #   Prefect, so a shed request costs nothing and counts nowhere;
     # - the rate limiter is outside the body limits, so an over-quota client is refused
@@ -69,6 +72,7 @@ def create_app(
     )
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(OverloadMiddleware, gates=gates)
+    app.add_middleware(ArrivalMeterMiddleware)
     app.add_middleware(
         HeaderLimitMiddleware,
         max_bytes=settings.max_header_bytes,

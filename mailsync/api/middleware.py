@@ -16,6 +16,7 @@ from mailsync.api.ratelimit import (
     get_rate_limit,
     key_was_checked,
     meter_address,
+    meter_arrival,
     uncounted,
 )
 
@@ -137,6 +138,28 @@ class RateLimitMiddleware:
         info = get_rate_limit(scope)
         headers = {**(info.headers() if info else {}), **error.headers}
         await send_error(scope, send, error.status, error.code, error.message, headers)
+
+
+class ArrivalMeterMiddleware:
+    """Count every request against its client address when it arrives, before it may hold an
+    overload slot (ratelimit.meter_arrival): an address over its arrival quota is answered
+    429 here, whatever Authorization it sends, and holds nothing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            meter_arrival(scope)
+        except ApiError as exc:
+            info = get_rate_limit(scope)
+            headers = {**(info.headers() if info else {}), **exc.headers}
+            await send_error(scope, send, exc.status, exc.code, exc.message, headers)
+            return
+        await self.app(scope, receive, send)
 
 
 class HeaderLimitMiddleware:

@@ -24,6 +24,12 @@ valid key; a response that none of these (nor the route) gave figures to, from a
 that never looked at the key, is counted against the address when it starts, and replaced
 by the 429 when the address is over quota.
 
+Before either, every request is counted when it arrives against its address's arrival
+quota, `arrival:<address>`, `arrival_quota_per_minute` (ArrivalMeterMiddleware, outside the
+overload gates): whatever its headers, an address sending more is answered 429 before it may
+hold a slot. It is a flood bound, far above the general quotas, and its figures show only on
+its own 429 (the X-RateLimit-* of other answers stay the general quota's).
+
 The figures: Limit N; Remaining the whole tokens left after the take; Reset when the next
 token arrives (now when the bucket is full). Over quota: 429 rate_limited with Remaining 0
 and Retry-After the whole seconds until a token is there (at least 1).
@@ -52,6 +58,7 @@ from mailsync.core.rules.token_buckets import TokenBuckets
 
 KEY_PREFIX = "key:"
 ADDRESS_PREFIX = "address:"
+ARRIVAL_PREFIX = "arrival:"
 HEADER_NAMES = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 _STATE_KEY = "rate_limit"
@@ -154,3 +161,23 @@ def meter_address(target: HTTPConnection | Scope) -> RateLimitInfo | None:
         return None
     key = address_bucket(client_address(target))
     return _meter_into(target, key, per_minute, "without a valid API key from this address")
+
+
+def meter_arrival(target: HTTPConnection | Scope) -> None:
+    """Count an arriving request against its address's arrival quota; ApiError 429 (its
+    figures set on the scope) when spent. A request that passes gets no figures from it."""
+    per_minute = int(_settings(target).arrival_quota_per_minute)
+    if per_minute <= 0:
+        return
+    buckets: TokenBuckets = _scope(target)["app"].state.request_quotas
+    taken = buckets.take(f"{ARRIVAL_PREFIX}{client_address(target)}", per_minute, 60.0)
+    if taken.allowed:
+        return
+    set_rate_limit(target, RateLimitInfo(per_minute, taken.remaining, math.ceil(taken.reset_at)))
+    raise ApiError(
+        429,
+        "rate_limited",
+        f"more than {per_minute} requests a minute from this address; "
+        f"retry in {taken.retry_after} s",
+        headers={"Retry-After": str(taken.retry_after)},
+    )
