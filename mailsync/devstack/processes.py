@@ -57,6 +57,19 @@ class Stack:
             if code is not None:
                 raise StackError(f"{child.name} exited with status {code}; see {child.log_path}")
 
+    def stop_child(self, child: Child, timeout: float = 15) -> None:
+        """Stop one child (SIGTERM to its process group, SIGKILL after `timeout`) and forget it."""
+        if child.process.poll() is None:
+            try:
+                os.killpg(child.process.pid, signal.SIGTERM)
+                child.process.wait(timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+        self.children.remove(child)
+
     def stop(self, timeout: float = 15) -> None:
         for child in reversed(self.children):
             if child.process.poll() is None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from mailsync.devstack.api_server import API_APP, api_command
 from mailsync.devstack.fakes import Fakes, start_fakes
 from mailsync.devstack.processes import (
+    Child,
     Stack,
     http_ok,
     port_free,
@@ -186,6 +187,36 @@ class LocalStack:
     def check(self) -> None:
         """Raise StackError when any of its processes has exited."""
         self.processes.check()
+
+    def workers(self) -> list[Child]:
+        """Its workers still running, oldest first."""
+        return [
+            c
+            for c in self.processes.children
+            if c.name.startswith("worker-") and c.process.poll() is None
+        ]
+
+    def start_worker(self, index: int) -> Child:
+        """One more worker (`mailsync-<host>-<pid>-<index>`), once it beats in its pool: the
+        replacement of one that died, in the drills."""
+        spec = self.spec
+        child = start_worker(
+            self.processes, spec.work_pool, index, spec.worker_limit, spec.worker_type
+        )
+        wait_for_workers(self.processes, self.prefect_api_url, spec.work_pool, [worker_name(index)])
+        return child
+
+    def restart_prefect_server(self) -> None:
+        """Stop the Prefect server it started and start it again on the same port (its
+        database and lease storage kept): what the drills do to a server mid-run."""
+        if self.spec.prefect_url:
+            raise StackError("this stack uses a Prefect server it did not start")
+        children = self.processes.children
+        server = next(c for c in children if c.name == "prefect-server")
+        place = children.index(server)
+        self.processes.stop_child(server)
+        start_prefect_server(self.processes, self.spec.prefect_port)
+        children.insert(place, children.pop())  # stopped in the same order as before
 
     def stop(self) -> None:
         """Stop every process it started, in reverse order."""

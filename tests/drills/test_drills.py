@@ -37,16 +37,9 @@ from mailsync.api.app import create_app
 from mailsync.core.rules.admission import full_sync_limit
 from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.db.tables import Mailbox, Message, SyncJob
-from mailsync.devstack.processes import (
-    Child,
-    Stack,
-    prefect_env,
-    start_prefect_server,
-    start_worker,
-    wait_for_workers,
-    worker_name,
-)
-from mailsync.fakes.server import free_port, serve_in_thread
+from mailsync.devstack.processes import Child, worker_name
+from mailsync.devstack.stack import LocalStack, start_stack
+from mailsync.fakes.server import serve_in_thread
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings
@@ -54,17 +47,15 @@ from tests.support.api import Api, ManualClock, Tenant, make_tenant, slow_down, 
 from tests.support.databases import PG_PROBLEM, POSTGRES_ADMIN_URL
 from tests.support.processes import children_of, flow_run_pids, parent_pid
 from tests.support.stack import (
-    ENCRYPTION_KEY,
-    FAST_QUOTA,
     FakeProviders,
     PrefectStack,
     make_settings,
+    stack_spec,
 )
 from tests.support.waiting import eventually
 
 # One stack for the module, its drills in order: under `--dist loadgroup` one xdist worker.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("drills")]
-POOL = "mailsync"
 LEASE_S = 60  # the shortest lease Prefect grants (and MAILSYNC_FULL_SYNC_LEASE_SECONDS)
 SENTINEL_LEASE_S = 120  # outlives a Prefect server restart on a loaded machine (~20-60 s)
 RECLAIM_S = 15  # Prefect's repossessor loop: an expired lease is reclaimed within this
@@ -73,11 +64,8 @@ RECLAIM_S = 15  # Prefect's repossessor loop: an expired lease is reclaimed with
 @dataclass
 class Drills:
     api: Api
-    prefect_api: str
-    port: int
+    stack: LocalStack  # devstack's assembler: its server restarted, its workers killed
     database: str  # the app database's name, for pg_stat_activity
-    server: Stack  # the Prefect server alone, so it can be restarted
-    workers: Stack
     fakes: FakeProviders
     # Set by the restart drill for test_lease_taken_before_the_restart_expires.
     sentinel: LimitSpec | None = None
@@ -91,6 +79,10 @@ class Drills:
         return self.api.stack.settings
 
     @property
+    def prefect_api(self) -> str:
+        return self.stack.prefect_api_url
+
+    @property
     def database_url(self) -> str:
         url: str = self.settings.resolved_database_url
         return url
@@ -99,10 +91,14 @@ class Drills:
         client = SyncPrefectClient(self.prefect_api)
         return client, PrefectLimits(lambda: client)
 
-    def start_worker(self, index: int) -> Child:
-        child = start_worker(self.workers, POOL, index)
-        wait_for_workers(self.workers, self.prefect_api, POOL, [worker_name(index)])
-        return child
+    def kill_worker(self, also: list[int] | None = None) -> Child:
+        """SIGKILL a running worker (and the `also` pids), as when its machine dies."""
+        worker = self.stack.workers()[0]
+        for pid in [worker.process.pid, *(also or [])]:
+            os.kill(pid, signal.SIGKILL)
+        worker.process.wait()
+        self.stack.processes.children.remove(worker)
+        return worker
 
     def full_sync(self, tenant: Tenant, provider: str) -> str:
         response = self.api.post(tenant, {"mode": "full", "provider": provider})
@@ -131,8 +127,6 @@ class Drills:
 
 @pytest.fixture(scope="module")
 def drills(fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drills]:
-    from deployments.register import register
-
     if PG_PROBLEM:
         pytest.skip(PG_PROBLEM)
     started = time.monotonic()
@@ -143,36 +137,21 @@ def drills(fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory) -> It
         conn.execute(f'CREATE DATABASE "{name}"')
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     url = f"{url}/{name}"
-    port = free_port()
-    prefect_api = f"http://127.0.0.1:{port}/api"
-    settings = make_settings(tmp / "data", url, fakes).model_copy(
-        update={"prefect_api_url": prefect_api}
-    )
-    env = {
-        **os.environ,
-        **prefect_env(tmp / "prefect-home", prefect_api),
-        **fakes.env(),
-        "MAILSYNC_DATA_DIR": str(settings.data_dir),
-        "MAILSYNC_DATABASE_URL": url,
-        "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": str(FAST_QUOTA),
-    }
-    server, workers = Stack(tmp / "logs", env), Stack(tmp / "logs", env)
+    # devstack's assembler, as `mailsync up` and the shared fixture use it: its own Prefect
+    # server (own PREFECT_HOME, the filesystem lease storage), the deployments without their
+    # schedules, one warm worker.
+    settings = make_settings(tmp / "data", url, fakes)
     try:
         db.upgrade(url)
-        start_prefect_server(server, port)
-        register(prefect_api, activate_schedules=False)
-        start_worker(workers, POOL, 0)
-        wait_for_workers(workers, prefect_api, POOL, [worker_name(0)])
-        clock = ManualClock()
-        orchestrator = Orchestrator(prefect_api, settings, clock=clock)
-        with serve_in_thread(create_app(settings, orchestrator), None) as api_url:
-            print(f"drill stack up in {time.monotonic() - started:.1f} s")
-            api = Api(api_url, clock, PrefectStack(prefect_api, workers, settings))
-            yield Drills(api, prefect_api, port, name, server, workers, fakes)
+        with start_stack(stack_spec(tmp, settings, fakes)) as stack:
+            settings = settings.model_copy(update={"prefect_api_url": stack.prefect_api_url})
+            clock = ManualClock()
+            orchestrator = Orchestrator(stack.prefect_api_url, settings, clock=clock)
+            with serve_in_thread(create_app(settings, orchestrator), None) as api_url:
+                print(f"drill stack up in {time.monotonic() - started:.1f} s")
+                prefect = PrefectStack(stack.prefect_api_url, stack.processes, settings)
+                yield Drills(Api(api_url, clock, prefect), stack, name, fakes)
     finally:
-        workers.stop()
-        server.stop()
         # Flow-run processes live in sessions of their own (see the worker drill): stop any
         # one a failed drill left behind.
         with Session(db.get_engine(url)) as session:
@@ -257,13 +236,9 @@ def test_machine_loss_begins(drills: Drills) -> None:
     flow_run_id = drills.flow_run_id(tenant, job_id)
     # The beat that starts the automation's wait: runs beat every 30 s from their start.
     eventually(lambda: heartbeats(drills, flow_run_id), "the run's first heartbeat", 45, 1)
-    worker = next(c for c in drills.workers.children if c.process.poll() is None)
-    for pid in [worker.process.pid, *flow_run_pids(flow_run_id)]:
-        os.kill(pid, signal.SIGKILL)
-    worker.process.wait()
-    drills.workers.children.remove(worker)
+    drills.kill_worker(also=flow_run_pids(flow_run_id))
     drills.machine_loss = (tenant, job_id, time.monotonic())
-    drills.start_worker(0)  # the replacement machine, for the drills in between
+    drills.stack.start_worker(0)  # the replacement machine, for the drills in between
     speed_up(fakes, "microsoft", tenant.microsoft_address)
     assert drills.api.get(tenant, job_id)["status"] == "running"
     refused = drills.api.post(tenant, {"mode": "full", "provider": "microsoft"})
@@ -309,8 +284,7 @@ def test_prefect_server_restart_mid_sync(drills: Drills) -> None:
         assert isinstance(limits.take([drills.sentinel], SENTINEL_LEASE_S), str)
 
     down = time.monotonic()
-    drills.server.stop()
-    start_prefect_server(drills.server, drills.port)
+    drills.stack.restart_prefect_server()
     drills.restarted_at = time.monotonic()
     slot = full_sync_limit(tenant.workspace_id, "gmail")
     client, limits = drills.limits()
@@ -359,20 +333,18 @@ def test_worker_sigkill_mid_sync(drills: Drills) -> None:
     before = eventually(lambda: drills.processed(tenant, job_id), "a first page written", 60)
     flow_run_id = drills.flow_run_id(tenant, job_id)
     pids = flow_run_pids(flow_run_id)
-    worker = next(c for c in drills.workers.children if c.process.poll() is None)
+    worker = drills.stack.workers()[0]
     # Started by the worker: its child (stock worker) or its zygote's (warm worker).
     lineage = {worker.process.pid, *children_of(worker.process.pid)}
     assert {parent_pid(p) for p in pids} <= lineage, pids
     assert all(os.getsid(p) != worker.process.pid for p in pids), "same session as the worker"
 
     killed = time.monotonic()
-    os.kill(worker.process.pid, signal.SIGKILL)
-    worker.process.wait()
-    drills.workers.children.remove(worker)
+    drills.kill_worker()
     # Orphaned (re-parented), alive, and still working with no worker at all.
     assert all(parent_pid(p) != worker.process.pid for p in flow_run_pids(flow_run_id))
     eventually(lambda: drills.processed(tenant, job_id) > before, "progress after the kill", 30)
-    drills.start_worker(1)
+    drills.stack.start_worker(1)
     speed_up(fakes, "microsoft", address)
 
     job = api.wait(tenant, job_id, timeout=60)

@@ -32,7 +32,7 @@ from mailsync.core.sync import index
 from mailsync.db import get_engine, session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox
-from mailsync.devstack.processes import Stack, prefect_env, start_prefect_server
+from mailsync.devstack.stack import StackSpec, start_stack
 from mailsync.fakes.server import free_port
 from mailsync.settings import Settings
 from tests.support.api import Tenant, make_tenant, start_ui_run, wait_final
@@ -91,52 +91,59 @@ def scaled(
     tmp = tmp_path_factory.mktemp("scale-out")
     started = time.monotonic()
     db_name, prefect_db = _prefect_database()
-    port, api_port = free_port(), free_port()
-    prefect_api = f"http://127.0.0.1:{port}/api"
-    server = Stack(
-        tmp / "prefect-logs",
-        {
-            **os.environ,
-            **prefect_env(tmp / "prefect-home", prefect_api),
+    api_port = free_port()
+    # devstack's assembler, for the Prefect server alone (on PostgreSQL): `mailsync up` is
+    # then pointed at it, as on a second machine.
+    server_spec = StackSpec(
+        workdir=tmp / "prefect-server",
+        prefect_port=free_port(),
+        prefect_settings={
             "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
             # `mailsync up` activates the schedules; no refresh round may run behind the test.
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         },
+        deployments=False,
+        schedules=False,
+        workers=0,
     )
     up: subprocess.Popen[str] | None = None
     try:
-        start_prefect_server(server, port)
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("MAILSYNC_", "PREFECT_"))},
-            **fakes.env(),
-            "PREFECT_API_URL": prefect_api,  # an existing Prefect: `up` starts none
-            "MAILSYNC_DATA_DIR": str(tmp / "data"),
-            "MAILSYNC_DATABASE_URL": postgres_url,
-            "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
-            "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": str(FAST_QUOTA),
-            # One run at a time per worker: a busy worker leaves the next run to the other.
-            "MAILSYNC_WORKER_LIMIT": "1",
-            "COLUMNS": "200",
-        }
-        up = subprocess.Popen(
-            [sys.executable, "-m", "mailsync.cli", "up", "--workers", "2", "--port",
-             str(api_port)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        output = read_until(up, "Ctrl-C stops everything", timeout=120)
-        assert f"using the Prefect server at {prefect_api}" in output
-        print(f"stack up in {time.monotonic() - started:.1f} s")
-        yield ScaledOut(
-            f"http://127.0.0.1:{api_port}",
-            prefect_api,
-            make_settings(tmp / "test-data", postgres_url, fakes),
-        )
+        with start_stack(server_spec) as server:
+            prefect_api = server.prefect_api_url
+            env = {
+                **{
+                    k: v
+                    for k, v in os.environ.items()
+                    if not k.startswith(("MAILSYNC_", "PREFECT_"))
+                },
+                **fakes.env(),
+                "PREFECT_API_URL": prefect_api,  # an existing Prefect: `up` starts none
+                "MAILSYNC_DATA_DIR": str(tmp / "data"),
+                "MAILSYNC_DATABASE_URL": postgres_url,
+                "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
+                "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": str(FAST_QUOTA),
+                # One run at a time per worker: a busy worker leaves the next run to the other.
+                "MAILSYNC_WORKER_LIMIT": "1",
+                "COLUMNS": "200",
+            }
+            try:
+                up = subprocess.Popen(
+                    [sys.executable, "-m", "mailsync.cli", "up", "--workers", "2", "--port",
+                     str(api_port)],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                )  # fmt: skip
+                output = read_until(up, "Ctrl-C stops everything", timeout=120)
+                assert f"using the Prefect server at {prefect_api}" in output
+                print(f"stack up in {time.monotonic() - started:.1f} s")
+                yield ScaledOut(
+                    f"http://127.0.0.1:{api_port}",
+                    prefect_api,
+                    make_settings(tmp / "test-data", postgres_url, fakes),
+                )
+            finally:
+                if up is not None:
+                    stop_up(up)
     finally:
-        try:
-            if up is not None:
-                stop_up(up)
-        finally:
-            server.stop()
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
