@@ -148,3 +148,24 @@ def test_tests_share_helpers_only_through_support() -> None:
         if name.startswith("tests.") and not name.startswith("tests.support")
     }
     assert not wrong
+
+
+def test_the_service_runs_without_the_demo_extra() -> None:
+    """`pip install .` leaves out the fakes' dependency (trustme, the [demo] extra): the API,
+    the CLI, the flows and the warm worker import without it, and `mailsync --help` runs."""
+    import subprocess
+    import sys
+
+    blocked = (
+        "import sys; sys.modules['trustme'] = None\n"
+        "import mailsync.api.app, mailsync.cli, mailsync.orchestration.warm_worker\n"
+        "import flows.sync_mailbox, flows.refresh, flows.deliver_webhooks\n"
+        "from mailsync.cli import app\n"
+        "sys.argv = ['mailsync', '--help']\n"
+        "app()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Usage" in done.stdout
