@@ -31,6 +31,7 @@ import psycopg
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
+from pydantic import SecretStr
 from sqlmodel import Session, select
 
 from mailsync import db
@@ -50,7 +51,7 @@ from mailsync.devstack.processes import (
 from mailsync.fakes.server import free_port, serve_in_thread
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import Orchestrator
-from mailsync.settings import Settings
+from mailsync.settings import Settings, new_prefect_auth_string
 from tests.api.conftest import Api, ManualClock, Tenant, make_tenant, slow_down, speed_up
 from tests.conftest import (
     ENCRYPTION_KEY,
@@ -132,12 +133,13 @@ class Drills:
         return url
 
     def limits(self) -> tuple[SyncPrefectClient, PrefectLimits]:
-        client = SyncPrefectClient(self.prefect_api)
+        client = self.api.stack.client()
         return client, PrefectLimits(lambda: client)
 
     def start_worker(self, index: int) -> Child:
         child = start_worker(self.workers, POOL, index)
-        wait_for_workers(self.workers, self.prefect_api, POOL, [worker_name(index)])
+        auth = self.api.stack.auth_string
+        wait_for_workers(self.workers, self.prefect_api, auth, POOL, [worker_name(index)])
         return child
 
     def full_sync(self, tenant: Tenant, provider: str) -> str:
@@ -181,12 +183,13 @@ def drills(fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory) -> It
     url = f"{url}/{name}"
     port = free_port()
     prefect_api = f"http://127.0.0.1:{port}/api"
+    auth = new_prefect_auth_string()
     settings = make_settings(tmp / "data", url, fakes).model_copy(
-        update={"prefect_api_url": prefect_api}
+        update={"prefect_api_url": prefect_api, "prefect_auth_string": SecretStr(auth)}
     )
     env = {
         **os.environ,
-        **prefect_env(tmp / "prefect-home", prefect_api),
+        **prefect_env(tmp / "prefect-home", prefect_api, auth),
         **fakes.env(),
         "MAILSYNC_DATA_DIR": str(settings.data_dir),
         "MAILSYNC_DATABASE_URL": url,
@@ -196,15 +199,15 @@ def drills(fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory) -> It
     server, workers = Stack(tmp / "logs", env), Stack(tmp / "logs", env)
     try:
         db.upgrade(url)
-        start_prefect_server(server, port)
-        register(prefect_api, activate_schedules=False)
+        start_prefect_server(server, port, auth)
+        register(prefect_api, activate_schedules=False, auth_string=auth)
         start_worker(workers, POOL, 0)
-        wait_for_workers(workers, prefect_api, POOL, [worker_name(0)])
+        wait_for_workers(workers, prefect_api, auth, POOL, [worker_name(0)])
         clock = ManualClock()
         orchestrator = Orchestrator(prefect_api, settings, clock=clock)
         with serve_in_thread(create_app(settings, orchestrator), None) as api_url:
             print(f"drill stack up in {time.monotonic() - started:.1f} s")
-            api = Api(api_url, clock, PrefectStack(prefect_api, workers, settings))
+            api = Api(api_url, clock, PrefectStack(prefect_api, workers, settings, auth))
             yield Drills(api, prefect_api, port, name, server, workers, fakes)
     finally:
         workers.stop()
@@ -225,7 +228,7 @@ def drills(fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def final_flow_run(drills: Drills, flow_run_id: str) -> FlowRun:
-    with SyncPrefectClient(drills.prefect_api) as client:
+    with drills.api.stack.client() as client:
 
         def probe() -> FlowRun | None:
             run = client.read_flow_run(UUID(flow_run_id))
@@ -310,7 +313,7 @@ def heartbeats(drills: Drills, flow_run_id: str) -> int:
     """How many heartbeat events Prefect has recorded for the flow run."""
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    with SyncPrefectClient(drills.prefect_api) as client:
+    with drills.api.stack.client() as client:
         response = client.request(
             "POST",
             "/events/filter",
@@ -346,7 +349,7 @@ def test_prefect_server_restart_mid_sync(drills: Drills) -> None:
 
     down = time.monotonic()
     drills.server.stop()
-    start_prefect_server(drills.server, drills.port)
+    start_prefect_server(drills.server, drills.port, drills.api.stack.auth_string)
     drills.restarted_at = time.monotonic()
     slot = full_sync_limit(tenant.workspace_id, "gmail")
     client, limits = drills.limits()

@@ -34,7 +34,7 @@ from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox
 from mailsync.devstack.processes import Stack, prefect_env, start_prefect_server
 from mailsync.fakes.server import free_port
-from mailsync.settings import Settings
+from mailsync.settings import Settings, new_prefect_auth_string
 from tests.api.conftest import Tenant, make_tenant, start_ui_run, wait_final
 from tests.conftest import (
     ENCRYPTION_KEY,
@@ -57,6 +57,10 @@ class ScaledOut:
     api: str  # the mailsync API
     prefect_api: str
     settings: Settings  # the test's view: app database, fakes, encryption key
+    prefect_auth: str  # the server's PREFECT_SERVER_API_AUTH_STRING, every machine's too
+
+    def prefect(self) -> SyncPrefectClient:
+        return SyncPrefectClient(self.prefect_api, auth_string=self.prefect_auth)
 
     def post(self, tenant: Tenant | Crowd, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(f"{self.api}{URL}", json=body, headers=tenant.auth(), timeout=60)
@@ -99,11 +103,13 @@ def scaled(
     db_name, prefect_db = _prefect_database()
     port, api_port = free_port(), free_port()
     prefect_api = f"http://127.0.0.1:{port}/api"
+    # As README's "Going beyond one machine" has it: one auth string, set on every machine.
+    auth = new_prefect_auth_string()
     server = Stack(
         tmp / "prefect-logs",
         {
             **os.environ,
-            **prefect_env(tmp / "prefect-home", prefect_api),
+            **prefect_env(tmp / "prefect-home", prefect_api, auth),
             "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
             # `mailsync up` activates the schedules; no refresh round may run behind the test.
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
@@ -111,11 +117,12 @@ def scaled(
     )
     up: subprocess.Popen[str] | None = None
     try:
-        start_prefect_server(server, port)
+        start_prefect_server(server, port, auth)
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("MAILSYNC_", "PREFECT_"))},
             **fakes.env(),
             "PREFECT_API_URL": prefect_api,  # an existing Prefect: `up` starts none
+            "PREFECT_API_AUTH_STRING": auth,  # its clients' (workers, flow runs, the API)
             "MAILSYNC_DATA_DIR": str(tmp / "data"),
             "MAILSYNC_DATABASE_URL": postgres_url,
             "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
@@ -131,11 +138,13 @@ def scaled(
         )  # fmt: skip
         output = _read_until(up, "Ctrl-C stops everything", timeout=120)
         assert f"using the Prefect server at {prefect_api}" in output
+        assert auth not in output
         print(f"stack up in {time.monotonic() - started:.1f} s")
         yield ScaledOut(
             f"http://127.0.0.1:{api_port}",
             prefect_api,
             make_settings(tmp / "test-data", postgres_url, fakes),
+            auth,
         )
     finally:
         try:
@@ -207,7 +216,7 @@ def test_twenty_mailboxes_spread_over_two_workers(scaled: ScaledOut, fakes: Fake
     assert [len(v["mailboxes"]) for v in views] == [5] * 4
     assert [_indexed(scaled.settings, fakes, c.workspace_id) for c in crowds] == [[True] * 5] * 4
 
-    with SyncPrefectClient(scaled.prefect_api) as prefect:
+    with scaled.prefect() as prefect:
         runs = _runs(prefect, jobs)
     assert set(runs) == set(jobs)
     workers = {r.labels.get(WORKER_LABEL) for r in runs.values()}
@@ -233,7 +242,7 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"] == {**refused.json()["error"], "code": "sync_in_progress",
                                            "job_id": job_id}  # fmt: skip
-        with SyncPrefectClient(scaled.prefect_api) as prefect:
+        with scaled.prefect() as prefect:
             ui_run = start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full")
             ui_run = wait_final(prefect, ui_run)
             assert scaled.get(tenant, job_id)["status"] == "running"
@@ -251,7 +260,7 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
     # The run writes its summary right after recording the job's end.
     wanted = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("sync-summary", job_id)]))
     deadline = time.monotonic() + 20
-    with SyncPrefectClient(scaled.prefect_api) as prefect:
+    with scaled.prefect() as prefect:
         while not (found := prefect.read_artifacts(artifact_filter=wanted)):
             assert time.monotonic() < deadline, "no summary artifact"
             time.sleep(0.3)

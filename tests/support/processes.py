@@ -1,11 +1,14 @@
-"""Stopping a `mailsync up` under test, and saying where it hung when it does not stop."""
+"""Stopping a `mailsync up` under test (saying where it hung when it does not stop), and
+finding every process a stack started."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 
 def stop_up(process: subprocess.Popen[str], timeout: float = 90) -> int:
@@ -31,3 +34,19 @@ def stop_up(process: subprocess.Popen[str], timeout: float = 90) -> int:
         f"`mailsync up` did not stop within {timeout} s of Ctrl-C; its last output:\n"
         + "".join(tail)[-6000:]
     )
+
+
+def descendants(*roots: int) -> list[int]:
+    """`roots` and every process below them: a stack's children and what they started
+    (workers' zygotes, flow runs, the servers' own subprocesses)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.name.isdigit():
+                # The command may hold spaces and parentheses: the ppid follows the last ")".
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+    found = list(roots)
+    for pid in found:
+        found += [p for p, ppid in parents.items() if ppid == pid and p not in found]
+    return found
