@@ -26,7 +26,6 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -81,7 +80,7 @@ def _phases(stack: LocalStack, job_id: str, posted: float, seen: float) -> dict[
             as_utc(row.queued_at), as_utc(row.started_at), as_utc(row.finished_at)
         )  # fmt: skip
         assert queued and started and finished
-    with SyncPrefectClient(stack.prefect_api_url) as client:
+    with stack.prefect() as client:
         states = client.read_flow_run_states(UUID(row.flow_run_id))
         run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[UUID(row.flow_run_id)]))
         for _ in range(50):  # task runs reach the server as events, a moment after the run
@@ -114,7 +113,7 @@ def timeline(stack: LocalStack, job_id: str) -> list[str]:
         queued = as_utc(row.queued_at)
     assert queued is not None
     flow_run_id = UUID(row.flow_run_id)
-    with SyncPrefectClient(stack.prefect_api_url) as client:
+    with stack.prefect() as client:
         states = client.read_flow_run_states(flow_run_id)
         logs = client.read_logs(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),

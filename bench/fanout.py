@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient
 from sqlmodel import Session, col, select, update
 
 from bench import harness
@@ -28,7 +27,7 @@ PER_WORKSPACE = 20
 
 
 def _round(stack: LocalStack) -> dict[str, float]:
-    with SyncPrefectClient(stack.prefect_api_url) as client:
+    with stack.prefect() as client:
         deployment = client.read_deployment_by_name("refresh-mailboxes/refresh")
         created = time.perf_counter()
         run = client.create_flow_run_from_deployment(deployment.id)

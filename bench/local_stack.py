@@ -15,13 +15,15 @@ import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 from cryptography.fernet import Fernet
+from prefect.client.orchestration import SyncPrefectClient
+from pydantic import SecretStr
 
 from bench import harness
 from mailsync import db
@@ -50,9 +52,14 @@ class LocalStack:
     fakes: Fakes
     key: str
     workdir: Path
+    prefect_auth_string: str = field(repr=False, default="")
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
+
+    def prefect(self) -> SyncPrefectClient:
+        """A client of the stack's Prefect server (which refuses calls without its auth)."""
+        return SyncPrefectClient(self.prefect_api_url, auth_string=self.prefect_auth_string)
 
     def admin(self, provider: str) -> GmailAdmin | MicrosoftAdmin:
         """A typed admin client of the fake for `provider`, to use in a `with` block."""
@@ -163,9 +170,13 @@ def local_stack(
         )
         with start_stack(spec) as running:
             assert running.api_url is not None
-            settings = settings.model_copy(update={"prefect_api_url": running.prefect_api_url})
+            auth = running.prefect_auth_string or ""
+            update = {"prefect_api_url": running.prefect_api_url}
+            settings = settings.model_copy(
+                update={**update, "prefect_auth_string": SecretStr(auth)}
+            )
             yield LocalStack(
-                running.api_url, running.prefect_api_url, settings, fakes, key, workdir
+                running.api_url, running.prefect_api_url, settings, fakes, key, workdir, auth
             )
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import typer
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from rich.console import Console
 from rich.table import Table
@@ -117,7 +116,7 @@ def one_round(stack: LocalStack, address: str, new: int) -> dict[str, Counter[st
         for call in [c for c in counts if any(b in c for b in BACKGROUND)]:
             loop[call] += counts.pop(call)
     phases["worker loop"] = loop
-    with SyncPrefectClient(stack.prefect_api_url) as prefect:
+    with stack.prefect() as prefect:
         runs = prefect.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[job_id]))
         )

@@ -19,6 +19,7 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
 from deployments.automations import ensure_zombie_automation
+from mailsync.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
@@ -98,16 +99,19 @@ def register(
     work_pool: str | None = None,
     *,
     activate_schedules: bool = True,
+    auth_string: str | None = None,
 ) -> dict[str, str]:
     """Create or update every deployment of prefect.yaml, and the automation that crashes
     runs whose heartbeats stopped (automations.py); returns {"flow/name": id}.
 
     Schedules are active, as `prefect deploy` makes them; test and benchmark stacks pass
-    `activate_schedules=False` so that no refresh runs behind their backs.
+    `activate_schedules=False` so that no refresh runs behind their backs. `auth_string`: the
+    Prefect API's (default: MAILSYNC_PREFECT_AUTH_STRING, else PREFECT_API_AUTH_STRING).
     """
     declaration = load_declaration(project_dir / "prefect.yaml")
     registered: dict[str, str] = {}
-    with SyncPrefectClient(api_url) as client:
+    auth_string = auth_string or Settings().prefect_client_auth_string()
+    with SyncPrefectClient(api_url, auth_string=auth_string) as client:
         for spec in declaration["deployments"]:
             pool = work_pool or spec["work_pool"]["name"]
             ensure_work_pool(client, pool, pool_type(declaration, spec["work_pool"]["name"]))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +24,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".data"))
     database_url: str | None = None
     prefect_api_url: str | None = None
+    # The Prefect API's auth string (Prefect's basic auth, "user:password"). Unset: the server
+    # `mailsync up` starts gets one generated into the data dir (prefect_server_auth_string);
+    # an existing Prefect's clients send PREFECT_API_AUTH_STRING, if any.
+    prefect_auth_string: SecretStr | None = None
     # The longest one Prefect API call of the API process may take, the Prefect client's own
     # retries included (orchestration/deadline.py); past it the request gets 503 + Retry-After.
     prefect_call_budget_seconds: float = Field(default=10.0, gt=0)
@@ -179,28 +185,67 @@ class Settings(BaseSettings):
         )
 
     def fernet_key(self) -> bytes:
-        """The credential-encryption key; generated into the data directory on first use.
-
-        Created whole or not at all (written to a private temporary file, then linked into
-        place: a concurrent first start reads either no file or the complete key, and the
-        second creator adopts the first's). A key file that exists but cannot be read, or is
-        empty, is an error, never a reason to make a new key: that would orphan every stored
-        credential."""
+        """The credential-encryption key; generated into the data directory on first use
+        (`_kept_secret`: a lost or emptied key file would orphan every stored credential)."""
         if self.encryption_key is not None:
             return self.encryption_key.get_secret_value().encode()
-        path = self.data_dir / "encryption.key"
-        if not path.exists():
-            ensure_private_dir(self.data_dir)
-            _create_exclusively(path, Fernet.generate_key())
-        try:
-            key = path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"the encryption key file {path} cannot be read: {exc}"
-            ) from exc
-        if not key:
-            raise ConfigurationError(f"the encryption key file {path} is empty")
-        return key
+        return _kept_secret(self.data_dir / "encryption.key", Fernet.generate_key, "encryption key")
+
+    @property
+    def prefect_auth_string_path(self) -> Path:
+        """Where `mailsync up` keeps its Prefect server's generated auth string."""
+        return self.data_dir / "prefect-auth-string"
+
+    def prefect_server_auth_string(self) -> str:
+        """The auth string of the Prefect server `mailsync up` starts: the configured one, or
+        one generated into the data directory on first start and kept like the encryption key
+        (the UI's and the prefect CLI's logins go on working across restarts)."""
+        if self.prefect_auth_string is not None:
+            return self.prefect_auth_string.get_secret_value()
+        path = self.prefect_auth_string_path
+        generate = lambda: new_prefect_auth_string().encode()  # noqa: E731
+        return _kept_secret(path, generate, "Prefect auth string").decode()
+
+    def prefect_client_auth_string(self) -> str | None:
+        """The auth string this process's Prefect clients send: the configured one, else
+        Prefect's own PREFECT_API_AUTH_STRING (what the stack gives its children), else the
+        one `mailsync up` keeps in the data dir (the CLI beside a local stack), else none."""
+        if self.prefect_auth_string is not None:
+            return self.prefect_auth_string.get_secret_value()
+        if configured := os.environ.get("PREFECT_API_AUTH_STRING"):
+            return configured
+        if self.prefect_auth_string_path.exists():
+            return _read_secret(self.prefect_auth_string_path, "Prefect auth string").decode()
+        return None
+
+
+def new_prefect_auth_string() -> str:
+    """A new Prefect API auth string: user:password, as Prefect's docs and `curl -u` have it
+    (the server compares it whole)."""
+    return f"mailsync:{secrets.token_urlsafe(32)}"
+
+
+def _kept_secret(path: Path, generate: Callable[[], bytes], what: str) -> bytes:
+    """The secret in `path`, generated on first use.
+
+    Created whole or not at all (written to a private temporary file, then linked into place:
+    a concurrent first start reads either no file or the complete secret, and the second
+    creator adopts the first's). A file that exists but cannot be read, or is empty, is an
+    error, never a reason to make a new secret: what holds the old one would stop working."""
+    if not path.exists():
+        ensure_private_dir(path.parent)
+        _create_exclusively(path, generate())
+    return _read_secret(path, what)
+
+
+def _read_secret(path: Path, what: str) -> bytes:
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"the {what} file {path} cannot be read: {exc}") from exc
+    if not secret:
+        raise ConfigurationError(f"the {what} file {path} is empty")
+    return secret
 
 
 def ensure_private_dir(path: Path) -> None:

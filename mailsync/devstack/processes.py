@@ -128,9 +128,12 @@ def http_ok(url: str, verify: str | bool = True) -> Callable[[], bool]:
 NO_TLS_TRUST = Path(__file__).resolve().parents[1] / "orchestration" / "no_tls_trust.pem"
 
 
-def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:
-    """Prefect settings shared by the server, the workers and flow runs."""
+def prefect_env(prefect_home: Path, api_url: str, auth_string: str | None) -> dict[str, str]:
+    """Prefect settings shared by the server, the workers and flow runs. The auth string goes
+    to the environment only: a command line is readable by every user of the machine."""
     trust: dict[str, str] = {}
+    if auth_string:
+        trust["PREFECT_API_AUTH_STRING"] = auth_string
     if api_url.startswith("http://") and not os.environ.get("PREFECT_API_SSL_CERT_FILE"):
         # Prefect's client loads its CA bundle into a TLS context for every client it opens,
         # even for http:// (certifi's: ~30 ms each, several per flow run). Over plain HTTP
@@ -163,7 +166,11 @@ def prefect_env(prefect_home: Path, api_url: str) -> dict[str, str]:
 START_TIMEOUT_S = 300.0
 
 
-def start_prefect_server(stack: Stack, port: int, timeout: float = START_TIMEOUT_S) -> str:
+def start_prefect_server(
+    stack: Stack, port: int, auth_string: str, timeout: float = START_TIMEOUT_S
+) -> str:
+    """Prefect's server on loopback, refusing every API call without `auth_string` (401; its
+    UI asks for it); `/health` stays open for the probes."""
     api_url = f"http://127.0.0.1:{port}/api"
     stack.spawn(
         "prefect-server",
@@ -178,6 +185,7 @@ def start_prefect_server(stack: Stack, port: int, timeout: float = START_TIMEOUT
             "--port",
             str(port),
         ],
+        {"PREFECT_SERVER_API_AUTH_STRING": auth_string},
     )
     wait_until(http_ok(f"{api_url}/health"), "the Prefect server", timeout, stack)
     return api_url
@@ -211,12 +219,17 @@ def start_worker(
 
 
 def wait_for_workers(
-    stack: Stack, api_url: str, pool: str, names: list[str], timeout: float = START_TIMEOUT_S
+    stack: Stack,
+    api_url: str,
+    auth_string: str | None,
+    pool: str,
+    names: list[str],
+    timeout: float = START_TIMEOUT_S,
 ) -> None:
     """Block until every named worker has sent its first heartbeat to the pool."""
     from prefect.client.orchestration import SyncPrefectClient
 
-    with SyncPrefectClient(api_url) as client:
+    with SyncPrefectClient(api_url, auth_string=auth_string) as client:
 
         def online() -> bool:
             seen = {w.name for w in client.read_workers_for_work_pool(pool) if w.status == "ONLINE"}

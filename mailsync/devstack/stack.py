@@ -4,7 +4,8 @@ A `StackSpec` says what runs: the application database, the Prefect server (star
 one already running), the deployments, how many workers of which type, the API (always served
 with `api_server.api_server_options`), and the fake providers (a child process, or ones the
 caller already runs). `start_stack` brings the pieces up in order, each once the previous one
-is healthy, and stops every process it started when its block exits.
+is healthy, and stops every process it started when its block exits. A Prefect server it starts
+refuses every API call without the stack's auth string, which each child gets by environment.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mailsync.devstack.processes import (
     worker_name,
 )
 from mailsync.errors import StackError
-from mailsync.settings import Settings
+from mailsync.settings import Settings, new_prefect_auth_string
 
 
 class Progress(Protocol):
@@ -78,6 +79,9 @@ class StackSpec:
     `prefect_url` (then `prefect_port` is ignored). Every child gets `base_env` (default: this
     process's environment), Prefect's settings, then `prefect_settings` (its database, say),
     the application's data dir and database, the fakes' endpoints, then `env`.
+
+    `prefect_auth_string`: the Prefect API's auth string (`mailsync up`'s is kept in its data
+    dir). Unset, a server started here gets a new one; a running one is called without.
     """
 
     workdir: Path
@@ -86,6 +90,7 @@ class StackSpec:
     prefect_port: int = 4200
     prefect_url: str | None = None
     prefect_settings: Mapping[str, str] = field(default_factory=dict)
+    prefect_auth_string: str | None = field(default=None, repr=False)
     deployments: bool = True  # register prefect.yaml's deployments
     schedules: bool = True  # and activate their schedules (`mailsync up` only)
     work_pool: str = "mailsync"
@@ -105,8 +110,9 @@ class StackSpec:
     def prefect_home(self) -> Path:
         return self.workdir / "prefect"
 
-    def child_env(self, fakes: Fakes | None) -> dict[str, str]:
-        """The environment every child process of the stack starts with."""
+    def child_env(self, fakes: Fakes | None, auth_string: str | None = None) -> dict[str, str]:
+        """The environment every child process of the stack starts with; `auth_string`, the
+        Prefect API's (LocalStack's, default the spec's), as PREFECT_API_AUTH_STRING."""
         local_prefect = f"http://127.0.0.1:{self.prefect_port}/api"
         app: dict[str, str] = {}
         if self.data_dir is not None:
@@ -115,7 +121,11 @@ class StackSpec:
             app["MAILSYNC_DATABASE_URL"] = self.database_url
         env = {
             **(os.environ if self.base_env is None else self.base_env),
-            **prefect_env(self.prefect_home, self.prefect_url or local_prefect),
+            **prefect_env(
+                self.prefect_home,
+                self.prefect_url or local_prefect,
+                auth_string or self.prefect_auth_string,
+            ),
             **self.prefect_settings,
             **app,
             **(fakes.env() if fakes is not None else {}),
@@ -131,13 +141,19 @@ class LocalStack:
     spec: StackSpec
     processes: Stack = field(init=False)
     prefect_api_url: str = ""
+    # What the stack's Prefect clients send (the spec's; a new one for a server started here).
+    prefect_auth_string: str | None = field(init=False, default=None, repr=False)
     api_url: str | None = None
     fakes: Fakes | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.spec.fakes, Fakes):
             self.fakes = self.spec.fakes
-        self.processes = Stack(self.spec.log_dir, self.spec.child_env(self.fakes))
+        self.prefect_auth_string = self.spec.prefect_auth_string
+        if self.prefect_auth_string is None and not self.spec.prefect_url:
+            self.prefect_auth_string = new_prefect_auth_string()
+        env = self.spec.child_env(self.fakes, self.prefect_auth_string)
+        self.processes = Stack(self.spec.log_dir, env)
 
     def start(self, progress: Progress | None = None) -> None:
         """Start what the spec says, in order (fakes, Prefect, deployments, workers, API),
@@ -155,13 +171,19 @@ class LocalStack:
         if spec.deployments:
             from deployments.register import register
 
-            register(api_url, work_pool=spec.work_pool, activate_schedules=spec.schedules)
+            register(
+                api_url,
+                work_pool=spec.work_pool,
+                activate_schedules=spec.schedules,
+                auth_string=self.prefect_auth_string,
+            )
         for index in range(spec.workers):
             start_worker(processes, spec.work_pool, index, spec.worker_limit, spec.worker_type)
         if spec.workers:
             with progress.status("waiting for the Prefect workers"):
                 names = [worker_name(i) for i in range(spec.workers)]
-                wait_for_workers(processes, api_url, spec.work_pool, names)
+                auth = self.prefect_auth_string
+                wait_for_workers(processes, api_url, auth, spec.work_pool, names)
         if spec.api is not None:
             command = api_command(spec.api.settings, spec.api.port, spec.api.app)
             processes.spawn("api", command, {"MAILSYNC_PREFECT_API_URL": api_url})
@@ -182,7 +204,8 @@ class LocalStack:
                 "Prefect server, or MAILSYNC_PREFECT_PORT to start one elsewhere"
             )
         with progress.status("starting the Prefect server (first start takes ~20 s)"):
-            return start_prefect_server(self.processes, spec.prefect_port)
+            assert self.prefect_auth_string is not None  # __post_init__: a server gets one
+            return start_prefect_server(self.processes, spec.prefect_port, self.prefect_auth_string)
 
     def check(self) -> None:
         """Raise StackError when any of its processes has exited."""
@@ -203,7 +226,10 @@ class LocalStack:
         child = start_worker(
             self.processes, spec.work_pool, index, spec.worker_limit, spec.worker_type
         )
-        wait_for_workers(self.processes, self.prefect_api_url, spec.work_pool, [worker_name(index)])
+        auth = self.prefect_auth_string
+        wait_for_workers(
+            self.processes, self.prefect_api_url, auth, spec.work_pool, [worker_name(index)]
+        )
         return child
 
     def restart_prefect_server(self) -> None:
@@ -215,7 +241,8 @@ class LocalStack:
         server = next(c for c in children if c.name == "prefect-server")
         place = children.index(server)
         self.processes.stop_child(server)
-        start_prefect_server(self.processes, self.spec.prefect_port)
+        assert self.prefect_auth_string is not None  # __post_init__: a server gets one
+        start_prefect_server(self.processes, self.spec.prefect_port, self.prefect_auth_string)
         children.insert(place, children.pop())  # stopped in the same order as before
 
     def stop(self) -> None:

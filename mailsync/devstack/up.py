@@ -35,13 +35,23 @@ class UpOptions:
 def up_spec(settings: Settings, options: UpOptions) -> StackSpec:
     """The stack `mailsync up` runs: everything under `settings.data_dir` (already resolved),
     its Prefect server on `prefect_port` unless PREFECT_API_URL names a running one, the
-    deployments with their schedules, the API on `options.port`, and with --demo the fakes."""
+    deployments with their schedules, the API on `options.port`, and with --demo the fakes.
+
+    Its own Prefect server takes the auth string kept in the data dir (or the configured one);
+    a running Prefect is called with the configured one, if any."""
+    prefect_url = settings.prefect_api_url or os.environ.get("PREFECT_API_URL") or None
+    auth = (
+        settings.prefect_client_auth_string()
+        if prefect_url
+        else settings.prefect_server_auth_string()
+    )
     return StackSpec(
         workdir=settings.data_dir,
         data_dir=settings.data_dir,
         database_url=settings.resolved_database_url,
         prefect_port=settings.prefect_port,
-        prefect_url=settings.prefect_api_url or os.environ.get("PREFECT_API_URL") or None,
+        prefect_url=prefect_url,
+        prefect_auth_string=auth,
         work_pool=settings.work_pool,
         workers=options.workers,
         worker_type=options.worker_type,
@@ -69,11 +79,14 @@ def _stop_on_signals() -> None:
         signal.signal(each, stop)
 
 
-def _panel(running: LocalStack) -> Panel:
+def _panel(running: LocalStack, settings: Settings) -> Panel:
     api = running.api_url
     ui = running.prefect_api_url.removesuffix("/api")
-    lines = [f"API        {api}", f"API docs   {api}/docs", f"Prefect UI {ui}",
-             f"logs       {running.spec.log_dir}"]  # fmt: skip
+    lines = [f"API        {api}", f"API docs   {api}/docs", f"Prefect UI {ui}"]
+    if not running.spec.prefect_url and settings.prefect_auth_string is None:
+        # Where the login is, never the secret itself (the panel may end up in a log).
+        lines.append(f"  login    the auth string in {settings.prefect_auth_string_path}")
+    lines.append(f"logs       {running.spec.log_dir}")
     return Panel("\n".join(lines), title="mailsync is up", expand=False)
 
 
@@ -89,9 +102,15 @@ def run_stack(settings: Settings, options: UpOptions, follow: demo_mod.FollowJob
     settings = settings.model_copy(update={"data_dir": data_dir})
     db.upgrade(settings.resolved_database_url)
     settings.fernet_key()  # generate it now, before several processes race to
+    spec = up_spec(settings, options)
+    if spec.prefect_url and not spec.prefect_auth_string:
+        console.print(
+            f"[yellow]warning:[/yellow] no Prefect auth string is set for {spec.prefect_url}; "
+            "set MAILSYNC_PREFECT_AUTH_STRING (or PREFECT_API_AUTH_STRING) if it needs one"
+        )
     if not port_free(options.port):
         raise SystemExit(f"port {options.port} is taken; pass --port")
-    running = LocalStack(up_spec(settings, options))
+    running = LocalStack(spec)
     try:
         running.start(console)
         demo_text = ""
@@ -100,7 +119,7 @@ def run_stack(settings: Settings, options: UpOptions, follow: demo_mod.FollowJob
             demo_text = demo_mod.run_demo(
                 settings, running.fakes, running.api_url, running.prefect_api_url, follow
             )
-        console.print(_panel(running))
+        console.print(_panel(running, settings))
         # A plain print, not rich: the curl command must paste without box characters.
         print(demo_text, flush=True)
         console.print("Ctrl-C stops everything.")

@@ -106,8 +106,10 @@ class Orchestrator:
                 transport = DeadlineTransport(
                     self._transport or httpx.HTTPTransport(retries=1), budget
                 )
+                # A client built from a URL sends no auth string of its own accord.
                 client = SyncPrefectClient(
                     self.api_url,
+                    auth_string=self.settings.prefect_client_auth_string(),
                     httpx_settings={"transport": transport, "timeout": httpx.Timeout(budget)},
                 )
                 client.__enter__()

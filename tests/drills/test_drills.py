@@ -30,6 +30,7 @@ import psycopg
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
+from pydantic import SecretStr
 from sqlmodel import Session, select
 
 from mailsync import db
@@ -88,7 +89,7 @@ class Drills:
         return url
 
     def limits(self) -> tuple[SyncPrefectClient, PrefectLimits]:
-        client = SyncPrefectClient(self.prefect_api)
+        client = self.api.stack.client()
         return client, PrefectLimits(lambda: client)
 
     def kill_worker(self, also: list[int] | None = None) -> Child:
@@ -144,12 +145,18 @@ def drills(fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory) -> It
     try:
         db.upgrade(url)
         with start_stack(stack_spec(tmp, settings, fakes)) as stack:
-            settings = settings.model_copy(update={"prefect_api_url": stack.prefect_api_url})
+            auth = stack.prefect_auth_string
+            assert auth is not None
+            update = {
+                "prefect_api_url": stack.prefect_api_url,
+                "prefect_auth_string": SecretStr(auth),
+            }
+            settings = settings.model_copy(update=update)
             clock = ManualClock()
             orchestrator = Orchestrator(stack.prefect_api_url, settings, clock=clock)
             with serve_in_thread(create_app(settings, orchestrator), None) as api_url:
                 print(f"drill stack up in {time.monotonic() - started:.1f} s")
-                prefect = PrefectStack(stack.prefect_api_url, stack.processes, settings)
+                prefect = PrefectStack(stack.prefect_api_url, stack.processes, settings, auth)
                 yield Drills(Api(api_url, clock, prefect), stack, name, fakes)
     finally:
         # Flow-run processes live in sessions of their own (see the worker drill): stop any
@@ -168,7 +175,7 @@ def drills(fakes: FakeProviders, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def final_flow_run(drills: Drills, flow_run_id: str) -> FlowRun:
-    with SyncPrefectClient(drills.prefect_api) as client:
+    with drills.api.stack.client() as client:
 
         def probe() -> FlowRun | None:
             run = client.read_flow_run(UUID(flow_run_id))
@@ -249,7 +256,7 @@ def heartbeats(drills: Drills, flow_run_id: str) -> int:
     """How many heartbeat events Prefect has recorded for the flow run."""
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    with SyncPrefectClient(drills.prefect_api) as client:
+    with drills.api.stack.client() as client:
         response = client.request(
             "POST",
             "/events/filter",

@@ -34,7 +34,7 @@ from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import Mailbox
 from mailsync.devstack.stack import StackSpec, start_stack
 from mailsync.fakes.server import free_port
-from mailsync.settings import Settings
+from mailsync.settings import Settings, new_prefect_auth_string
 from tests.support.api import Tenant, make_tenant, start_ui_run, wait_final
 from tests.support.databases import PG_PROBLEM, POSTGRES_ADMIN_URL
 from tests.support.processes import read_until, stop_up
@@ -51,6 +51,10 @@ class ScaledOut:
     api: str  # the mailsync API
     prefect_api: str
     settings: Settings  # the test's view: app database, fakes, encryption key
+    prefect_auth: str  # the server's PREFECT_SERVER_API_AUTH_STRING, every machine's too
+
+    def prefect(self) -> SyncPrefectClient:
+        return SyncPrefectClient(self.prefect_api, auth_string=self.prefect_auth)
 
     def post(self, tenant: Tenant | Crowd, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(f"{self.api}{URL}", json=body, headers=tenant.auth(), timeout=60)
@@ -94,8 +98,11 @@ def scaled(
     api_port = free_port()
     # devstack's assembler, for the Prefect server alone (on PostgreSQL): `mailsync up` is
     # then pointed at it, as on a second machine.
+    # As README's "Going beyond one machine" has it: one auth string, set on every machine.
+    auth = new_prefect_auth_string()
     server_spec = StackSpec(
         workdir=tmp / "prefect-server",
+        prefect_auth_string=auth,
         prefect_port=free_port(),
         prefect_settings={
             "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
@@ -118,6 +125,7 @@ def scaled(
                 },
                 **fakes.env(),
                 "PREFECT_API_URL": prefect_api,  # an existing Prefect: `up` starts none
+                "PREFECT_API_AUTH_STRING": auth,  # its clients' (workers, flow runs, the API)
                 "MAILSYNC_DATA_DIR": str(tmp / "data"),
                 "MAILSYNC_DATABASE_URL": postgres_url,
                 "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
@@ -134,11 +142,13 @@ def scaled(
                 )  # fmt: skip
                 output = read_until(up, "Ctrl-C stops everything", timeout=120)
                 assert f"using the Prefect server at {prefect_api}" in output
+                assert auth not in output
                 print(f"stack up in {time.monotonic() - started:.1f} s")
                 yield ScaledOut(
                     f"http://127.0.0.1:{api_port}",
                     prefect_api,
                     make_settings(tmp / "test-data", postgres_url, fakes),
+                    auth,
                 )
             finally:
                 if up is not None:
@@ -209,7 +219,7 @@ def test_twenty_mailboxes_spread_over_two_workers(scaled: ScaledOut, fakes: Fake
     assert [len(v["mailboxes"]) for v in views] == [5] * 4
     assert [_indexed(scaled.settings, fakes, c.workspace_id) for c in crowds] == [[True] * 5] * 4
 
-    with SyncPrefectClient(scaled.prefect_api) as prefect:
+    with scaled.prefect() as prefect:
         runs = _runs(prefect, jobs)
     assert set(runs) == set(jobs)
     workers = {r.labels.get(WORKER_LABEL) for r in runs.values()}
@@ -235,7 +245,7 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"] == {**refused.json()["error"], "code": "sync_in_progress",
                                            "job_id": job_id}  # fmt: skip
-        with SyncPrefectClient(scaled.prefect_api) as prefect:
+        with scaled.prefect() as prefect:
             ui_run = start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full")
             ui_run = wait_final(prefect, ui_run)
             assert scaled.get(tenant, job_id)["status"] == "running"
@@ -252,7 +262,7 @@ def test_one_full_sync_at_a_time_across_workers(scaled: ScaledOut, fakes: FakePr
     assert scaled.wait(tenant, job_id, ("completed", "failed"))["status"] == "completed"
     # The run writes its summary right after recording the job's end.
     wanted = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("sync-summary", job_id)]))
-    with SyncPrefectClient(scaled.prefect_api) as prefect:
+    with scaled.prefect() as prefect:
         found = eventually(
             lambda: prefect.read_artifacts(artifact_filter=wanted), "the summary artifact", 20, 0.3
         )

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.states import Cancelling
 
@@ -164,7 +163,7 @@ def test_cancelling_a_running_job_from_the_ui_fails_it_as_cancelled(
     job_id = api.post(tenant, {"provider": "gmail"}).json()["data"]["job_id"]
     try:
         eventually(lambda: api.get(tenant, job_id)["status"] == "running", "the job to run", 90)
-        with SyncPrefectClient(prefect_stack.api_url) as prefect:
+        with prefect_stack.client() as prefect:
             [run] = prefect.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[job_id]))
             )

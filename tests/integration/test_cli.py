@@ -105,6 +105,7 @@ def test_sync_wait_and_jobs_table(
     """`mailsync sync --wait` follows a real job to completion and `jobs` lists it."""
     _env(prefect_stack.settings, fakes, monkeypatch)
     monkeypatch.setenv("MAILSYNC_PREFECT_API_URL", prefect_stack.api_url)
+    monkeypatch.setenv("MAILSYNC_PREFECT_AUTH_STRING", prefect_stack.auth_string)
     runner.invoke(app, ["workspace", "create", "cli-sync"])
     monkeypatch.setenv(
         "MAILSYNC_MICROSOFT_CREDENTIALS",

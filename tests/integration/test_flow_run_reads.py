@@ -6,7 +6,6 @@ from datetime import timedelta
 from uuid import UUID
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.states import Cancelled, Scheduled
 from sqlmodel import Session, col, update
 
@@ -39,7 +38,7 @@ def test_a_polled_job_reads_its_flow_run_once_per_interval(
     url = settings.resolved_database_url
     clock = Monotonic()
     orchestrator = Orchestrator(prefect_stack.api_url, settings, monotonic=clock)
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         deployment = prefect.read_deployment_by_name(SYNC_DEPLOYMENT)
         # Scheduled far ahead: no worker picks it up while the test looks at it.
         run = prefect.create_flow_run_from_deployment(

@@ -42,6 +42,7 @@ from mailsync.devstack.stack import StackSpec, start_stack
 from mailsync.orchestration import pruning
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT
+from tests.support.bare_prefect import BareServer
 from tests.support.stack import PrefectStack
 from tests.support.waiting import eventually
 
@@ -51,7 +52,7 @@ KEEP = timedelta(days=30)
 
 
 @pytest.fixture(scope="module")
-def own_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def own_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareServer]:
     """A Prefect server of this module's own, mailsync's deployments registered, no worker."""
     spec = StackSpec(
         workdir=tmp_path_factory.mktemp("prefect-prune"),
@@ -60,7 +61,10 @@ def own_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         workers=0,
     )
     with start_stack(spec) as running:
-        yield running.prefect_api_url
+        assert running.prefect_auth_string is not None
+        yield BareServer(
+            running.prefect_api_url, running.processes.env, running.prefect_auth_string
+        )
 
 
 def _view(client: SyncPrefectClient, name: str) -> LimitView:
@@ -81,12 +85,12 @@ def _between(first: datetime, second: datetime) -> datetime:
     return first + (second - first) / 2
 
 
-def test_idle_unheld_limits_go_and_held_young_or_foreign_ones_stay(own_prefect: str) -> None:
+def test_idle_unheld_limits_go_and_held_young_or_foreign_ones_stay(own_prefect: BareServer) -> None:
     """Of the limits idle past the clock, a per-mailbox one and a legacy per-key rate limit
     nobody holds are deleted (a take or release counts as a use); a per-mailbox one whose
     slot is held stays and still refuses a second taker; one used after the cutoff stays;
     another project's stays. A taker of a deleted limit gets it created again."""
-    with SyncPrefectClient(own_prefect) as client:
+    with own_prefect.client() as client:
         limits = PrefectLimits(lambda: client)
         idle, held, young = (mailbox_limit(new_id("mbx")) for _ in range(3))
         legacy = f"mailsync-requests:key:{new_id('key')}"
@@ -130,12 +134,12 @@ def test_idle_unheld_limits_go_and_held_young_or_foreign_ones_stay(own_prefect: 
 
 
 def test_a_limit_taken_after_it_was_listed_is_not_deleted_under_its_holder(
-    own_prefect: str,
+    own_prefect: BareServer,
 ) -> None:
     """The race: the pruner listed a limit free and idle, then a sync took its slot before
     the delete. The pruner's own take of every slot is refused, so the limit stays with its
     holder, and a second sync is still refused its slot."""
-    with SyncPrefectClient(own_prefect) as client:
+    with own_prefect.client() as client:
         limits = PrefectLimits(lambda: client)
         spec = mailbox_limit(new_id("mbx"))
         limits.ensure([spec])
@@ -153,10 +157,10 @@ def test_a_limit_taken_after_it_was_listed_is_not_deleted_under_its_holder(
         limits.release(holder)
 
 
-def test_a_limit_resized_while_the_pruner_holds_it_is_not_deleted(own_prefect: str) -> None:
+def test_a_limit_resized_while_the_pruner_holds_it_is_not_deleted(own_prefect: BareServer) -> None:
     """A limit made bigger (a new MAILSYNC_SYNC_QUOTA) after the pruner took all its slots
     may have a holder of the new slot: the pruner leaves it, and gives its own slots back."""
-    with SyncPrefectClient(own_prefect) as client:
+    with own_prefect.client() as client:
         spec = LimitSpec(f"mailsync-on-demand:{new_id('ws').lower()}", 2)
         limits = PrefectLimits(lambda: client)
         limits.ensure([spec])
@@ -192,11 +196,13 @@ def _ended(client: SyncPrefectClient, run_id: UUID) -> FlowRun:
     return run
 
 
-def test_old_terminal_runs_of_mailsync_go_with_their_logs_and_artifacts(own_prefect: str) -> None:
+def test_old_terminal_runs_of_mailsync_go_with_their_logs_and_artifacts(
+    own_prefect: BareServer,
+) -> None:
     """A completed sync run that ended before the cutoff is deleted, and its logs and
     artifacts with it; a run that ended after the cutoff, a run still running, and another
     project's completed run as old as the first all stay."""
-    with SyncPrefectClient(own_prefect) as client:
+    with own_prefect.client() as client:
         deployment = client.read_deployment_by_name(SYNC_DEPLOYMENT)
         later = Scheduled(scheduled_time=utcnow() + timedelta(days=1))
 
@@ -251,7 +257,7 @@ def test_old_terminal_runs_of_mailsync_go_with_their_logs_and_artifacts(own_pref
 def test_the_prune_deployment_runs_and_keeps_what_is_young(prefect_stack: PrefectStack) -> None:
     """A run of `prune/prune` on the shared stack completes, its three tasks reporting,
     and on the real clock takes nothing a test just made."""
-    with SyncPrefectClient(prefect_stack.api_url) as client:
+    with prefect_stack.client() as client:
         limits = PrefectLimits(lambda: client)
         spec = mailbox_limit(new_id("mbx"))
         limits.ensure([spec])

@@ -75,7 +75,7 @@ def test_a_full_job_left_without_a_run_is_failed_by_the_next_round_and_frees_its
     `orchestrator_unavailable` and gives the slot back, so a new full sync is accepted."""
     settings = prefect_stack.settings
     tenant = make_tenant(settings, fakes, providers=("gmail",))
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         limits, lease = _take_full_sync_slot(prefect, tenant.workspace_id)
         stuck = _job(
             settings,
@@ -117,7 +117,7 @@ def test_runs_deleted_unrecorded_or_completed_without_closing_their_job(
     settings = prefect_stack.settings
     tenant = make_tenant(settings, fakes, providers=("gmail",))
     future = Scheduled(scheduled_time=utcnow() + timedelta(hours=1))  # never picked up here
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         deployment = prefect.read_deployment_by_name(SYNC_DEPLOYMENT)
 
         def run_for(job_id: str) -> str:
@@ -171,7 +171,7 @@ def test_an_administrator_fails_a_stuck_job_and_frees_its_slot(
     full-sync slot back; an ended job is refused with exit code 1 and left as it is."""
     settings = prefect_stack.settings
     tenant = make_tenant(settings, fakes, providers=("gmail",))
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         limits, lease = _take_full_sync_slot(prefect, tenant.workspace_id)
         job_id = _job(settings, tenant.workspace_id, "full", lease_id=lease)
         for name, value in {
@@ -179,6 +179,7 @@ def test_an_administrator_fails_a_stuck_job_and_frees_its_slot(
             "MAILSYNC_DATABASE_URL": settings.resolved_database_url,
             "MAILSYNC_ENCRYPTION_KEY": ENCRYPTION_KEY,
             "MAILSYNC_PREFECT_API_URL": prefect_stack.api_url,
+            "MAILSYNC_PREFECT_AUTH_STRING": prefect_stack.auth_string,
         }.items():
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()

@@ -257,7 +257,7 @@ def test_refresh_round_syncs_due_mailboxes_and_skips_busy_ones(
         ).one()
         recent.last_synced_at = utcnow()
         session.add(recent)
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         limits = PrefectLimits(lambda: prefect)
         lease = limits.take([full_sync_limit(a.workspace_id, "gmail")], 60)
         assert isinstance(lease, str)
@@ -337,7 +337,7 @@ def test_a_round_never_syncs_a_mailbox_whose_turn_another_sync_holds(
     given back the waiting mailbox is synced and the round completes."""
     settings = prefect_stack.settings
     tenant = make_tenant(settings, fakes)
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         deployment = prefect.read_deployment_by_name("refresh-mailboxes/refresh")
 
         def round_() -> Any:

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from mailsync.api.app import create_app
@@ -73,7 +72,7 @@ def test_a_retry_after_a_lost_answer_runs_its_own_job(
 
         job = eventually(ended, f"job {job_id} to end", timeout=90)
     assert job["status"] == "completed", job
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         [run] = prefect.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[job_id]))
         )

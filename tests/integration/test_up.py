@@ -4,9 +4,11 @@ the one stack assembler (mailsync/devstack/stack.py) that `up`, the tests and be
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from mailsync.devstack.stack import ApiSpec, FakesProcess, StackSpec
 from mailsync.devstack.up import UpOptions, up_spec
 from mailsync.fakes.server import free_port
 from mailsync.settings import Settings
-from tests.support.processes import read_until, stop_up
+from tests.support.processes import descendants, read_until, stop_up
 from tests.support.waiting import eventually, job_ended
 
 DEVSTACK = Path(__file__).resolve().parents[2] / "mailsync" / "devstack"
@@ -32,7 +34,9 @@ DEVSTACK = Path(__file__).resolve().parents[2] / "mailsync" / "devstack"
 def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
     """One command brings up Prefect, a worker, the fakes and the API; the demo mailboxes are
     synced; the spec's curl example returns 202 and the job completes, visible in Prefect
-    under its id; Ctrl-C stops every child process, even when started with SIGINT ignored."""
+    under its id to a caller with the auth string `up` generated (0600, in the data dir) and
+    to no other (401); that string is in no command line, output or log; Ctrl-C stops every
+    child process, even when started with SIGINT ignored."""
     api_port, prefect_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MAILSYNC_", "PREFECT_"))},
@@ -53,6 +57,14 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
         assert "completed" in output
         key = (tmp_path / "data" / "demo-api-key").read_text().strip()
         assert key.startswith("wbk_") and "curl -X POST" in output
+        secret_file = tmp_path / "data" / "prefect-auth-string"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        secret = secret_file.read_text().strip()
+        prefect = httpx.BasicAuth(*secret.split(":", 1))
+        assert secret not in output and str(secret_file) in output
+        for pid in descendants(process.pid):
+            with contextlib.suppress(OSError):
+                assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
         curl = subprocess.run(
             ["curl", "-sS", "-i", "-X", "POST", f"http://127.0.0.1:{api_port}/v1/email/sync",
              "-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json",
@@ -83,6 +95,7 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
             lambda: httpx.post(
                 f"http://127.0.0.1:{prefect_port}/api/flow_runs/filter",
                 json={"flow_runs": {"name": {"any_": [data["job_id"]]}}},
+                auth=prefect,
             ).json(),
             "the job's run past RUNNING",
             until=lambda found: [r["state_type"] for r in found] != ["RUNNING"],
@@ -94,10 +107,16 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
             follow_redirects=True,
         )
         assert ui.status_code == 200 and "text/html" in ui.headers["content-type"]
+        # The UI asks for the auth string (Prefect's BASIC login); the API refuses without.
+        ui_settings = httpx.get(f"http://127.0.0.1:{prefect_port}/ui-settings").json()
+        assert ui_settings["auth"] == "BASIC"
+        anonymous = httpx.post(f"http://127.0.0.1:{prefect_port}/api/flow_runs/filter", json={})
+        assert anonymous.status_code == 401
         logs = "".join(
             p.read_text(errors="replace") for p in (tmp_path / "data" / "logs").glob("*")
         )
         assert key not in logs and key not in json.dumps(runs)
+        assert secret not in logs and secret not in json.dumps(runs)
     finally:
         returncode = stop_up(process)
     assert returncode == 0

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
 
 from mailsync.devstack.processes import free_port
 from mailsync.devstack.stack import StackSpec, start_stack
@@ -14,7 +15,11 @@ from mailsync.devstack.stack import StackSpec, start_stack
 @dataclass(frozen=True)
 class BareServer:
     api_url: str
-    env: dict[str, str]  # what a Prefect CLI process needs to talk to it
+    env: dict[str, str]  # what a Prefect CLI process needs to talk to it (its auth string too)
+    auth_string: str = field(repr=False)
+
+    def client(self) -> SyncPrefectClient:
+        return SyncPrefectClient(self.api_url, auth_string=self.auth_string)
 
 
 @pytest.fixture(scope="module")
@@ -27,4 +32,7 @@ def bare_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareServe
         workers=0,
     )
     with start_stack(spec) as running:
-        yield BareServer(running.prefect_api_url, running.processes.env)
+        assert running.prefect_auth_string is not None
+        yield BareServer(
+            running.prefect_api_url, running.processes.env, running.prefect_auth_string
+        )

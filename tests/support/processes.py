@@ -1,8 +1,10 @@
 """The processes of a stack under test: reading a `mailsync up`'s output, stopping it (saying
-where it hung when it does not stop), finding the processes that run a flow run."""
+where it hung when it does not stop), finding the processes that run a flow run and every
+process a stack started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,3 +90,19 @@ def _parent_or_none(pid: int) -> int | None:
         return parent_pid(pid)
     except OSError:
         return None  # gone meanwhile
+
+
+def descendants(*roots: int) -> list[int]:
+    """`roots` and every process below them: a stack's children and what they started
+    (workers' zygotes, flow runs, the servers' own subprocesses)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.name.isdigit():
+                # The command may hold spaces and parentheses: the ppid follows the last ")".
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+    found = list(roots)
+    for pid in found:
+        found += [p for p, ppid in parents.items() if ppid == pid and p not in found]
+    return found

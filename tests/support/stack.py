@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from prefect.client.orchestration import SyncPrefectClient
+from pydantic import SecretStr
 
 from mailsync.devstack.fakes import Fakes, fakes_in_threads
 from mailsync.devstack.processes import Stack, free_port
@@ -99,7 +101,12 @@ def settings(
 class PrefectStack:
     api_url: str
     stack: Stack
-    settings: Settings
+    settings: Settings  # prefect_api_url and prefect_auth_string: this stack's
+    auth_string: str  # the Prefect API refuses a call without it (401)
+
+    def client(self, **kwargs: Any) -> SyncPrefectClient:
+        """A Prefect client of this stack (one built from the URL alone sends no auth)."""
+        return SyncPrefectClient(self.api_url, auth_string=self.auth_string, **kwargs)
 
 
 def stack_spec(workdir: Path, settings: Settings, fakes: Fakes, **extra: Any) -> StackSpec:
@@ -131,7 +138,7 @@ def prefect_stack(
     """
     spec = stack_spec(tmp_path_factory.mktemp("prefect"), settings, fakes)
     with start_stack(spec) as running:
-        api_url = running.prefect_api_url
-        yield PrefectStack(
-            api_url, running.processes, settings.model_copy(update={"prefect_api_url": api_url})
-        )
+        api_url, auth = running.prefect_api_url, running.prefect_auth_string
+        assert auth is not None  # a server the stack starts always has one
+        update = {"prefect_api_url": api_url, "prefect_auth_string": SecretStr(auth)}
+        yield PrefectStack(api_url, running.processes, settings.model_copy(update=update), auth)

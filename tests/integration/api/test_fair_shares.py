@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
 
 from mailsync.api.app import create_app
 from mailsync.api.overload import Gates
@@ -51,7 +50,7 @@ class Fair:
 @pytest.fixture
 def fair(prefect_stack: PrefectStack, fakes: FakeProviders) -> Iterator[Fair]:
     name = f"fair-drill-{secrets.token_hex(4)}"
-    prefect = SyncPrefectClient(prefect_stack.api_url)
+    prefect = prefect_stack.client()
     prefect.__enter__()
     deployment_id = prefect.create_deployment(
         flow_id=prefect.create_flow_from_name(name), name="drill", enforce_parameter_schema=False

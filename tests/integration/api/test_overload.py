@@ -70,7 +70,7 @@ class Drill:
 @pytest.fixture
 def drill(prefect_stack: PrefectStack, fakes: FakeProviders) -> Iterator[Drill]:
     name = f"overload-drill-{secrets.token_hex(4)}"
-    prefect = SyncPrefectClient(prefect_stack.api_url)
+    prefect = prefect_stack.client()
     prefect.__enter__()
     flow_id = prefect.create_flow_from_name(name)
     deployment_id = prefect.create_deployment(

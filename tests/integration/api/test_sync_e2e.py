@@ -107,7 +107,7 @@ def test_trigger_runs_a_real_sync_of_both_mailboxes(
         assert indexed(prefect_stack, tenant.workspace_id, provider) == expected
     assert final["counts"]["messages_added"] == 80
 
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         with Session(get_engine(prefect_stack.settings.resolved_database_url)) as session:
             job = session.get(SyncJob, data["job_id"])
             assert job is not None and job.flow_run_id
@@ -177,7 +177,7 @@ def test_run_started_like_the_prefect_ui_becomes_a_job(
 ) -> None:
     """A flow run created with workspace parameters only (as the Prefect UI's Run does)
     records its own job, renames the run to the job id, and is readable through the API."""
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         deployment = prefect.read_deployment_by_name("sync-mailbox/sync")
         run = prefect.create_flow_run_from_deployment(
             deployment.id,
@@ -242,7 +242,7 @@ def test_no_secret_reaches_logs_parameters_or_api_output(
             )
             if j.flow_run_id
         ]
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         for run_id in run_ids:
             # A job ends before its run does, and the run's logs are shipped in batches up to
             # its exit: wait for the run to end and for its logs to arrive.

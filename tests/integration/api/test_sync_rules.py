@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
 
 from mailsync.db.tables import SyncJob, utcnow
 from tests.support.api import (
@@ -149,7 +148,7 @@ def test_full_sync_started_in_prefect_ui_and_api_exclude_each_other(
     """A full sync started through Prefect (as the UI does) blocks an API full sync with 409
     naming it; and a UI-started full sync fails fast while an API one holds the slot."""
     hold(fakes, "microsoft", tenant.microsoft_address)
-    with SyncPrefectClient(api.stack.api_url) as prefect:
+    with api.stack.client() as prefect:
         start_ui_run(prefect, tenant.workspace_id, ["microsoft"], "full")
         ui_job = _wait_for_running_job(api, tenant)
         refused = api.post(tenant, {"mode": "full", "provider": "microsoft"})

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
 
@@ -280,7 +279,7 @@ def test_delivery_log_replay_and_disabled_endpoints(
 def _runs_allow_loopback(prefect_stack: PrefectStack, *names: str) -> Iterator[None]:
     """Runs of these deployments may call 127.0.0.1 and retry deliveries after 0.5 s."""
     env = {"MAILSYNC_WEBHOOK_ALLOW_LOOPBACK": "true", "MAILSYNC_WEBHOOK_RETRY_BASE_SECONDS": "0.5"}
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         ids = [prefect.read_deployment_by_name(name).id for name in names]
         for deployment_id in ids:
             prefect.update_deployment(deployment_id, DeploymentUpdate(job_variables={"env": env}))
@@ -326,7 +325,7 @@ def test_the_deliver_deployment_has_its_safety_net_schedule_and_one_run_at_a_tim
 ) -> None:
     """prefect.yaml's deliver deployment is registered with the 60 s schedule (inactive on a
     test stack, as every schedule) and a concurrency limit of 1."""
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:
+    with prefect_stack.client() as prefect:
         deployment = prefect.read_deployment_by_name(DELIVER_DEPLOYMENT)
     [schedule] = deployment.schedules
     assert schedule.schedule.interval == timedelta(seconds=60)  # type: ignore[union-attr]
@@ -400,7 +399,7 @@ def test_a_jobs_event_is_sent_by_the_run_that_ended_it(
         job_id = response.json()["data"]["job_id"]
         assert wait_for_job(stack_client, tenant.auth(), job_id)["status"] == "completed"
         [received] = receiver.wait_for(1, timeout=60)
-        with SyncPrefectClient(prefect_stack.api_url) as prefect:
+        with prefect_stack.client() as prefect:
             kicked = prefect.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     idempotency_key=FlowRunFilterIdempotencyKey(
@@ -432,7 +431,7 @@ def test_event_left_by_a_killed_process_reaches_a_flaky_receiver_once(
     job_id = running_job(url, keys.workspace_id)
     finish_job(url, job_id)  # committed with its event; no delivery run is started
 
-    with SyncPrefectClient(prefect_stack.api_url) as prefect:  # what the 60 s schedule does
+    with prefect_stack.client() as prefect:  # what the 60 s schedule does
         deployment = prefect.read_deployment_by_name(DELIVER_DEPLOYMENT)
         prefect.create_flow_run_from_deployment(deployment.id, parameters={})
     receiver.wait_for(1, timeout=60)

@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from deployments import automations
@@ -70,9 +69,9 @@ def test_the_prune_deployment_is_daily_one_at_a_time_and_every_deployment_is_tag
     assert all(pruning.MAILSYNC_TAG in d["tags"] for d in DECLARATION["deployments"])
 
 
-def _snapshot(api_url: str) -> dict[str, dict[str, Any]]:
+def _snapshot(server: BareServer) -> dict[str, dict[str, Any]]:
     """What matters of every deployment on the server, keyed "flow/deployment"."""
-    with SyncPrefectClient(api_url) as client:
+    with server.client() as client:
         result = {}
         for d in client.read_deployments():
             flow = client.read_flow(d.flow_id)
@@ -116,7 +115,7 @@ def test_prefect_deploy_and_register_create_the_same_deployments(
     deployments register() creates, field by field, which are exactly those prefect.yaml
     declares: names, entrypoints, parameters, schedules, concurrency, pool and queue."""
     api = bare_prefect.api_url
-    with SyncPrefectClient(api) as client:
+    with bare_prefect.client() as client:
         from prefect.client.schemas.actions import WorkPoolCreate
 
         client.create_work_pool(WorkPoolCreate(name="mailsync", type="process"))
@@ -138,10 +137,10 @@ def test_prefect_deploy_and_register_create_the_same_deployments(
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     print(f"prefect deploy --all: {time.monotonic() - started:.1f} s")
-    by_cli = _snapshot(api)
+    by_cli = _snapshot(bare_prefect)
 
-    registered = register(api)
-    by_code = _snapshot(api)
+    registered = register(api, auth_string=bare_prefect.auth_string)
+    by_code = _snapshot(bare_prefect)
     assert set(registered) == set(by_cli) == set(by_code)
     differing = {
         name: {k: (by_cli[name][k], v) for k, v in got.items() if by_cli[name][k] != v}
@@ -170,15 +169,15 @@ def test_prefect_deploy_and_register_create_the_same_deployments(
 
     # Registering again (every `mailsync up` does) changes nothing; test stacks register
     # their schedules inactive.
-    register(api)
-    assert _snapshot(api) == by_code
-    register(api, activate_schedules=False)
-    inactive = _snapshot(api)
+    register(api, auth_string=bare_prefect.auth_string)
+    assert _snapshot(bare_prefect) == by_code
+    register(api, activate_schedules=False, auth_string=bare_prefect.auth_string)
+    inactive = _snapshot(bare_prefect)
     assert all(not s[1] for d in inactive.values() for s in d["schedules"])
 
     # One zombie-run automation however often register() runs, and every deployment's runs
     # beat more often than it waits (otherwise it would crash healthy runs).
-    with SyncPrefectClient(api) as client:
+    with bare_prefect.client() as client:
         (automation,) = client.read_automations_by_name(automations.NAME)
     assert automation.enabled and automation.trigger.posture == "Proactive"
     window = automation.trigger.within.total_seconds()

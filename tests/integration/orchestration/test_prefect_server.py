@@ -17,10 +17,10 @@ from tests.support.stack import PrefectStack
 ROUNDS = 60
 
 
-async def take_and_release(api_url: str, name: str) -> list[int]:
+async def take_and_release(api_url: str, auth: httpx.Auth, name: str) -> list[int]:
     """ROUNDS concurrent increment-with-lease + decrement-with-lease calls on one limit, as
     raw HTTP (no client retry hides a 503); every status code answered."""
-    async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=api_url, auth=auth, timeout=60) as http:
 
         async def one() -> list[int]:
             body = {"names": [name], "slots": 1, "mode": "concurrency", "lease_duration": 60}
@@ -46,17 +46,18 @@ def test_concurrent_read_then_write_calls_queue_instead_of_answering_503(
     DEFERRED transaction), which cost most local incremental jobs a 2 s stall."""
     name = f"test-queue-{secrets.token_hex(4)}"
     api_url = prefect_stack.api_url
+    auth = httpx.BasicAuth(*prefect_stack.auth_string.split(":", 1))
     created = httpx.post(
-        f"{api_url}/v2/concurrency_limits/", json={"name": name, "limit": 10 * ROUNDS}
+        f"{api_url}/v2/concurrency_limits/", json={"name": name, "limit": 10 * ROUNDS}, auth=auth
     )
     assert created.status_code == 201, created.text
     try:
-        codes = asyncio.run(take_and_release(api_url, name))
+        codes = asyncio.run(take_and_release(api_url, auth, name))
         assert sorted(set(codes)) == [200, 204], codes
-        left = httpx.get(f"{api_url}/v2/concurrency_limits/{name}").json()["active_slots"]
-        assert left == 0
+        left = httpx.get(f"{api_url}/v2/concurrency_limits/{name}", auth=auth).json()
+        assert left["active_slots"] == 0
     finally:
-        httpx.delete(f"{api_url}/v2/concurrency_limits/{name}")
+        httpx.delete(f"{api_url}/v2/concurrency_limits/{name}", auth=auth)
 
 
 def test_install_applies_to_sqlite_only() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.rules.admission import mailbox_limit
@@ -51,8 +50,13 @@ def test_a_mailbox_turn_creates_its_limit_and_excludes_a_second_turn(
     name = mailbox_limit(mailbox_id).name
     settings = prefect_stack.settings.model_copy(update={"mailbox_wait_seconds": 1})
     with (
-        temporary_settings({PREFECT_API_URL: prefect_stack.api_url}),
-        SyncPrefectClient(prefect_stack.api_url) as client,
+        temporary_settings(
+            {
+                PREFECT_API_URL: prefect_stack.api_url,
+                PREFECT_API_AUTH_STRING: prefect_stack.auth_string,
+            }
+        ),
+        prefect_stack.client() as client,
     ):
         with runtime.mailbox_turn(mailbox_id, settings):
             limit = client.read_global_concurrency_limit_by_name(name)

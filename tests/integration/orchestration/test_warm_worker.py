@@ -78,7 +78,7 @@ def probe(prefect_stack: PrefectStack, tmp_path_factory: pytest.TempPathFactory)
     deployments of it: warm, with an explicit command, and with a flow it did not preload."""
     tmp = tmp_path_factory.mktemp("warm")
     stack = Stack(tmp / "logs", prefect_stack.stack.env)
-    client = SyncPrefectClient(prefect_stack.api_url)
+    client = prefect_stack.client()
     client.__enter__()
     try:
         client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
@@ -128,7 +128,9 @@ def probe(prefect_stack: PrefectStack, tmp_path_factory: pytest.TempPathFactory)
             "PREFECT_WORKER_QUERY_SECONDS": str(POLL_SECONDS),
         }
         start_worker(stack, POOL, 9, extra_env=extra_env)
-        wait_for_workers(stack, prefect_stack.api_url, POOL, [worker_name(9)])
+        wait_for_workers(
+            stack, prefect_stack.api_url, prefect_stack.auth_string, POOL, [worker_name(9)]
+        )
         yield Probe(client, deployments, tmp)
     finally:
         stack.stop()
