@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.api import make_tenant, start_ui_run, wait_final
 
 from mailsync.devstack.up import UpOptions, up_spec
 from mailsync.errors import ConfigurationError
 from mailsync.settings import Settings
-from tests.support.stack import FakeProviders, PrefectStack
+from tests.support.api import make_tenant, start_ui_run, wait_final
 from tests.support.processes import descendants
+from tests.support.stack import FakeProviders, PrefectStack
 
 # Calls an intruder on port 4200 would make: read the runs, change mailsync's limits (the
 # quota), register a deployment whose pull steps the workers would execute.
