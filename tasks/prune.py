@@ -24,7 +24,12 @@ _DELAYS: list[float] = [10.0, 60.0]
 
 
 def _client() -> SyncPrefectClient:
-    return SyncPrefectClient(PREFECT_API_URL.value() or get_settings().resolved_prefect_api_url)
+    # A client built from a URL sends no auth string of its own accord (the API wants one).
+    settings = get_settings()
+    return SyncPrefectClient(
+        PREFECT_API_URL.value() or settings.resolved_prefect_api_url,
+        auth_string=settings.prefect_client_auth_string(),
+    )
 
 
 @task(

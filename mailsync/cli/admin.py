@@ -62,7 +62,9 @@ def prune(
     if not prefect:
         return
     try:
-        limits, runs = pruning.prune_prefect(settings.resolved_prefect_api_url, now, retention)
+        limits, runs = pruning.prune_prefect(
+            settings.resolved_prefect_api_url, settings.prefect_client_auth_string(), now, retention
+        )
     except PrefectUnavailableError as exc:
         raise fail(f"{exc} (the records above are pruned; retry, or --no-prefect)") from exc
     console.print(f"prefect: {len(limits)} idle limits, {runs} flow runs")

@@ -184,9 +184,11 @@ def prune_flow_runs(client: SyncPrefectClient, now: datetime, retention: timedel
     return deleted
 
 
-def prune_prefect(api_url: str, now: datetime, retention: Retention) -> tuple[list[str], int]:
+def prune_prefect(
+    api_url: str, auth_string: str | None, now: datetime, retention: Retention
+) -> tuple[list[str], int]:
     """Both of Prefect's prunes with one client: (limits deleted, flow runs deleted)."""
-    with SyncPrefectClient(api_url) as client:
+    with SyncPrefectClient(api_url, auth_string=auth_string) as client:
         return (
             prune_limits(client, now, retention.limit_idle),
             prune_flow_runs(client, now, retention.records),

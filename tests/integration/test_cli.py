@@ -144,6 +144,7 @@ def test_prune_deletes_old_finished_jobs_now_and_keeps_young_ones(
     """`mailsync prune` deletes a job finished past MAILSYNC_RETENTION_DAYS and keeps one
     finished within it, then prunes Prefect (nothing there is old on the real clock)."""
     monkeypatch.setenv("MAILSYNC_PREFECT_API_URL", prefect_stack.api_url)
+    monkeypatch.setenv("MAILSYNC_PREFECT_AUTH_STRING", prefect_stack.auth_string)
     monkeypatch.setenv("MAILSYNC_RETENTION_DAYS", "30")
     get_settings.cache_clear()
     url = cli_env.resolved_database_url
