@@ -111,6 +111,9 @@ class Message(SQLModel, table=True):
     mailbox_id: str = Field(foreign_key="mailbox.id", index=True, max_length=40)
     generation: int = 0
     provider_message_id: str = Field(max_length=512)
+    # The id the API shows (core/search/ids.py): the same in every generation of the message.
+    # The full-text index lives beside the row (migration 0007: FTS5 / a tsvector column).
+    public_id: str = Field(max_length=40, index=True)
     thread_id: str | None = Field(default=None, max_length=512)
     sender: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
     to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
