@@ -105,6 +105,8 @@ class Message(SQLModel, table=True):
         sa.UniqueConstraint(
             "mailbox_id", "generation", "provider_message_id", name="uq_message_generation_id"
         ),
+        # The search listing's order within a mailbox's live generation (keyset pages).
+        sa.Index("ix_message_listing", "mailbox_id", "generation", "date", "public_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
