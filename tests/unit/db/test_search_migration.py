@@ -59,7 +59,8 @@ def test_upgrading_backfills_ids_and_full_text(kind: str, tmp_path: Path) -> Non
                     sa.text("INSERT INTO message (mailbox_id, generation, provider_message_id, "
                             "subject, \"to\", cc, labels, date) VALUES ('mbx_1', 0, :p, :s, "
                             "'[]', '[]', '[]', :t)"),
-                    {"p": f"p{n}", "s": f"old letter {n}", "t": datetime(2026, 1, 1 + n, tzinfo=UTC)},
+                    {"p": f"p{n}", "s": f"old letter {n}",
+                     "t": datetime(2026, 1, n + 1, tzinfo=UTC)},
                 )  # fmt: skip
         _alembic(url, "upgrade", "head")
         with Session(db.get_engine(url)) as session:
