@@ -46,17 +46,19 @@ def _date(raw: str | None, param: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw.strip())
-    except ValueError as exc:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise SearchInputError(
             f"{param} must be an ISO 8601 date or date-time, e.g. 2026-11-25T09:30:00Z",
             param=param,
         ) from exc
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _text(raw: str | None, param: str, limit: int = 512) -> str | None:
     if raw is not None and len(raw) > limit:
         raise SearchInputError(f"{param} is longer than {limit} characters", param=param)
+    if raw is not None and "\x00" in raw:  # PostgreSQL text cannot hold it
+        raise SearchInputError(f"{param} must not contain NUL characters", param=param)
     return raw
 
 

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from mailsync.core.search.ids import looks_like_id
 from mailsync.errors import SearchInputError
 
 
@@ -48,7 +49,9 @@ def decode(cursor: str, workspace_id: str, fingerprint: str) -> Position:
         when = datetime.fromisoformat(date) if date is not None else None
     except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError) as exc:
         raise bad from exc
-    if not isinstance(position_id, str) or (when is not None and when.tzinfo is None):
+    if not isinstance(position_id, str) or not looks_like_id(position_id):
+        raise bad
+    if when is not None and when.tzinfo is None:
         raise bad
     if binding != _binding(workspace_id, fingerprint):
         raise SearchInputError(

@@ -260,12 +260,17 @@ def test_a_cursor_walk_while_syncs_write_never_repeats_or_skips(
         ({"q": "!!!"}, "q"),
         ({"after": "yesterday"}, "after"),
         ({"before": "2026-13-01"}, "before"),
+        ({"before": "0001-01-01T00:00:00+01:00"}, "before"),
         ({"limit": "0"}, "limit"),
         ({"limit": "101"}, "limit"),
         ({"limit": "ten"}, "limit"),
         ({"cursor": "garbage"}, "cursor"),
         ({"provider": "yahoo"}, "provider"),
         ({"from": "x" * 600}, "from"),
+        ({"from": "a\x00b"}, "from"),
+        ({"label": "\x00"}, "label"),
+        ({"thread_id": "t\x00"}, "thread_id"),
+        ({"q": "a\x00b"}, "q"),
     ],
 )
 def test_bad_input_is_400_naming_the_parameter(

@@ -9,10 +9,10 @@ import pytest
 from mailsync.core.search.cursor import Position, decode, encode
 from mailsync.errors import SearchInputError
 
-AT = Position(datetime(2026, 11, 25, 9, 30, 0, 123456, tzinfo=UTC), "msg_abc")
+AT = Position(datetime(2026, 11, 25, 9, 30, 0, 123456, tzinfo=UTC), "msg_aaaaaaaaaaaaaaaaaaaaaaaa")
 
 
-@pytest.mark.parametrize("position", [AT, Position(None, "msg_abc")])
+@pytest.mark.parametrize("position", [AT, Position(None, "msg_aaaaaaaaaaaaaaaaaaaaaaaa")])
 def test_a_cursor_gives_back_its_position(position: Position) -> None:
     """Decoding a cursor with the same workspace and filters returns the exact position
     (microseconds included, so the keyset condition neither repeats nor skips)."""
