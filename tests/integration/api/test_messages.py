@@ -188,9 +188,12 @@ def test_a_rebuild_is_invisible_until_its_switch_and_keeps_every_id(
     offline_client: TestClient, settings: Settings, box: Box
 ) -> None:
     """While a full sync builds the next generation, searches show the live one only; after
-    the switch they show the new one, with the same id for every message that stayed."""
+    the switch they show the new one, with the same id for every message that stayed, and a
+    cursor taken before the switch continues after it."""
     c = offline_client
     before = live_ids(c, box)
+    first = c.get(URL, params={"mailbox_id": box.gmail, "limit": 1}, headers=box.auth).json()
+    assert [m["provider_message_id"] for m in first["data"]] == ["g3"]
     with session_scope(settings.resolved_database_url) as session:
         mailbox = session.get(Mailbox, box.gmail)
         assert mailbox is not None
@@ -210,6 +213,10 @@ def test_a_rebuild_is_invisible_until_its_switch_and_keeps_every_id(
     assert set(after) == {"g1", "g2", "g4"}
     assert after["g1"] == before["g1"] and after["g2"] == before["g2"]
     assert subjects(c, box, q="brand") == ["Brand new invoice"]
+    # A cursor from before the switch continues in the new generation where it stopped.
+    rest = {"mailbox_id": box.gmail, "cursor": first["next_cursor"]}
+    listed = c.get(URL, params=rest, headers=box.auth).json()["data"]
+    assert [m["provider_message_id"] for m in listed] == ["g2", "g1"]
     one = c.get(f"{URL}/{before['g1']}", headers=box.auth)
     assert one.status_code == 200 and one.json()["data"]["provider_message_id"] == "g1"
     assert c.get(f"{URL}/{before['g3']}", headers=box.auth).status_code == 404
