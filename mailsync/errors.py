@@ -29,7 +29,8 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     ├── InvalidInputError (ValueError)    invalid_request
     │   ├── UnsafeUrlError                    a webhook URL that would reach inside
     │   ├── UnknownEventTypeError             a webhook event type we do not send
-    │   └── EndpointLimitError                a workspace's webhook endpoints are all used
+    │   ├── EndpointLimitError                a workspace's webhook endpoints are all used
+    │   └── SearchInputError                  a message search's q, filter or cursor (`param`)
     ├── WebhookVerificationError          webhook_verification_failed (for receivers)
     ├── ConfigurationError (RuntimeError) configuration_error
     ├── StackError                        stack_error: a local-stack process failed
@@ -194,6 +195,14 @@ class UnknownEventTypeError(InvalidInputError):
 
 class EndpointLimitError(InvalidInputError):
     """The workspace has as many webhook endpoints as it may have."""
+
+
+class SearchInputError(InvalidInputError):
+    """A message search parameter that cannot be used; `param` names it."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class WebhookVerificationError(MailsyncError):

@@ -20,7 +20,7 @@ from mailsync.api.middleware import (
 )
 from mailsync.api.openapi import document_limits
 from mailsync.api.overload import Gates, OverloadMiddleware
-from mailsync.api.routes import health, sync, webhooks
+from mailsync.api.routes import health, messages, sync, webhooks
 from mailsync.core.rules.token_buckets import TokenBuckets
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings, get_settings
@@ -54,6 +54,7 @@ def create_app(
     app.state.overload = gates = Gates.from_settings(settings)  # overload.py
     errors.install(app)
     app.include_router(sync.router)
+    app.include_router(messages.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
     # Added last = outermost. From the outside in:

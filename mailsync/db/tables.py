@@ -105,12 +105,17 @@ class Message(SQLModel, table=True):
         sa.UniqueConstraint(
             "mailbox_id", "generation", "provider_message_id", name="uq_message_generation_id"
         ),
+        # The search listing's order within a mailbox's live generation (keyset pages).
+        sa.Index("ix_message_listing", "mailbox_id", "generation", "date", "public_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     mailbox_id: str = Field(foreign_key="mailbox.id", index=True, max_length=40)
     generation: int = 0
     provider_message_id: str = Field(max_length=512)
+    # The id the API shows (core/search/ids.py): the same in every generation of the message.
+    # The full-text index lives beside the row (migration 0007: FTS5 / a tsvector column).
+    public_id: str = Field(max_length=40, index=True)
     thread_id: str | None = Field(default=None, max_length=512)
     sender: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
     to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

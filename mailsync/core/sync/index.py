@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select, update
 
+from mailsync.core.search.ids import message_id
 from mailsync.db.tables import Mailbox, Message, as_utc, utcnow
 from mailsync.errors import BuildSupersededError, MailboxGoneError, MailsyncError
 from mailsync.providers.base import FolderRemoval, MessageRecord
@@ -121,6 +122,7 @@ def upsert(
                         "mailbox_id": mailbox_id,
                         "generation": generation,
                         "provider_message_id": pid,
+                        "public_id": message_id(mailbox_id, pid),
                         **fields,
                     }
                 )

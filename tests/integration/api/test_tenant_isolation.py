@@ -21,6 +21,8 @@ from sqlmodel import Session, col, select
 
 from mailsync.api.app import create_app
 from mailsync.core import apikeys
+from mailsync.core.search import ids
+from mailsync.core.sync import index
 from mailsync.db import get_engine, session_scope
 from mailsync.db.tables import (
     ApiKey,
@@ -32,12 +34,14 @@ from mailsync.db.tables import (
     WebhookEvent,
     utcnow,
 )
+from mailsync.providers.base import MessageRecord
 from mailsync.settings import Settings
 from mailsync.webhooks.store import ENDPOINT_DISABLED
 from tests.support.api import make_tenant
 from tests.support.receiver import finish_job, new_endpoint, running_job
 from tests.support.stack import FakeProviders
 
+SECRET_SUBJECT = "Merger plans"  # the victim's message, never shown to another workspace
 HOOK = "http://127.0.0.1:9/hook"  # never called: Prefect is down, so nothing is delivered
 READ_EMAIL = ("read:email", "write:email")
 READ_HOOKS = ("read:webhooks", "write:webhooks")
@@ -52,6 +56,8 @@ ROUTES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", "/health"): None,
     ("POST", "/v1/email/sync"): ("write:email",),
     ("GET", "/v1/email/sync/{job_id}"): READ_EMAIL,
+    ("GET", "/v1/email/messages"): READ_EMAIL,
+    ("GET", "/v1/email/messages/{message_id}"): READ_EMAIL,
     ("POST", "/v1/webhooks"): ("write:webhooks",),
     ("GET", "/v1/webhooks"): READ_HOOKS,
     ("GET", "/v1/webhooks/notices"): READ_HOOKS,
@@ -68,7 +74,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/webhooks"): {"url": HOOK},
     ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"): {"overlap_seconds": 60},
 }
-OBJECT_PARAMS = ("job_id", "endpoint_id", "delivery_id")
+OBJECT_PARAMS = ("job_id", "endpoint_id", "delivery_id", "message_id")
 
 
 def served_routes(app: FastAPI) -> set[tuple[str, str]]:
@@ -121,18 +127,20 @@ class Victim:
     delivery_id: str
     notice_id: str
     address: str
+    message_id: str  # in the live index of its Gmail mailbox
 
     def ids(self) -> dict[str, list[str]]:
         return {
             "job_id": [self.job_id],
             "endpoint_id": [self.endpoint_id, self.disabled_endpoint_id],
             "delivery_id": [self.delivery_id],
+            "message_id": [self.message_id],
         }
 
     def identifiers(self) -> list[str]:
         return [
             self.workspace_id, self.job_id, self.endpoint_id, self.disabled_endpoint_id,
-            self.delivery_id, self.notice_id, self.address,
+            self.delivery_id, self.notice_id, self.address, self.message_id, SECRET_SUBJECT,
         ]  # fmt: skip
 
 
@@ -165,9 +173,13 @@ def make_victim(settings: Settings, fakes: FakeProviders) -> Victim:
         session.add(notice)
         session.flush()
         delivery_id, notice_id = delivery.id, notice.id
+        mailbox = session.exec(select(Mailbox).where(Mailbox.workspace_id == ws)).one()
+        record = MessageRecord("victim-1", "t-1", "ceo@victim.example", [], [], SECRET_SUBJECT)
+        index.upsert(session, mailbox.id, [record], mailbox.generation)
+        message_id = ids.message_id(mailbox.id, "victim-1")
     return Victim(
         ws, all_scopes_key(settings, ws), job_id, endpoint.id, disabled.id, delivery_id,
-        notice_id, tenant.gmail_address,
+        notice_id, tenant.gmail_address, message_id,
     )  # fmt: skip
 
 
@@ -247,6 +259,8 @@ def test_another_workspaces_objects_are_404_and_unchanged(
     auth = {"Authorization": f"Bearer {victim.key}"}
     expected = [
         ("GET", f"/v1/email/sync/{victim.job_id}", 200),
+        ("GET", f"/v1/email/messages/{victim.message_id}", 200),
+        ("GET", "/v1/email/messages?q=merger", 200),
         ("GET", f"/v1/webhooks/{victim.endpoint_id}", 200),
         ("GET", f"/v1/webhooks/{victim.endpoint_id}/deliveries", 200),
         ("POST", f"/v1/webhooks/{victim.endpoint_id}/rotate-secret", 200),
@@ -258,6 +272,8 @@ def test_another_workspaces_objects_are_404_and_unchanged(
         assert client.request(method, url, headers=auth).status_code == status, url
     listed = client.get("/v1/webhooks/notices", headers=auth).json()["data"]
     assert [n["id"] for n in listed] == [victim.notice_id]
+    found = client.get("/v1/email/messages", headers=auth).json()["data"]
+    assert [m["id"] for m in found] == [victim.message_id]
 
 
 def test_scopes_are_enforced_per_route(
@@ -273,7 +289,12 @@ def test_scopes_are_enforced_per_route(
             scope: apikeys.create_api_key(session, tenant.workspace_id, [scope] if scope else [])[1]
             for scope in (*sorted(apikeys.SCOPES), "")
         }
-    unknown = {"job_id": "sync_unknown", "endpoint_id": "wh_unknown", "delivery_id": "whd_x"}
+    unknown = {
+        "job_id": "sync_unknown",
+        "endpoint_id": "wh_unknown",
+        "delivery_id": "whd_x",
+        "message_id": "msg_unknown",
+    }
     for (method, path), needed in ROUTES.items():
         url = path.format(**unknown)
         body = BODIES.get((method, path))
