@@ -137,7 +137,8 @@ def test_sync_wait_and_jobs_table(
 
 
 @pytest.mark.integration
-@pytest.mark.only_database("sqlite")  # the deletes are tested on both in tests/test_retention.py
+# The deletes are tested on both databases in tests/unit/core/test_retention.py.
+@pytest.mark.only_database("sqlite")
 def test_prune_deletes_old_finished_jobs_now_and_keeps_young_ones(
     cli_env: Settings, prefect_stack: PrefectStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
