@@ -37,12 +37,10 @@ from mailsync.core.retention import LimitView
 from mailsync.core.rules.admission import mailbox_limit
 from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.db.tables import new_id, utcnow
-from mailsync.devstack.processes import free_port
-from mailsync.devstack.stack import StackSpec, start_stack
 from mailsync.orchestration import pruning
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import SYNC_DEPLOYMENT
-from tests.support.bare_prefect import BareServer
+from tests.support.bare_prefect import BareServer, prefect_server
 from tests.support.stack import PrefectStack
 from tests.support.waiting import eventually
 
@@ -54,17 +52,8 @@ KEEP = timedelta(days=30)
 @pytest.fixture(scope="module")
 def own_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareServer]:
     """A Prefect server of this module's own, mailsync's deployments registered, no worker."""
-    spec = StackSpec(
-        workdir=tmp_path_factory.mktemp("prefect-prune"),
-        prefect_port=free_port(),
-        schedules=False,
-        workers=0,
-    )
-    with start_stack(spec) as running:
-        assert running.prefect_auth_string is not None
-        yield BareServer(
-            running.prefect_api_url, running.processes.env, running.prefect_auth_string
-        )
+    with prefect_server(tmp_path_factory.mktemp("prefect-prune"), deployments=True) as server:
+        yield server
 
 
 def _view(client: SyncPrefectClient, name: str) -> LimitView:

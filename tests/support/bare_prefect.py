@@ -1,9 +1,11 @@
-"""A bare Prefect server (no worker) for the deployment-registration tests."""
+"""A bare Prefect server (no worker) for the registration and pruning tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
@@ -22,13 +24,15 @@ class BareServer:
         return SyncPrefectClient(self.api_url, auth_string=self.auth_string)
 
 
-@pytest.fixture(scope="module")
-def bare_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareServer]:
-    """Only the Prefect server of a stack: nothing registered, no worker, no API."""
+@contextmanager
+def prefect_server(workdir: Path, *, deployments: bool) -> Iterator[BareServer]:
+    """A stack of the Prefect server alone (no worker, no API), with or without mailsync's
+    deployments registered (their schedules off), until the block exits."""
     spec = StackSpec(
-        workdir=tmp_path_factory.mktemp("prefect-bare"),
+        workdir=workdir,
         prefect_port=free_port(),
-        deployments=False,
+        deployments=deployments,
+        schedules=False,
         workers=0,
     )
     with start_stack(spec) as running:
@@ -36,3 +40,10 @@ def bare_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareServe
         yield BareServer(
             running.prefect_api_url, running.processes.env, running.prefect_auth_string
         )
+
+
+@pytest.fixture(scope="module")
+def bare_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BareServer]:
+    """Only the Prefect server of a stack: nothing registered, no worker, no API."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-bare"), deployments=False) as server:
+        yield server
