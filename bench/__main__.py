@@ -119,5 +119,25 @@ def webhooks(size: Size = SizeOption) -> None:
     _run("webhooks", "webhook latency", size, bench.run)
 
 
+@app.command()
+def search(
+    size: Size = SizeOption,
+    database: str = typer.Option(
+        "sqlite,postgresql", "--database", help="comma-separated: sqlite, postgresql"
+    ),
+) -> None:
+    """GET /v1/email/messages' queries over one workspace's index (1M messages at full size):
+    p50/p99 per query shape, a 100-page cursor walk, and the index's size on disk."""
+    from bench import search as bench
+
+    kinds = _names(database, ("sqlite", "postgresql"), "--database")
+    rows, walks, sizes = bench.run(size.value, kinds)
+    harness.show("search latency", rows)
+    harness.show("cursor walks: first and last page (best of 3)", walks)
+    harness.show("index size", sizes)
+    name = "-".join(["search", *(kinds if len(kinds) == 1 else [])])
+    harness.console.print(f"wrote {harness.save(name, size.value, rows, walks=walks, sizes=sizes)}")
+
+
 if __name__ == "__main__":
     app()

@@ -4,8 +4,9 @@ Each measurement runs in a freshly spawned interpreter (its peak RSS is its own)
 fakes served from this process. "raw" is the same client library (google-api-python-client
 with batches of 50 / httpx + msal on Graph delta) fetching the same messages with nothing of
 ours around it: no pacing, retries, checkpoints or index writes. "pipeline" is what a full
-sync job runs (`core.sync.engine.sync_mailbox`, SQLite index). Gmail pacing is switched off on
-both sides; the quota benchmark measures pacing.
+sync job runs (`core.sync.engine.sync_mailbox`, SQLite index); "no search index" is the same
+without the full-text index's upkeep, for the share of throughput search costs. Gmail pacing
+is switched off on both sides; the quota benchmark measures pacing.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ MICROSOFT_FOLDERS = ("inbox", "sentitems")
 
 
 def _pipeline(
-    endpoints: ProviderEndpoints, provider: str, address: str, credentials: dict[str, Any]
+    endpoints: ProviderEndpoints,
+    provider: str,
+    address: str,
+    credentials: dict[str, Any],
+    search_index: bool = True,
 ) -> dict[str, Any]:
     options = ProviderOptions(
         gmail_quota_units_per_minute=UNPACED, microsoft_folders=MICROSOFT_FOLDERS
     )
-    outcome = harness.timed_full_sync(endpoints, provider, address, credentials, options)
+    outcome = harness.timed_full_sync(
+        endpoints, provider, address, credentials, options, search_index
+    )
     assert outcome["failed"] is None, outcome["failed"]
     return outcome
 
@@ -123,9 +130,13 @@ def run(size: str) -> list[dict[str, Any]]:
                 ours = harness.in_fresh_process(
                     _pipeline, endpoints, provider, address, credentials
                 )
-                assert raw["messages"] == ours["messages"] == count, (raw, ours)
+                bare = harness.in_fresh_process(
+                    _pipeline, endpoints, provider, address, credentials, False
+                )
+                assert raw["messages"] == ours["messages"] == bare["messages"] == count
                 raw_rate = count / raw["seconds"]
                 our_rate = count / ours["seconds"]
+                bare_rate = count / bare["seconds"]
                 rows.append(
                     {
                         "provider": provider,
@@ -133,6 +144,8 @@ def run(size: str) -> list[dict[str, Any]]:
                         "raw msg/s": raw_rate,
                         "pipeline msg/s": our_rate,
                         "pipeline/raw": our_rate / raw_rate,
+                        "pipeline msg/s, no search index": bare_rate,
+                        "search index kept": our_rate / bare_rate,
                         "raw peak RSS MB": raw["peak_rss_mb"],
                         "pipeline peak RSS MB": ours["peak_rss_mb"],
                         "pipeline RSS growth MB": ours["peak_rss_mb"] - ours["baseline_rss_mb"],

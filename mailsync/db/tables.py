@@ -107,10 +107,14 @@ class Message(SQLModel, table=True):
         ),
         # The search listing's order within a mailbox's live generation (keyset pages).
         sa.Index("ix_message_listing", "mailbox_id", "generation", "date", "public_id"),
+        # ... and across a workspace's mailboxes (migration 0008).
+        sa.Index("ix_message_workspace_listing", "workspace_id", "date", "public_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     mailbox_id: str = Field(foreign_key="mailbox.id", index=True, max_length=40)
+    # The mailbox's workspace, copied here so a workspace's listing is one index walk.
+    workspace_id: str = Field(max_length=64)
     generation: int = 0
     provider_message_id: str = Field(max_length=512)
     # The id the API shows (core/search/ids.py): the same in every generation of the message.

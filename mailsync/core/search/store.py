@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from mailsync.core.search import cursor as cursors
 from mailsync.core.search import query as language
+from mailsync.core.search import sqlite_text
 from mailsync.db.tables import Mailbox, Message, as_utc, iso
 
 MAX_LIMIT = 100
@@ -70,10 +71,16 @@ _message: sa.Table = Message.__table__  # type: ignore[attr-defined]
 _mailbox: sa.Table = Mailbox.__table__  # type: ignore[attr-defined]
 
 
-def _visible(workspace_id: str) -> sa.Select[Any]:
+def _visible(workspace_id: str, *, from_text: bool = False) -> sa.Select[Any]:
+    """The workspace's live messages; `from_text`: selected from SQLite's FTS5 table."""
+    rows: sa.FromClause = _message.join(_mailbox, _mailbox.c.id == _message.c.mailbox_id)
+    if from_text:
+        rows = sqlite_text.rows_of_matches(_message, _mailbox)
     return (
         sa.select(_message, _mailbox.c.provider)
-        .select_from(_message.join(_mailbox, _mailbox.c.id == _message.c.mailbox_id))
+        .select_from(rows)
+        # Both: the message's copy leads the listing index, the mailbox's is the authority.
+        .where(_message.c.workspace_id == workspace_id)
         .where(_mailbox.c.workspace_id == workspace_id)
         .where(_message.c.generation == _mailbox.c.generation)
     )
@@ -98,12 +105,7 @@ def _in_list(dialect: str, column: str, value: str, name: str) -> sa.TextClause:
     return sa.text(sql).bindparams(**{name: value.lower()})
 
 
-def _full_text(dialect: str, terms: list[language.Term]) -> sa.ColumnElement[bool]:
-    if dialect == "sqlite":
-        match = sa.text(
-            "message.id IN (SELECT rowid FROM message_fts WHERE message_fts MATCH :fts)"
-        ).bindparams(fts=language.to_fts5(terms))
-        return sa.and_(match)
+def _tsquery(terms: list[language.Term]) -> sa.ColumnElement[bool]:
     return sa.and_(
         sa.text("message.search @@ to_tsquery('simple', :tsq)").bindparams(
             tsq=language.to_tsquery(terms)
@@ -112,9 +114,10 @@ def _full_text(dialect: str, terms: list[language.Term]) -> sa.ColumnElement[boo
 
 
 def _apply(statement: sa.Select[Any], dialect: str, filters: Filters) -> sa.Select[Any]:
+    """`filters` as SQL conditions, but for what SQLite's FTS5 table answers (q, label)."""
     m = _message.c
-    if filters.q and filters.q.strip():
-        statement = statement.where(_full_text(dialect, language.parse(filters.q)))
+    if dialect != "sqlite" and filters.q and filters.q.strip():
+        statement = statement.where(_tsquery(language.parse(filters.q)))
     if filters.mailbox_id is not None:
         statement = statement.where(m.mailbox_id == filters.mailbox_id)
     if filters.provider is not None:
@@ -134,7 +137,7 @@ def _apply(statement: sa.Select[Any], dialect: str, filters: Filters) -> sa.Sele
                 _in_list(dialect, "cc", filters.recipient, "cc_address"),
             )
         )
-    if filters.label is not None:
+    if dialect != "sqlite" and filters.label is not None:
         statement = statement.where(_in_list(dialect, "labels", filters.label, "label"))
     if filters.after is not None:
         statement = statement.where(m.date >= _utc(filters.after))
@@ -149,15 +152,12 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _after(position: cursors.Position) -> sa.ColumnElement[bool]:
-    """Strictly after `position` in the order date desc (missing dates last), id desc."""
+def _dated_after(position: cursors.Position) -> sa.ColumnElement[bool]:
+    """Dated messages strictly after a dated `position` in the order date desc, id desc:
+    `date <= d` bounds the index walk, the rest only sorts out rows of that same date."""
     m = _message.c
-    if position.date is None:
-        return sa.and_(m.date.is_(None), m.public_id < position.id)
-    when = _utc(position.date)
-    return sa.or_(
-        m.date < when, sa.and_(m.date == when, m.public_id < position.id), m.date.is_(None)
-    )
+    when = _utc(position.date) if position.date is not None else None
+    return sa.and_(m.date <= when, sa.or_(m.date < when, m.public_id < position.id))
 
 
 def _view(row: Any) -> MessageView:
@@ -178,6 +178,37 @@ def _view(row: Any) -> MessageView:
     )
 
 
+def _index_walk(
+    session: Session, matching: sa.Select[Any], position: cursors.Position | None, wanted: int
+) -> list[Any]:
+    """The first `wanted` rows of `matching` after `position`, down the listing index: the
+    dated messages, then the undated ones (an OR of both in one statement would make every
+    page a scan from the top)."""
+    m = _message.c
+    rows: list[Any] = []
+    if position is None or position.date is not None:
+        dated = matching.where(m.date.is_not(None))
+        if position is not None:
+            dated = dated.where(_dated_after(position))
+        dated = dated.order_by(m.date.desc(), m.public_id.desc()).limit(wanted)
+        rows = list(session.connection().execute(dated).all())
+    if len(rows) < wanted:
+        undated = matching.where(m.date.is_(None))
+        if position is not None and position.date is None:
+            undated = undated.where(m.public_id < position.id)
+        undated = undated.order_by(m.public_id.desc()).limit(wanted - len(rows))
+        rows += session.connection().execute(undated).all()
+    return rows
+
+
+def after(position: cursors.Position) -> sa.ColumnElement[bool]:
+    """Every message strictly after `position` in the listing order, as one condition."""
+    m = _message.c
+    if position.date is None:
+        return sa.and_(m.date.is_(None), m.public_id < position.id)
+    return sa.or_(_dated_after(position), m.date.is_(None))
+
+
 def search(
     session: Session,
     workspace_id: str,
@@ -186,21 +217,36 @@ def search(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page:
-    """One page of the workspace's messages matching `filters`, newest first.
-    SearchInputError for a q or cursor that cannot be used (its `param` says which)."""
+    """One page of the workspace's messages matching `filters`, newest first (messages
+    without a date last). SearchInputError for a q or cursor that cannot be used (its
+    `param` says which)."""
     dialect = session.get_bind().dialect.name
     fingerprint = filters.fingerprint()
-    statement = _apply(_visible(workspace_id), dialect, filters)
-    if cursor is not None:
-        statement = statement.where(_after(cursors.decode(cursor, workspace_id, fingerprint)))
-    m = _message.c
-    statement = statement.order_by(m.date.desc().nulls_last(), m.public_id.desc()).limit(limit + 1)
-    rows = session.connection().execute(statement).all()
+    position = None if cursor is None else cursors.decode(cursor, workspace_id, fingerprint)
+    terms = language.parse(filters.q) if filters.q and filters.q.strip() else []
+    if dialect == "sqlite" and (terms or filters.label is not None):
+        matching = _apply(_visible(workspace_id, from_text=True), dialect, filters)
+        if position is not None:
+            matching = matching.where(after(position))
+        rows = sqlite_text.walk(
+            session,
+            matching,
+            sqlite_text.expression(workspace_id, terms, filters.label),
+            after=filters.after,
+            before=filters.before,
+            position_date=None if position is None else position.date,
+            resuming=position is not None,
+            wanted=limit + 1,
+        )
+    else:
+        matching = _apply(_visible(workspace_id), dialect, filters)
+        rows = _index_walk(session, matching, position, limit + 1)
     page = Page([_view(r) for r in rows[:limit]])
     if len(rows) > limit:
         last = rows[limit - 1]
-        position = cursors.Position(as_utc(last.date), last.public_id)
-        page.next_cursor = cursors.encode(position, workspace_id, fingerprint)
+        page.next_cursor = cursors.encode(
+            cursors.Position(as_utc(last.date), last.public_id), workspace_id, fingerprint
+        )
     return page
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select, update
 
+from mailsync.core.search import rowkeys
 from mailsync.core.search.ids import message_id
 from mailsync.db.tables import Mailbox, Message, as_utc, utcnow
 from mailsync.errors import BuildSupersededError, MailboxGoneError, MailsyncError
@@ -95,9 +96,11 @@ def upsert(
     # New rows go in as one executemany of plain dicts: building a SQLModel object per message
     # (pydantic validation, default factories) cost more than the insert itself.
     new_rows: list[dict[str, Any]] = []
+    relisted: list[Message] = []
     by_id = {r.provider_message_id: r for r in records}  # last one wins within a page
     ids = list(by_id)
     baseline_generation = generation if compare_to is None else compare_to
+    ordered_rowids = session.get_bind().dialect.name == "sqlite"
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         target = _rows(session, mailbox_id, generation, chunk)
@@ -116,26 +119,76 @@ def upsert(
                 counts.added += 1
             elif _changed(before, fields):
                 counts.updated += 1
-            if row is None:
-                new_rows.append(
-                    {
-                        "mailbox_id": mailbox_id,
-                        "generation": generation,
-                        "provider_message_id": pid,
-                        "public_id": message_id(mailbox_id, pid),
-                        **fields,
-                    }
-                )
+            if row is not None and not _changed(row, fields):
                 continue
-            if not _changed(row, fields):
+            if row is not None and not (ordered_rowids and _moved_in_listing(row, fields)):
+                for key, value in fields.items():
+                    setattr(row, key, value)
+                session.add(row)
                 continue
-            for key, value in fields.items():
-                setattr(row, key, value)
-            session.add(row)
+            if row is not None:  # a new date on SQLite: a new rowid (rowkeys.py), same id
+                relisted.append(row)
+            new_rows.append(
+                {
+                    "mailbox_id": mailbox_id,
+                    "generation": generation,
+                    "provider_message_id": pid,
+                    "public_id": message_id(mailbox_id, pid),
+                    **fields,
+                }
+            )
+    for row in relisted:
+        session.delete(row)
+    session.flush()
     if new_rows:
+        workspace_id = session.exec(
+            select(Mailbox.workspace_id).where(Mailbox.id == mailbox_id)
+        ).one()
+        for new_row in new_rows:
+            new_row["workspace_id"] = workspace_id
+        if ordered_rowids:
+            _assign_rowids(session, new_rows)
         session.execute(sa.insert(Message.__table__), new_rows)  # type: ignore[attr-defined]
     session.flush()
     return counts
+
+
+_TABLE: sa.Table = Message.__table__  # type: ignore[attr-defined]
+
+
+def _moved_in_listing(row: Message, fields: dict[str, Any]) -> bool:
+    return row.id is not None and rowkeys.second_of_rowid(row.id) != rowkeys.second_of(
+        fields["date"]
+    )
+
+
+def _assign_rowids(session: Session, new_rows: list[dict[str, Any]]) -> None:
+    """SQLite: each new row's rowid is its listing position, a free slot of its date's second
+    (core/search/rowkeys.py); writes to SQLite are serialised, so free stays free."""
+    pending = [
+        (row, rowkeys.candidates(row["date"], row["public_id"], row["generation"]))
+        for row in new_rows
+    ]
+    tries = [(row, slots, next(slots)) for row, slots in pending]
+    chosen: set[int] = set()
+    while tries:
+        wanted = [rowid for _, _, rowid in tries]
+        taken: set[int] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            taken.update(
+                session.connection()
+                .execute(sa.select(_TABLE.c.id).where(_TABLE.c.id.in_(chunk)))
+                .scalars()
+            )
+        again = []
+        for row, slots, rowid in tries:
+            if rowid in taken or rowid in chosen:
+                again.append((row, slots, next(slots)))
+            else:
+                row["id"] = rowid
+                chosen.add(rowid)
+        tries = again
 
 
 def remove(session: Session, mailbox_id: str, provider_ids: Iterable[str], generation: int) -> int:
