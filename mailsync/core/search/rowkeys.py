@@ -8,8 +8,9 @@ it sorts last), counted down from the newest possible one, in the high bits, and
 of that second in the low ones. Newest first is ascending rowids, the order FTS5 reads its
 doclists in (it reads a long one backwards only by loading it whole). Rowids of one second
 are in no particular order; the search puts each second's rows in the API's order
-(date desc, id desc) itself. Full-text rows carry two tokens of their own beside the text:
-the message's workspace and its labels (FTS5 intersects them with the words).
+(date desc, id desc) itself. Full-text rows carry tokens of their own beside the text: the
+message's workspace, and each label with the workspace in it (FTS5 intersects them with the
+words; every term more costs an FTS5 AND a step).
 
 PostgreSQL keeps its sequence: its planner weighs a tsvector match against the listing index
 with statistics of its own.
@@ -61,16 +62,17 @@ def candidates(date: datetime | None, public_id: str, generation: int) -> Iterat
         yield low + (start + step) % _SLOTS
 
 
-def _token(kind: str, value: str) -> str:
-    # One FTS5 token, whatever the value: `kind` then the hex of its UTF-8 bytes, as
-    # SQLite's hex() writes them in the triggers (migration 0008).
-    return kind + value.encode().hex().upper()
+def _hex(value: str) -> str:
+    # The hex of the UTF-8 bytes, as SQLite's hex() writes it in the triggers (migration
+    # 0008): one FTS5 token of letters and digits, whatever the value.
+    return value.encode().hex().upper()
 
 
 def workspace_token(workspace_id: str) -> str:
-    return _token("w", workspace_id)
+    return "w" + _hex(workspace_id)
 
 
-def label_token(label: str) -> str:
-    """Labels compare case-insensitively in ASCII, as SQLite's lower() folds them."""
-    return _token("l", label.translate(_ASCII_LOWER))
+def label_token(workspace_id: str, label: str) -> str:
+    """A label of a workspace's message ('x' is no hex digit: it parts the two). Labels
+    compare case-insensitively in ASCII, as SQLite's lower() folds them."""
+    return "l" + _hex(workspace_id) + "x" + _hex(label.translate(_ASCII_LOWER))

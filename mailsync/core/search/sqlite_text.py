@@ -57,11 +57,13 @@ _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def expression(workspace_id: str, terms: list[language.Term], label: str | None) -> str:
-    """The MATCH text: the workspace's token, the label's, then each term in the text
-    columns (tokens are letters and digits: nothing in them can end a quoted string)."""
-    parts = [f'scope : "{rowkeys.workspace_token(workspace_id)}"']
+    """The MATCH text: the workspace's label token (or, without a label, its own token),
+    then each term in the text columns (tokens are letters and digits: nothing in them can
+    end a quoted string)."""
     if label is not None:
-        parts.append(f'labels : "{rowkeys.label_token(label)}"')
+        parts = [f'labels : "{rowkeys.label_token(workspace_id, label)}"']
+    else:
+        parts = [f'scope : "{rowkeys.workspace_token(workspace_id)}"']
     parts += [f"{_TEXT_COLUMNS} : {language.to_fts5([term])}" for term in terms]
     return " AND ".join(parts)
 

@@ -359,3 +359,17 @@ def test_a_new_date_moves_a_message_in_the_listing_under_the_same_id(
         assert listed[0]["subject"] == "Invoice 42 for March"
         assert listed[0]["id"] == before["Invoice 42 for March"]
         assert [m["subject"] for m in listed].count("Invoice 42 for March") == 1
+
+
+@pytest.mark.parametrize("search", [{"q": "invoice"}, {"label": "inbox"}, {}])
+def test_a_search_never_shows_another_workspaces_messages(
+    offline_client: TestClient, settings: Settings, box: Box, search: dict[str, str]
+) -> None:
+    """Two workspaces holding the same words and labels: each one's searches list its own
+    messages only (the full-text tokens and the SQL filter both name the workspace)."""
+    other = new_box(settings)
+    write(settings, other.gmail, [record("x1", 7, subject="Invoice from the other side")])
+    mine = {m["mailbox_id"] for m in _walk(offline_client, box, **search)}
+    theirs = {m["mailbox_id"] for m in _walk(offline_client, other, **search)}
+    assert mine and mine <= {box.gmail, box.microsoft}
+    assert theirs == {other.gmail}

@@ -11,7 +11,8 @@ full-text search a sort of every match. Here:
   and an index (workspace_id, date, public_id), one walk in listing order;
 - SQLite: each message's rowid becomes its listing position (mailsync/core/search/rowkeys.py),
   and the FTS5 table becomes contentless with two more columns, the workspace's token and the
-  labels' tokens, so a search is one FTS5 walk in rowid order, stopped by its LIMIT.
+  labels' tokens (each with its workspace in it), so a search is one FTS5 walk in rowid
+  order, stopped by its LIMIT.
 Columns are added in place (a table copy on SQLite would drop the FTS triggers).
 """
 
@@ -33,9 +34,11 @@ _COLUMNS = ", ".join((*_TEXT, "scope", "labels"))
 
 
 def _values(row: str) -> str:
-    # The tokens rowkeys.workspace_token / label_token build for queries: hex of UTF-8.
+    # The tokens rowkeys.workspace_token / label_token build for queries: hex of UTF-8 (a
+    # label's token names its workspace too: a label search is one FTS5 term).
     scope = f"'w' || hex({row}.workspace_id)"
-    labels = f"(SELECT group_concat('l' || hex(lower(value)), ' ') FROM json_each({row}.labels))"
+    label = f"'l' || hex({row}.workspace_id) || 'x' || hex(lower(value))"
+    labels = f"(SELECT group_concat({label}, ' ') FROM json_each({row}.labels))"
     return ", ".join((*(f"{row}.{c}" for c in _TEXT), scope, labels))
 
 

@@ -49,12 +49,14 @@ def test_candidates_stay_in_their_second_and_never_repeat() -> None:
 
 @pytest.mark.parametrize("value", ["INBOX", "Label_7", "projects/falcon", "Été 2026", "x y"])
 def test_tokens_are_what_sqlite_writes_in_the_triggers(value: str) -> None:
-    """The query side's tokens equal the triggers' `'l' || hex(lower(value))` and
-    `'w' || hex(workspace_id)` (migration 0008), for any text, on this SQLite."""
+    """The query side's tokens equal the triggers' `'l' || hex(workspace_id) || 'x' ||
+    hex(lower(label))` and `'w' || hex(workspace_id)` (migration 0008), for any text, on
+    this SQLite."""
     connection = sqlite3.connect(":memory:")
     label, scope = connection.execute(
-        "SELECT 'l' || hex(lower(?)), 'w' || hex(?)", (value, value)
+        "SELECT 'l' || hex(?) || 'x' || hex(lower(?)), 'w' || hex(?)", ("ws-1", value, value)
     ).fetchone()
-    assert rowkeys.label_token(value) == label
-    assert rowkeys.label_token(value.upper()) == label or not value.isascii()
+    assert rowkeys.label_token("ws-1", value) == label
+    assert rowkeys.label_token("ws-1", value.upper()) == label or not value.isascii()
+    assert rowkeys.label_token("ws-2", value) != label
     assert rowkeys.workspace_token(value) == scope
