@@ -1,5 +1,6 @@
 """The answers the middleware gives any route (408, 413, 429, 431, 503), added to the
-OpenAPI document FastAPI builds from the routes."""
+OpenAPI document FastAPI builds from the routes; and FastAPI's own 422 for a parameter that
+fails validation replaced by the 400 invalid_request the API answers instead."""
 
 from __future__ import annotations
 
@@ -59,11 +60,28 @@ def document_limits(app: FastAPI, settings: Settings) -> None:
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
+                _validation_is_400(responses)
                 for status, text in texts.items():
                     _document(responses, str(status), text, health=path == HEALTH_PATH)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+_INVALID = "invalid_request: a parameter or the body failed validation (error.param names it)"
+
+
+def _validation_is_400(responses: dict[str, Any]) -> None:
+    """errors.py answers a request FastAPI cannot validate with 400 invalid_request, never
+    the 422 FastAPI documents for it (a route's own 422 stays)."""
+    generated = responses.get("422", {}).get("content", {}).get("application/json", {})
+    if generated.get("schema", {}).get("$ref") != _FASTAPI_422:
+        return
+    del responses["422"]
+    _document(responses, "400", _INVALID, health=False)
 
 
 def _document(responses: dict[str, Any], status: str, text: str, *, health: bool) -> None:

@@ -250,3 +250,19 @@ def test_unexpected_errors_keep_the_envelope_and_headers(
     error = assert_error(response, 500, "internal_error")
     assert "hunter2" not in response.text and error["request_id"].startswith("req_")
     assert "x-ratelimit-limit" in response.headers
+
+
+def test_openapi_documents_400_where_fastapi_would_say_422(offline_client: TestClient) -> None:
+    """A request that fails validation is answered 400 invalid_request (errors.py), so the
+    OpenAPI document never promises FastAPI's 422 validation body: every operation with a
+    parameter or a body documents 400 with the error envelope."""
+    document = offline_client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(document)
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if not operation.get("parameters") and "requestBody" not in operation:
+                continue
+            documented = operation["responses"].get("400")
+            assert documented is not None, (method, path)
+            schema = documented["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, (method, path)
