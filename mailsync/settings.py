@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     encryption_key: SecretStr | None = None
 
     google_token_uri: str = "https://oauth2.googleapis.com/token"
+    google_auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_revoke_uri: str | None = None  # None: beside google_token_uri (.../revoke)
     gmail_api_url: str = "https://gmail.googleapis.com/"
     microsoft_authority_host: str = "https://login.microsoftonline.com"
     graph_api_url: str = "https://graph.microsoft.com/v1.0"
@@ -166,6 +168,8 @@ class Settings(BaseSettings):
     def provider_endpoints(self) -> ProviderEndpoints:
         return ProviderEndpoints(
             google_token_uri=self.google_token_uri,
+            google_auth_uri=self.google_auth_uri,
+            google_revoke_uri=self.google_revoke_uri,
             gmail_api_url=self.gmail_api_url,
             microsoft_authority_host=self.microsoft_authority_host,
             graph_api_url=self.graph_api_url,

@@ -148,7 +148,8 @@ def key_create(
         typer.Option(
             "--scope",
             "-s",
-            help="Repeat for each scope: write:email, read:email, write:webhooks, read:webhooks.",
+            help="Repeat for each scope: write:email, read:email, write:webhooks, "
+            "read:webhooks, write:mailboxes, read:mailboxes.",
         ),
     ] = [  # noqa: B006
         "write:email",

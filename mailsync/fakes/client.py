@@ -280,6 +280,11 @@ class MicrosoftAdmin(FakeAdmin):
         response = self._call("POST", "/_admin/mailboxes", json=body)
         return MicrosoftAccount(**response.json(), created=response.status_code == 201)
 
+    def revoke(self, address: str) -> MicrosoftAccount:
+        """Sign the user out everywhere: every refresh and delegated access token of the
+        mailbox stops working (invalid_grant); the answer holds new delegated credentials."""
+        return MicrosoftAccount.model_validate(self._json("POST", _path(address, "/revoke")))
+
     def ids(self, address: str, folder: str | None = None) -> list[str]:
         """The immutable ids of every message (of `folder` only, if given)."""
         params = {"folder": folder} if folder else None

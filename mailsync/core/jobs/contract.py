@@ -44,12 +44,22 @@ MailboxOutcome = MailboxResult | BaseException
 
 
 @dataclass(frozen=True)
+class MailboxFailure:
+    """A mailbox of a job that did not sync, and why."""
+
+    mailbox_id: str
+    error: JobError
+
+
+@dataclass(frozen=True)
 class JobEnd:
-    """How a job ended: the results of the mailboxes that synced and its first error."""
+    """How a job ended: the results of the mailboxes that synced and its first error
+    (`failures`: every mailbox that did not sync, for the mailboxes' own state)."""
 
     job_id: str
     results: Sequence[MailboxResult] = field(default_factory=tuple)
     error: JobError | None = None
+    failures: Sequence[MailboxFailure] = field(default_factory=tuple)
 
     def mailbox_entries(self) -> list[dict[str, Any]]:
         """The job record's (and the API's) mailbox entries."""

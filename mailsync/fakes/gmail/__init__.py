@@ -8,6 +8,8 @@ Besides FakeControl's operation counters and queued faults, each mailbox can hav
   tests) charged at Gmail's documented per-method costs, batch parts one by one; a call over
   it is refused with 429 rateLimitExceeded or 403 userRateLimitExceeded, with Retry-After.
 
+OAuth: POST /token (refresh, JWT and authorization-code grants), POST /revoke (RFC 7009).
+
 Admin (besides /_admin/stats, /_admin/stats/reset, /_admin/faults):
     POST   /_admin/mailboxes                             {"address", "messages"?} -> credentials
     POST   /_admin/mailboxes/{address}/revoke            new refresh token, tokens dropped

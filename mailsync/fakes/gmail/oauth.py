@@ -105,6 +105,23 @@ class FakeOAuth:
                 if info.address.lower() == address.lower():
                     del self.tokens[token]
 
+    def revoke(self, token: str) -> TokenAnswer:
+        """POST /revoke (RFC 7009 as Google answers it): a refresh token ends its grant (the
+        mailbox gets a new one, unknown to every client) and its access tokens; an access
+        token ends alone; anything else is 400 invalid_token."""
+        fault = self.control.record("revoke")
+        if fault is not None:
+            return _token_fault(fault)
+        with self.lock:
+            if self.tokens.pop(token, None) is not None:
+                return 200, {}, {}
+            box = next((b for b in self.mailboxes.values() if b.refresh_token == token), None)
+            if box is None:
+                return _oauth_error(400, "invalid_token", "Token expired or revoked")
+            box.refresh_token = "1//0" + secrets.token_urlsafe(40)
+        self.drop_tokens(box.address)
+        return 200, {}, {}
+
     def create_service_account(self, client_email: str | None, token_uri: str) -> dict[str, Any]:
         """A service-account key file in Google's JSON format, with a real RSA key."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -206,6 +223,15 @@ def token_router(oauth: FakeOAuth) -> APIRouter:
     async def token(request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
         status, body, headers = oauth.token(form)
+        return Response(
+            json.dumps(body), status_code=status, headers=headers, media_type="application/json"
+        )
+
+    @router.post("/revoke")
+    async def revoke(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        token = form.get("token") or request.query_params.get("token") or ""
+        status, body, headers = oauth.revoke(token)
         return Response(
             json.dumps(body), status_code=status, headers=headers, media_type="application/json"
         )

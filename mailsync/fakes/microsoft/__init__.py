@@ -19,6 +19,8 @@ Admin (besides FakeControl's /_admin/stats, /_admin/stats/reset, /_admin/faults)
     POST   /_admin/mailboxes                   {"address", "messages"?, "tenant_id"?, "spread"?}
            spread=true seeds messages over every folder (else inbox and sent items only);
            100,000 messages take well under a second
+    POST   /_admin/mailboxes/{address}/revoke   every refresh/delegated token of it -> refused
+           (invalid_grant AADSTS50173); the answer carries the new delegated credentials
     GET    /_admin/mailboxes/{address}/messages[?folder=][&with_folders=true]
            {"ids": [...]} (+ "folders": {id: folder id} with with_folders)
     POST   /_admin/mailboxes/{address}/messages               {"count", "folder"} -> {"ids"}

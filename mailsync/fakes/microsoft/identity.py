@@ -237,6 +237,14 @@ def _refresh_token(
     form: dict[str, str],
 ) -> Response:
     info = fake.lookup_refresh_token(form.get("refresh_token", ""))
+    if info is None and form.get("refresh_token", "") in fake.revoked_refresh_tokens:
+        raise IdentityFault(
+            400,
+            "invalid_grant",
+            50173,
+            "The provided grant has expired due to it being revoked, a fresh auth token is "
+            "needed. The user might have changed or reset their password.",
+        )
     if info is None:
         raise IdentityFault(
             400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."
