@@ -24,6 +24,8 @@ from mailsync.db.tables import (
     utcnow,
 )
 from mailsync.errors import MailboxSyncingError
+from mailsync.providers.base import ProviderEndpoints
+from mailsync.providers.registry import revoke_grant
 from mailsync.webhooks import outbox
 from mailsync.webhooks.store import MAILBOX_REAUTH_REQUIRED
 
@@ -149,6 +151,11 @@ def open_sync(session: Session, mailbox: Mailbox) -> str | None:
 # (provider, credentials) -> whether the provider revoked the grant (False: it has no
 # revocation endpoint for it). Raises on failure; the disconnect stands either way.
 Revoke = Callable[[str, dict[str, Any]], bool]
+
+
+def provider_revoker(endpoints: ProviderEndpoints) -> Revoke:
+    """Revocation at the providers `endpoints` name (providers/registry.revoke_grant)."""
+    return lambda provider, credentials: revoke_grant(provider, credentials, endpoints)
 
 
 @dataclass(frozen=True)

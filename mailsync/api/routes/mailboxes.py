@@ -12,7 +12,6 @@ from mailsync.api.mailbox_schemas import MailboxEnvelope, MailboxList
 from mailsync.api.schemas import ErrorEnvelope
 from mailsync.core import mailboxes
 from mailsync.db.crypto import CredentialBox
-from mailsync.providers.registry import revoke_grant
 
 router = APIRouter(prefix="/v1/mailboxes", tags=["mailboxes"])
 
@@ -57,13 +56,12 @@ def disconnect_mailbox(
     """Revokes the grant at the provider where it has a revocation endpoint (Google; Microsoft
     has none for one grant), deletes the credentials and the index; the mailbox stays listed
     as `disconnected` and can be connected again. 409 while a sync of it is queued or running."""
-    endpoints = settings.provider_endpoints
     done = mailboxes.disconnect(
         settings.resolved_database_url,
         CredentialBox(settings.fernet_key()),
         principal.workspace_id,
         mailbox_id,
-        lambda provider, credentials: revoke_grant(provider, credentials, endpoints),
+        mailboxes.provider_revoker(settings.provider_endpoints),
         now,
     )  # MailboxSyncingError: 409 (the error handler)
     if done is None:
