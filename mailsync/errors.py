@@ -11,7 +11,7 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     │   ├── UnknownWorkspaceError
     │   └── JobNotFoundError
     ├── NoMailboxError                    insufficient_permissions: nothing of that kind to sync
-    ├── OAuthFlowError                    an OAuth consent flow refused (its `error` code)
+    ├── OAuthFlowError                    oauth_flow_failed: a consent refused (its `error`)
     ├── SyncInProgressError               sync_in_progress: another full sync holds the provider
     │   ├── MailboxBusyError                  another sync held the mailbox past our wait
     │   ├── BuildSupersededError              another sync took over this one's index build
@@ -32,7 +32,9 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     │   ├── UnsafeUrlError                    a webhook URL that would reach inside
     │   ├── UnknownEventTypeError             a webhook event type we do not send
     │   ├── EndpointLimitError                a workspace's webhook endpoints are all used
-    │   └── SearchInputError                  a message search's q, filter or cursor (`param`)
+    │   ├── SearchInputError                  a message search's q, filter or cursor (`param`)
+    │   ├── ConsentInputError                 a consent flow's provider, redirect_uri... (`param`)
+    │   └── UnknownStateError                 a consent callback whose state names no flow
     ├── WebhookVerificationError          webhook_verification_failed (for receivers)
     ├── ConfigurationError (RuntimeError) configuration_error
     ├── StackError                        stack_error: a local-stack process failed
@@ -224,6 +226,19 @@ class SearchInputError(InvalidInputError):
     def __init__(self, message: str, *, param: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+class ConsentInputError(InvalidInputError):
+    """A consent flow that cannot start as asked (POST /v1/mailboxes/connect); `param`."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownStateError(InvalidInputError):
+    """The consent callback's state is missing, or no flow has it (forged, or from another
+    server): there is no trusted redirect_uri to send the user to."""
 
 
 class WebhookVerificationError(MailsyncError):

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import APIRouter, Request, Response
 
 from mailsync.fakes.control import FakeControl
+from mailsync.fakes.gmail.consent import Consent
 from mailsync.fakes.gmail.errors import Fault
 from mailsync.fakes.gmail.mailbox import Mailbox
 
@@ -81,6 +82,7 @@ class FakeOAuth:
         self.token_lifetime = token_lifetime
         self.tokens: dict[str, _AccessToken] = {}
         self.service_accounts: dict[str, _ServiceAccount] = {}
+        self.consent = Consent(lock, mailboxes)
 
     def authenticate(self, authorization: str | None) -> Mailbox | None:
         """The mailbox a `Bearer` header opens, or None when missing, unknown or expired."""
@@ -114,6 +116,10 @@ class FakeOAuth:
             return _token_fault(fault)
         with self.lock:
             if self.tokens.pop(token, None) is not None:
+                return 200, {}, {}
+            granted = self.consent.grants.pop(token, None)
+            if granted is not None:
+                self.drop_tokens(granted.address)
                 return 200, {}, {}
             box = next((b for b in self.mailboxes.values() if b.refresh_token == token), None)
             if box is None:
@@ -155,6 +161,8 @@ class FakeOAuth:
             return self._refresh_grant(form)
         if grant == JWT_GRANT:
             return self._jwt_grant(form)
+        if grant == "authorization_code":
+            return self._code_grant(form)
         return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type.")
 
     def _issue(self, address: str, scope: str) -> TokenAnswer:
@@ -169,9 +177,25 @@ class FakeOAuth:
         }
         return 200, body, {}
 
+    def _code_grant(self, form: dict[str, str]) -> TokenAnswer:
+        exchanged = self.consent.exchange(form)
+        if isinstance(exchanged, tuple):
+            return exchanged[0], exchanged[1], {}
+        status, body, headers = self._issue(exchanged.address, " ".join(exchanged.scopes))
+        body["refresh_token"] = self.consent.issue_refresh_token(exchanged)
+        return status, body, headers
+
     def _refresh_grant(self, form: dict[str, str]) -> TokenAnswer:
         if not all(form.get(k) for k in ("client_id", "client_secret", "refresh_token")):
             return _oauth_error(400, "invalid_request", "Missing required parameter.")
+        with self.lock:
+            granted = self.consent.grants.get(form["refresh_token"])
+        if granted is not None:
+            if self.consent.client(form["client_id"], form["client_secret"]) is None or (
+                granted.client_id != form["client_id"]
+            ):
+                return _oauth_error(401, "invalid_client", "Unauthorized")
+            return self._issue(granted.address, " ".join(granted.scopes))
         with self.lock:
             box = next(
                 (b for b in self.mailboxes.values() if b.refresh_token == form["refresh_token"]),

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from mailsync.fakes.consent import ConsentBook
 from mailsync.fakes.control import FakeControl
 from mailsync.fakes.faults import MailboxFaults
 from mailsync.fakes.microsoft.content import b64url
@@ -94,6 +95,7 @@ class FakeMicrosoftState:
         self.faults = MailboxFaults()
         self.limits = MailboxLimits(limit)
         self.gates = DeltaGates()
+        self.consent = ConsentBook()  # authorization and device codes, users' consent plans
 
     # --- admin -------------------------------------------------------------------------
 
