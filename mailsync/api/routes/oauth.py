@@ -57,8 +57,8 @@ def connect_mailbox(
     try:
         config = consent.ConsentConfig.from_settings(settings)
         started = consent.begin(
-            session, CredentialBox(settings.fernet_key()), config, principal.workspace_id, body.provider, body.redirect_uri, body.login_hint,
-            body.mailbox_id, now(),
+            session, CredentialBox(settings.fernet_key()), config, principal.workspace_id,
+            body.provider, body.redirect_uri, body.login_hint, body.mailbox_id, now(),
         )  # fmt: skip
     except ConsentInputError as exc:
         raise from_error(exc, param=exc.param) from exc
