@@ -17,7 +17,7 @@ from mailsync.core import mailboxes, workspaces
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import OAuthState, as_utc, iso
-from mailsync.errors import ConsentInputError, NotFoundError, OAuthFlowError, UnknownStateError
+from mailsync.errors import ConsentInputError, OAuthFlowError, UnknownStateError
 from mailsync.providers.base import ProviderEndpoints
 from mailsync.providers.consent import ConsentClient, finish_consent, start_consent
 from mailsync.settings import Settings
@@ -98,7 +98,7 @@ def begin(
     mailbox_id: str | None,
     now: datetime,
 ) -> Started:
-    """A consent flow for the workspace; InvalidInputError (its `param`) or NotFoundError."""
+    """A consent flow for the workspace; ConsentInputError (its `param`) when it cannot be."""
     client = config.clients.get(provider)
     if client is None or config.callback_url is None:
         raise _invalid(f"{provider} consent is not set up on this server ({_SETTING[provider]} "
@@ -109,8 +109,8 @@ def begin(
         raise _invalid("login_hint must be an email address", "login_hint")
     if mailbox_id is not None:
         mailbox = mailboxes.find(session, workspace_id, mailbox_id)
-        if mailbox is None:
-            raise NotFoundError(f"no mailbox with id '{mailbox_id[:64]}'")
+        if mailbox is None:  # another workspace's too
+            raise _invalid(f"no mailbox with id '{mailbox_id[:64]}'", "mailbox_id")
         if mailbox.provider != provider:
             raise _invalid(f"mailbox {mailbox_id} is a {mailbox.provider} mailbox", "provider")
         login_hint = login_hint or mailbox.address

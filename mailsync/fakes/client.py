@@ -191,10 +191,8 @@ class FakeAdmin:
     def set_consent(
         self, address: str, *, deny: bool = False, untick: list[str] | None = None
     ) -> None:
-        """How the mailbox's user answers the next consent screens: Cancel (`deny`:
-        error=access_denied), or Allow with the `untick` scopes left unticked."""
-        body = {"deny": deny, "untick": untick or []}
-        self._call("PUT", _path(address, "/consent"), json=body)
+        """How the user answers consent screens: Cancel (`deny`), or Allow minus `untick`."""
+        self._call("PUT", _path(address, "/consent"), json={"deny": deny, "untick": untick or []})
 
 
 class GmailAdmin(FakeAdmin):
@@ -304,8 +302,7 @@ class MicrosoftAdmin(FakeAdmin):
         return MicrosoftAccount.model_validate(self._json("POST", _path(address, "/revoke")))
 
     def approve_device(self, user_code: str, address: str) -> None:
-        """What the user does on the device-code verification page: enter `user_code` and
-        sign in as `address`."""
+        """The user enters `user_code` on the verification page and signs in as `address`."""
         self._call(
             "POST", f"/_admin/device-codes/{quote(user_code, safe='')}/approve",
             json={"address": address},

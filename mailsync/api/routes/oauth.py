@@ -22,10 +22,10 @@ _CONNECT_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": text}
     for status, text in {
         400: "invalid_request: bad body, a redirect_uri not on the allow-list, a provider "
-        "whose consent is not set up (`param` names the field)",
+        "whose consent is not set up, a mailbox_id of no mailbox of this workspace (`param` "
+        "names the field)",
         401: "invalid_key",
         403: "insufficient_permissions: the key lacks write:mailboxes",
-        404: "not_found: mailbox_id names no mailbox of this workspace",
     }.items()
 }
 _CALLBACK_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -239,6 +239,18 @@ class FakeOAuth:
         return self._issue(box.address, str(claims.get("scope") or GMAIL_SCOPE))
 
 
+def _basic_client(header: str) -> dict[str, str]:
+    """client_id and client_secret from HTTP Basic auth (RFC 6749 2.3.1), as Google takes them."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return {}
+    try:
+        client_id, _, secret = base64.b64decode(value.strip()).decode().partition(":")
+    except ValueError:
+        return {}
+    return {"client_id": unquote_plus(client_id), "client_secret": unquote_plus(secret)}
+
+
 def token_router(oauth: FakeOAuth) -> APIRouter:
     """POST /token, Google's OAuth token endpoint (form in, RFC 6749 JSON out)."""
     router = APIRouter()
@@ -246,6 +258,7 @@ def token_router(oauth: FakeOAuth) -> APIRouter:
     @router.post("/token")
     async def token(request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        form.update(_basic_client(request.headers.get("authorization", "")))
         status, body, headers = oauth.token(form)
         return Response(
             json.dumps(body), status_code=status, headers=headers, media_type="application/json"

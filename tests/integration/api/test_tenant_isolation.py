@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlmodel import Session, col, select
 
 from mailsync.api.app import create_app
@@ -46,6 +47,7 @@ HOOK = "http://127.0.0.1:9/hook"  # never called: Prefect is down, so nothing is
 READ_EMAIL = ("read:email", "write:email")
 READ_HOOKS = ("read:webhooks", "write:webhooks")
 READ_MAILBOXES = ("read:mailboxes", "write:mailboxes")
+APP_REDIRECT = "https://app.example/connected"  # on the consent allow-list of `client`
 
 # The one table: every route of the served app and the scopes of which a key needs one
 # (None: public, no key needed). Documented in README.md ("The API", "Webhooks").
@@ -71,12 +73,15 @@ ROUTES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", "/v1/mailboxes"): READ_MAILBOXES,
     ("GET", "/v1/mailboxes/{mailbox_id}"): READ_MAILBOXES,
     ("DELETE", "/v1/mailboxes/{mailbox_id}"): ("write:mailboxes",),
+    ("POST", "/v1/mailboxes/connect"): ("write:mailboxes",),
+    ("GET", "/v1/oauth/callback"): None,  # the state is its credential (test_oauth_connect.py)
 }
 # A valid body where a route takes one (the scope check must be what refuses the request).
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/email/sync"): {},
     ("POST", "/v1/webhooks"): {"url": HOOK},
     ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"): {"overlap_seconds": 60},
+    ("POST", "/v1/mailboxes/connect"): {"provider": "gmail", "redirect_uri": APP_REDIRECT},
 }
 OBJECT_PARAMS = ("job_id", "endpoint_id", "delivery_id", "message_id", "mailbox_id")
 
@@ -113,7 +118,15 @@ def error_of(response: httpx.Response, status: int, code: str) -> None:
 def client(settings: Settings) -> Iterator[TestClient]:
     """The real app, loopback webhook URLs allowed, Prefect unreachable."""
     local = settings.model_copy(
-        update={"webhook_allow_loopback": True, "prefect_api_url": "http://127.0.0.1:9/api"}
+        update={
+            "webhook_allow_loopback": True,
+            "prefect_api_url": "http://127.0.0.1:9/api",
+            # Consent set up, so a key with write:mailboxes gets a flow (201), not a 400.
+            "google_client_id": "mailsync-test.apps.googleusercontent.com",
+            "google_client_secret": SecretStr("GOCSPX-test"),
+            "public_url": "https://mailsync.test",
+            "oauth_redirect_allowlist": APP_REDIRECT,
+        }
     )
     with TestClient(create_app(local), raise_server_exceptions=False) as c:
         yield c
