@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, delete, func, select, update
 
+from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import (
     JobStatus,
@@ -176,8 +177,6 @@ def disconnect(
     its status says `disconnected` (the row stays, so GET shows what became of it); then the
     grant is revoked at the provider where it has a revocation endpoint. None for an unknown
     mailbox; MailboxSyncingError (409) while a sync of it is queued or running."""
-    from mailsync.db import session_scope
-
     with session_scope(database_url) as session:
         mailbox = find(session, workspace_id, mailbox_id)
         if mailbox is None:

@@ -31,7 +31,15 @@ def job_end(job: JobRef, outcomes: Sequence[MailboxOutcome]) -> JobEnd:
     results, failures = [], []
     for mailbox, outcome in zip(job.mailboxes, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            failures.append(MailboxFailure(mailbox.mailbox_id, mailbox_error(mailbox, outcome)))
+            failures.append(
+                MailboxFailure(
+                    mailbox.mailbox_id,
+                    mailbox_error(mailbox, outcome),
+                    mailbox.provider,
+                    mailbox.address,
+                    job.mode,
+                )  # fmt: skip
+            )
         else:
             results.append(outcome)
     error = failures[0].error if failures else None

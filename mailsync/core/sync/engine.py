@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlmodel import Session, col, update
 
+from mailsync.core.mailboxes import mark_reauth_required
 from mailsync.core.sync import index
 from mailsync.core.sync.readahead import read_ahead
 from mailsync.db import session_scope
@@ -159,8 +160,6 @@ def sync_mailbox(
         return result
     except ReauthRequiredError as exc:
         # The grant is gone: say so once (status, webhook event), and skip it until reconnected.
-        from mailsync.core.mailboxes import mark_reauth_required
-
         with session_scope(database_url) as session:
             mark_reauth_required(session, mailbox_id, credentials_version, exc.public_message)
         raise

@@ -145,7 +145,8 @@ def test_a_jobs_end_is_each_mailboxs_last_job_and_error(
     client: TestClient, settings: Settings, fakes: FakeProviders
 ) -> None:
     """When a job ends, every mailbox it covered shows it as last_job_id; the one that failed
-    shows the job error's code and message, the one that synced none."""
+    shows the job error's code and message, the one that synced none; the job's own entry for
+    the failed mailbox says provider_auth_failed (no mode performed)."""
     tenant = make_tenant(settings, fakes, messages=2)
     ids = mailbox_ids(settings, tenant.workspace_id)
     url = settings.resolved_database_url
@@ -157,6 +158,13 @@ def test_a_jobs_end_is_each_mailboxs_last_job_and_error(
     )
     job = JobRef(job_id, tenant.workspace_id, ("gmail", "microsoft"), "incremental", refs)
     runtime.close_jobs([job_end(job, [ok, ReauthRequiredError("token refused")])], settings)
+    with Session(get_engine(settings.resolved_database_url)) as session:
+        ended = session.get(SyncJob, job_id)
+        assert ended is not None and ended.error_code == "provider_auth_failed"
+        entries = {m["provider"]: m for m in ended.mailboxes}
+    assert entries["gmail"]["performed_mode"] == "full" and "error" not in entries["gmail"]
+    assert entries["microsoft"]["performed_mode"] is None
+    assert entries["microsoft"]["error"]["code"] == "provider_auth_failed"
     auth = keys(settings, tenant.workspace_id)["read:mailboxes"]
     views = {m["provider"]: m for m in client.get(URL, headers=auth).json()["data"]}
     assert views["gmail"]["last_job_id"] == views["microsoft"]["last_job_id"] == job_id
