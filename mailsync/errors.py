@@ -11,11 +11,13 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     │   ├── UnknownWorkspaceError
     │   └── JobNotFoundError
     ├── NoMailboxError                    insufficient_permissions: nothing of that kind to sync
+    ├── OAuthFlowError                    oauth_flow_failed: a consent refused (its `error`)
     ├── SyncInProgressError               sync_in_progress: another full sync holds the provider
     │   ├── MailboxBusyError                  another sync held the mailbox past our wait
     │   ├── BuildSupersededError              another sync took over this one's index build
     │   ├── TurnLapsedError                   this sync's turn of the mailbox lapsed (retried)
-    │   └── CredentialsChangedError           the mailbox was re-connected mid-sync (retried)
+    │   ├── CredentialsChangedError           the mailbox was re-connected mid-sync (retried)
+    │   └── MailboxSyncingError               a disconnect while a sync of the mailbox runs
     ├── RateLimitedError                  rate_limited: the on-demand quota (retry_after)
     ├── IdempotencyError
     │   ├── InvalidIdempotencyKey         invalid_request
@@ -30,13 +32,18 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     │   ├── UnsafeUrlError                    a webhook URL that would reach inside
     │   ├── UnknownEventTypeError             a webhook event type we do not send
     │   ├── EndpointLimitError                a workspace's webhook endpoints are all used
-    │   └── SearchInputError                  a message search's q, filter or cursor (`param`)
+    │   ├── SearchInputError                  a message search's q, filter or cursor (`param`)
+    │   ├── ConsentInputError                 a consent flow's provider, redirect_uri... (`param`)
+    │   └── UnknownStateError                 a consent callback whose state names no flow
     ├── WebhookVerificationError          webhook_verification_failed (for receivers)
     ├── ConfigurationError (RuntimeError) configuration_error
     ├── StackError                        stack_error: a local-stack process failed
     └── ProviderError                     provider_error (mailsync/providers/base.py)
         ├── TransientProviderError            provider_unavailable (retry_after)
         ├── AuthError                         provider_auth_failed
+        │   └── ReauthRequiredError               the grant is gone (invalid_grant, a 401
+        │                                             after a refresh): the mailbox needs
+        │                                             re-authorization
         └── CursorExpiredError                cursor_expired
 
 Anything else raised in a sync is a bug: `internal_error`, its message the exception's type
@@ -165,6 +172,22 @@ class PrefectUnavailableError(MailsyncError):
         return "the sync could not be scheduled; retry shortly"
 
 
+class MailboxSyncingError(SyncInProgressError):
+    """A mailbox cannot be disconnected while a sync of it is queued or running (`job_id`)."""
+
+
+class OAuthFlowError(MailsyncError):
+    """A consent flow that cannot go on; `error` is the OAuth error code the callback
+    redirects with (RFC 6749 4.1.2.1 names, plus mailsync's own), the message its
+    error_description. Never a token or a code in either."""
+
+    code = "oauth_flow_failed"
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+
+
 class JobEndedError(MailsyncError):
     code = "job_ended"
 
@@ -205,6 +228,19 @@ class SearchInputError(InvalidInputError):
         self.param = param
 
 
+class ConsentInputError(InvalidInputError):
+    """A consent flow that cannot start as asked (POST /v1/mailboxes/connect); `param`."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownStateError(InvalidInputError):
+    """The consent callback's state is missing, or no flow has it (forged, or from another
+    server): there is no trusted redirect_uri to send the user to."""
+
+
 class WebhookVerificationError(MailsyncError):
     """A webhook delivery whose signature or timestamp does not check out."""
 
@@ -235,6 +271,12 @@ class TransientProviderError(ProviderError):
 
 class AuthError(ProviderError):
     code = "provider_auth_failed"
+
+
+class ReauthRequiredError(AuthError):
+    """The provider no longer honours the mailbox's grant (a refresh answered invalid_grant,
+    or the API answered 401 with a freshly refreshed token): only the user's consent again
+    (POST /v1/mailboxes/connect with its mailbox_id) can fix it, so retrying is pointless."""
 
 
 class CursorExpiredError(ProviderError):
@@ -268,6 +310,7 @@ NOT_ANSWERED: frozenset[str] = frozenset(
         "provider_unavailable",
         "provider_auth_failed",
         "cursor_expired",
+        "oauth_flow_failed",
     }
 )
 

@@ -42,9 +42,24 @@ class Settings(BaseSettings):
     encryption_key: SecretStr | None = None
 
     google_token_uri: str = "https://oauth2.googleapis.com/token"
+    google_auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_revoke_uri: str | None = None  # None: beside google_token_uri (.../revoke)
     gmail_api_url: str = "https://gmail.googleapis.com/"
     microsoft_authority_host: str = "https://login.microsoftonline.com"
     graph_api_url: str = "https://graph.microsoft.com/v1.0"
+    # The consent flow (POST /v1/mailboxes/connect, README "Connecting mailboxes"): mailsync's
+    # own app registrations, the public base URL the providers send users back to
+    # (<public_url>/v1/oauth/callback, registered as a redirect URI with them), and where
+    # the flow may send users at the end (comma-separated; scheme, host, port and path must
+    # match one exactly, a query string is kept).
+    google_client_id: str | None = None
+    google_client_secret: SecretStr | None = None
+    microsoft_client_id: str | None = None
+    microsoft_client_secret: SecretStr | None = None
+    # The authority's tenant: "organizations" (any work account) or one tenant's id/domain.
+    microsoft_tenant: str = "organizations"
+    public_url: str | None = None
+    oauth_redirect_allowlist: str = ""
     # Extra CA certificates to trust for provider endpoints (the fakes' generated CA).
     provider_ca_bundle: Path | None = None
     # Gmail's per-user quota the sync paces itself to (6,000 for projects created after
@@ -166,11 +181,21 @@ class Settings(BaseSettings):
     def provider_endpoints(self) -> ProviderEndpoints:
         return ProviderEndpoints(
             google_token_uri=self.google_token_uri,
+            google_auth_uri=self.google_auth_uri,
+            google_revoke_uri=self.google_revoke_uri,
             gmail_api_url=self.gmail_api_url,
             microsoft_authority_host=self.microsoft_authority_host,
             graph_api_url=self.graph_api_url,
             ca_bundle=str(self.provider_ca_bundle) if self.provider_ca_bundle else None,
         )
+
+    @property
+    def oauth_callback_url(self) -> str | None:
+        return f"{self.public_url.rstrip('/')}/v1/oauth/callback" if self.public_url else None
+
+    @property
+    def oauth_redirects(self) -> tuple[str, ...]:
+        return tuple(u.strip() for u in self.oauth_redirect_allowlist.split(",") if u.strip())
 
     @property
     def provider_options(self) -> ProviderOptions:

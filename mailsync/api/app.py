@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from fastapi import FastAPI
 
@@ -20,8 +21,9 @@ from mailsync.api.middleware import (
 )
 from mailsync.api.openapi import document_limits
 from mailsync.api.overload import Gates, OverloadMiddleware
-from mailsync.api.routes import health, messages, sync, webhooks
+from mailsync.api.routes import health, mailboxes, messages, oauth, sync, webhooks
 from mailsync.core.rules.token_buckets import TokenBuckets
+from mailsync.db.tables import utcnow
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings, get_settings
 
@@ -30,8 +32,10 @@ def create_app(
     settings: Settings | None = None,
     orchestrator: Orchestrator | None = None,
     clock: Callable[[], float] = time.time,
+    now: Callable[[], datetime] = utcnow,
 ) -> FastAPI:
-    """The app; `clock` (epoch seconds) drives the general request quotas (ratelimit.py)."""
+    """The app; `clock` (epoch seconds) drives the general request quotas (ratelimit.py),
+    `now` the time rules of mailboxes and consent flows (a state's 10 minutes, lag_seconds)."""
     settings = settings or get_settings()
     orchestrator = orchestrator or Orchestrator(
         settings.resolved_prefect_api_url, settings=settings
@@ -49,6 +53,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.now = now
     app.state.orchestrator = orchestrator
     app.state.request_quotas = TokenBuckets(clock)  # the general request quotas (ratelimit.py)
     app.state.overload = gates = Gates.from_settings(settings)  # overload.py
@@ -57,6 +62,8 @@ def create_app(
     app.include_router(messages.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    app.include_router(oauth.router)  # before mailboxes: /connect is no {mailbox_id}
+    app.include_router(mailboxes.router)
     # Added last = outermost. From the outside in:
     # - the request id exists before anything can fail, so every refusal below carries it;
     # - oversized heads (431) are refused before any work;

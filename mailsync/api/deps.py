@@ -8,6 +8,7 @@ key's own quota. The sync trigger checks its scope itself and reports the sync q
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Annotated, NoReturn
 
 from fastapi import Depends, Request
@@ -31,7 +32,14 @@ def get_orchestrator(request: Request) -> Orchestrator:
     return orchestrator
 
 
+def get_now(request: Request) -> Callable[[], datetime]:
+    """The API's clock for time rules (a consent flow's expiry, lag_seconds); tests move it."""
+    now: Callable[[], datetime] = request.app.state.now
+    return now
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+NowDep = Annotated[Callable[[], datetime], Depends(get_now)]
 OrchestratorDep = Annotated[Orchestrator, Depends(get_orchestrator)]
 
 
@@ -100,3 +108,7 @@ def require_metered_scope(*any_of: str) -> Callable[[Principal], Principal]:
 
 
 EmailReader = Annotated[Principal, Depends(require_metered_scope("read:email", "write:email"))]
+MailboxReader = Annotated[
+    Principal, Depends(require_metered_scope("read:mailboxes", "write:mailboxes"))
+]
+MailboxWriter = Annotated[Principal, Depends(require_metered_scope("write:mailboxes"))]

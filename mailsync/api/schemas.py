@@ -34,10 +34,11 @@ class MailboxOutcome(BaseModel):
     provider: str
     address: str
     requested_mode: str
-    performed_mode: str
+    performed_mode: str | None  # null when the mailbox did not sync (see error)
     reason: str | None
     resumed: bool = False
     counts: dict[str, int]
+    error: JobError | None = None  # why this mailbox did not sync, e.g. provider_auth_failed
 
 
 class Job(JobCreated):

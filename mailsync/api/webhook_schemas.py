@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EventType = Literal["email.sync.completed", "email.sync.failed"]
+EventType = Literal["email.sync.completed", "email.sync.failed", "mailbox.reauth_required"]
 
 
 class WebhookCreate(BaseModel):
@@ -19,7 +19,8 @@ class WebhookCreate(BaseModel):
     )
     events: list[str] | None = Field(
         default=None,
-        description="Event types to receive (default: email.sync.completed and email.sync.failed).",
+        description="Event types to receive (default: email.sync.completed and "
+        "email.sync.failed; mailbox.reauth_required on request).",
         examples=[["email.sync.completed", "email.sync.failed"]],
     )
 

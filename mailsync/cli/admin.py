@@ -148,7 +148,8 @@ def key_create(
         typer.Option(
             "--scope",
             "-s",
-            help="Repeat for each scope: write:email, read:email, write:webhooks, read:webhooks.",
+            help="Repeat for each scope: write:email, read:email, write:webhooks, "
+            "read:webhooks, write:mailboxes, read:mailboxes.",
         ),
     ] = [  # noqa: B006
         "write:email",
@@ -215,29 +216,65 @@ def _connect(provider: str, workspace: str, address: str, file: Path | None) -> 
 
 
 _CREDS_HELP = "JSON credentials file, or - for stdin. Never echoed."
+_ADDRESS_HELP = "The mailbox's email address (with --oauth: the account to sign in with)."
+_OAUTH_HELP = "Ask the user's consent in a browser, redirected back to this machine."
+_DEVICE_HELP = "Ask the user's consent with a code typed on another device (Microsoft only)."
+_TIMEOUT_HELP = "How long --oauth / --device-code wait for the user."
+
+
+def _connect_any(
+    provider: str,
+    workspace: str,
+    address: str | None,
+    credentials_file: Path | None,
+    oauth: bool,
+    device_code: bool,
+    timeout: int,
+) -> None:
+    from mailsync.cli.connect import NO_GMAIL_DEVICE_FLOW, connect_by_consent
+
+    if oauth and device_code:
+        raise fail("choose one of --oauth and --device-code")
+    if provider == "gmail" and device_code:
+        raise fail(NO_GMAIL_DEVICE_FLOW)
+    if oauth or device_code:
+        if credentials_file is not None:
+            raise fail("--credentials-file does not go with --oauth or --device-code")
+        connect_by_consent(
+            ready_settings(), provider, workspace, address, device_code=device_code,
+            timeout=timeout,
+        )  # fmt: skip
+        return
+    if address is None:
+        raise fail("pass --address (or use --oauth / --device-code)")
+    _connect(provider, workspace, address, credentials_file)
 
 
 @connect_app.command("gmail")
 def connect_gmail(
     workspace: Annotated[str, typer.Option("--workspace", "-w")],
-    address: Annotated[str, typer.Option(help="The mailbox's email address.")],
+    address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
     credentials_file: Annotated[Path | None, typer.Option(help=_CREDS_HELP)] = None,
+    oauth: Annotated[bool, typer.Option("--oauth", help=_OAUTH_HELP)] = False,
+    device_code: Annotated[bool, typer.Option("--device-code", help=_DEVICE_HELP)] = False,
+    timeout: Annotated[int, typer.Option(min=10, help=_TIMEOUT_HELP)] = 300,
 ) -> None:
-    """Connect a Gmail mailbox (OAuth refresh token or service account with subject).
-
-    Without --credentials-file the JSON is read from MAILSYNC_GMAIL_CREDENTIALS.
-    """
-    _connect("gmail", workspace, address, credentials_file)
+    """Connect a Gmail mailbox: --oauth (the user's consent), or a credentials JSON (OAuth
+    refresh token or service account with subject) from --credentials-file or
+    MAILSYNC_GMAIL_CREDENTIALS."""
+    _connect_any("gmail", workspace, address, credentials_file, oauth, device_code, timeout)
 
 
 @connect_app.command("microsoft")
 def connect_microsoft(
     workspace: Annotated[str, typer.Option("--workspace", "-w")],
-    address: Annotated[str, typer.Option(help="The mailbox's email address.")],
+    address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
     credentials_file: Annotated[Path | None, typer.Option(help=_CREDS_HELP)] = None,
+    oauth: Annotated[bool, typer.Option("--oauth", help=_OAUTH_HELP)] = False,
+    device_code: Annotated[bool, typer.Option("--device-code", help=_DEVICE_HELP)] = False,
+    timeout: Annotated[int, typer.Option(min=10, help=_TIMEOUT_HELP)] = 300,
 ) -> None:
-    """Connect a Microsoft 365 mailbox (client credentials or delegated refresh token).
-
-    Without --credentials-file the JSON is read from MAILSYNC_MICROSOFT_CREDENTIALS.
-    """
-    _connect("microsoft", workspace, address, credentials_file)
+    """Connect a Microsoft 365 mailbox: --oauth or --device-code (the user's consent), or a
+    credentials JSON (client credentials or delegated refresh token) from --credentials-file
+    or MAILSYNC_MICROSOFT_CREDENTIALS."""
+    _connect_any("microsoft", workspace, address, credentials_file, oauth, device_code, timeout)

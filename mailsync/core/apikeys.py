@@ -17,7 +17,16 @@ from mailsync.db.tables import ApiKey, as_utc, utcnow
 PREFIX = "wbk_"
 _ALPHABET = string.ascii_letters + string.digits
 _KEY_RE = re.compile(r"^wbk_[A-Za-z0-9]{32,128}$")
-SCOPES = frozenset({"write:email", "read:email", "write:webhooks", "read:webhooks"})
+SCOPES = frozenset(
+    {
+        "write:email",
+        "read:email",
+        "write:webhooks",
+        "read:webhooks",
+        "write:mailboxes",
+        "read:mailboxes",
+    }
+)
 
 
 def hash_key(plaintext: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session, col, delete, select, update
 
 from mailsync.db.crypto import CredentialBox
-from mailsync.db.tables import Mailbox, Message, Workspace
+from mailsync.db.tables import Mailbox, MailboxStatus, Message, Workspace, utcnow
 from mailsync.providers.registry import PROVIDERS, validate_credentials
 
 _WORKSPACE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -108,6 +108,10 @@ def connect_mailbox(
         mailbox.checkpoint = mailbox.checkpoint_at = None
         mailbox.auth_state_encrypted = None
     mailbox.credentials_encrypted = sealed
+    # Whatever it was (waiting for re-authorization, disconnected), it can be synced again.
+    mailbox.status = MailboxStatus.active.value
+    mailbox.connected_at = utcnow()
+    mailbox.last_error_code = mailbox.last_error_message = None
     session.add(mailbox)
     session.flush()
     return mailbox, created

@@ -49,7 +49,8 @@ def reencrypt_all(session: Session, box: CredentialBox) -> RotationReport:
         for name in columns:
             column, key = table.c[name], table.c.id
             done = 0
-            query = sa.select(key, column).where(column.is_not(None))
+            # An empty value is no secret: a disconnected mailbox's deleted credentials.
+            query = sa.select(key, column).where(column.is_not(None), column != "")
             rows = session.connection().execute(query).all()
             session.commit()
             for row_id, token in rows:
@@ -85,6 +86,6 @@ def unrotated(session: Session, box: CredentialBox) -> list[str]:
         for name in columns:
             column = table.c[name]
             for row_id, token in conn.execute(sa.select(table.c.id, column)):
-                if token is not None and not box.opens_with_primary(token):
+                if token and not box.opens_with_primary(token):
                     left.append(f"{table.name}.{name}:{row_id}")
     return left

@@ -24,6 +24,12 @@ class Provider(StrEnum):
     microsoft = "microsoft"
 
 
+class MailboxStatus(StrEnum):
+    active = "active"
+    reauth_required = "reauth_required"  # the provider refused the grant: consent again
+    disconnected = "disconnected"  # DELETE /v1/mailboxes/{id}: no credentials, no index
+
+
 class SyncMode(StrEnum):
     incremental = "incremental"
     full = "full"
@@ -80,7 +86,18 @@ class Mailbox(SQLModel, table=True):
     workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=64)
     provider: str = Field(max_length=16)
     address: str = Field(max_length=320)
+    # Empty once disconnected (the credentials are deleted; the row stays as the mailbox's record).
     credentials_encrypted: str = Field(sa_column=Column(sa.Text, nullable=False))
+    status: str = Field(
+        default=MailboxStatus.active.value,
+        max_length=16,
+        sa_column_kwargs={"server_default": MailboxStatus.active.value},
+    )
+    connected_at: datetime | None = _ts()  # the last (re-)connect
+    # The last job that synced or tried to sync the mailbox, and how that attempt ended.
+    last_job_id: str | None = Field(default=None, max_length=40)
+    last_error_code: str | None = Field(default=None, max_length=64)
+    last_error_message: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
     cursor: str | None = Field(default=None, sa_column=Column(sa.Text, nullable=True))
     last_synced_at: datetime | None = _ts()
     created_at: datetime = Field(
@@ -178,6 +195,27 @@ class IdempotencyRecord(SQLModel, table=True):
     expires_at: datetime = Field(
         sa_column=Column(sa.DateTime(timezone=True), nullable=False, index=True)
     )
+
+
+class OAuthState(SQLModel, table=True):
+    """One consent flow in progress: its `state` (stored as a SHA-256 hash only), the workspace
+    it is bound to, where the user goes at the end, and the sealed PKCE verifier / msal flow.
+    Single-use: `used_at` is set by the one callback that may consume it."""
+
+    id: str = Field(default_factory=lambda: new_id("oas"), primary_key=True, max_length=40)
+    state_hash: str = Field(unique=True, max_length=64)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=64)
+    provider: str = Field(max_length=16)
+    redirect_uri: str = Field(sa_column=Column(sa.Text, nullable=False))
+    mailbox_id: str | None = Field(default=None, max_length=40)  # a re-authorization
+    flow_encrypted: str = Field(sa_column=Column(sa.Text, nullable=False))  # secret
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    expires_at: datetime = Field(
+        sa_column=Column(sa.DateTime(timezone=True), nullable=False, index=True)
+    )
+    used_at: datetime | None = _ts()
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,53 @@ def fake_account(base_url: str, ca_path: Path, address: str) -> dict[str, object
     return credentials
 
 
+def landing_page(api: str) -> str:
+    """Where the demo's consent flow ends (the API docs, mailbox_id in the address bar)."""
+    return f"{api}/docs"
+
+
+def consent_env(fakes: Fakes, api: str) -> dict[str, str]:
+    """The API's consent settings for the demo: an OAuth client registered with the fake
+    Google, the demo Microsoft tenant's own app, the API as the public URL."""
+    trust = {"verify": str(fakes.ca_path), "trust_env": False, "timeout": 30}
+    response = httpx.post(
+        f"{fakes.gmail_url}/_admin/oauth-clients",
+        json={"redirect_uris": [f"{api}/v1/oauth/callback"]},
+        **trust,  # type: ignore[arg-type]
+    )
+    response.raise_for_status()
+    google = response.json()
+    tenant = fake_account(fakes.microsoft_url, fakes.ca_path, MICROSOFT_ADDRESS)
+    return {
+        "MAILSYNC_GOOGLE_CLIENT_ID": google["client_id"],
+        "MAILSYNC_GOOGLE_CLIENT_SECRET": google["client_secret"],
+        "MAILSYNC_MICROSOFT_CLIENT_ID": str(tenant["client_id"]),
+        "MAILSYNC_MICROSOFT_CLIENT_SECRET": str(tenant["client_secret"]),
+        "MAILSYNC_MICROSOFT_TENANT": str(tenant["tenant_id"]),
+        "MAILSYNC_PUBLIC_URL": api,
+        "MAILSYNC_OAUTH_REDIRECT_ALLOWLIST": landing_page(api),
+    }
+
+
+def connect_url(api: str, key: str, fakes: Fakes) -> tuple[str, str]:
+    """A new fake Gmail mailbox and a ready consent URL for it (the fake approves at once:
+    its login_hint names the mailbox), through the API as an application would ask."""
+    address = f"new.user.{secrets.token_hex(3)}@gmail.example"
+    fake_account(fakes.gmail_url, fakes.ca_path, address)
+    response = httpx.post(
+        f"{api}/v1/mailboxes/connect",
+        json={"provider": "gmail", "redirect_uri": landing_page(api), "login_hint": address},
+        headers={"Authorization": f"Bearer {key}"},
+        trust_env=False,
+        timeout=30,
+    )
+    response.raise_for_status()
+    return address, str(response.json()["data"]["authorization_url"])
+
+
+DEMO_SCOPES = ["write:email", "read:email", "read:mailboxes", "write:mailboxes"]
+
+
 def seed_workspace(settings: Settings, fakes: Fakes) -> str:
     """Create the demo workspace, connect both fake mailboxes; return the demo API key."""
     box = CredentialBox(settings.fernet_key())
@@ -55,11 +103,10 @@ def seed_workspace(settings: Settings, fakes: Fakes) -> str:
             workspaces.connect_mailbox(session, box, WORKSPACE, provider, address, credentials)
         if key_file.exists():
             existing = key_file.read_text().strip()
-            if apikeys.authenticate(session, existing) is not None:
+            principal = apikeys.authenticate(session, existing)
+            if principal is not None and principal.scopes >= set(DEMO_SCOPES):
                 return existing
-        _, plaintext = apikeys.create_api_key(
-            session, WORKSPACE, ["write:email", "read:email"], name="demo"
-        )
+        _, plaintext = apikeys.create_api_key(session, WORKSPACE, DEMO_SCOPES, name="demo")
     key_file.write_text(plaintext + "\n")
     key_file.chmod(0o600)
     return plaintext
@@ -79,6 +126,7 @@ def run_demo(
         follow(settings, orchestrator, job.id)
     finally:
         orchestrator.close()
+    address, consent = connect_url(api, key, fakes)
     curl = (
         f"curl -X POST {api}/v1/email/sync \\\n"
         f'  -H "Authorization: Bearer {key}" \\\n'
@@ -95,6 +143,13 @@ def run_demo(
             "",
             "then follow the job:",
             f'curl -H "Authorization: Bearer {key}" {api}/v1/email/sync/<job_id>',
+            "",
+            f"connect a new mailbox ({address}) the way users do: open this consent URL",
+            "(the fake Google approves at once and you land on the API docs with mailbox_id):",
+            consent,
+            "",
+            "then see it:",
+            f'curl -H "Authorization: Bearer {key}" {api}/v1/mailboxes',
             "",
         ]
     )

@@ -33,6 +33,7 @@ class Fakes:
         """Settings that point mailsync at the fakes instead of Google and Microsoft."""
         return {
             "MAILSYNC_GOOGLE_TOKEN_URI": f"{self.gmail_url}/token",
+            "MAILSYNC_GOOGLE_AUTH_URI": f"{self.gmail_url}/o/oauth2/v2/auth",
             "MAILSYNC_GMAIL_API_URL": f"{self.gmail_url}/",
             "MAILSYNC_MICROSOFT_AUTHORITY_HOST": self.microsoft_url,
             "MAILSYNC_GRAPH_API_URL": f"{self.microsoft_url}/v1.0",

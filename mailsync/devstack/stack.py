@@ -166,6 +166,13 @@ class LocalStack:
                 tls_dir = (spec.data_dir or spec.workdir) / "fakes-tls"
                 self.fakes = start_fakes(processes, tls_dir, spec.fakes.seed_messages)
             processes.env.update(self.fakes.env())
+            if spec.api is not None:
+                # The demo's consent flow: mailsync registered with the fakes, as an operator
+                # registers it with Google and Entra (README, Connecting mailboxes).
+                from mailsync.devstack.demo import consent_env
+
+                api = f"http://{spec.api.settings.api_host}:{spec.api.port}"
+                processes.env.update(consent_env(self.fakes, api))
         self.prefect_api_url = api_url = self._prefect(progress)
         processes.env["PREFECT_API_URL"] = api_url
         if spec.deployments:

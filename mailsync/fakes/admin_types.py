@@ -95,6 +95,14 @@ class DelegatedCredentials(_Model):
     refresh_token: str
 
 
+class OAuthClient(_Model):
+    """A web OAuth client registered with the fake Google."""
+
+    client_id: str
+    client_secret: str
+    redirect_uris: list[str]
+
+
 class MicrosoftAccount(_Model):
     address: str
     credentials: AppCredentials  # app-only (client credentials)

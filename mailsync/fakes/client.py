@@ -36,6 +36,7 @@ from mailsync.fakes.admin_types import (
     LabelChange,
     MessageChange,
     MicrosoftAccount,
+    OAuthClient,
     QuotaUsage,
     ServiceAccountKey,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "MessageChange",
     "MicrosoftAccount",
     "MicrosoftAdmin",
+    "OAuthClient",
     "QuotaUsage",
     "ServiceAccountKey",
     "admin_client",
@@ -184,6 +186,14 @@ class FakeAdmin:
     def delete_message(self, address: str, message_id: str) -> None:
         self._call("DELETE", _path(address, f"/messages/{quote(message_id, safe='')}"))
 
+    # -- consent (mailsync.fakes.consent) -------------------------------------------------
+
+    def set_consent(
+        self, address: str, *, deny: bool = False, untick: list[str] | None = None
+    ) -> None:
+        """How the user answers consent screens: Cancel (`deny`), or Allow minus `untick`."""
+        self._call("PUT", _path(address, "/consent"), json={"deny": deny, "untick": untick or []})
+
 
 class GmailAdmin(FakeAdmin):
     """The fake Gmail's admin surface (mailsync.fakes.gmail)."""
@@ -200,6 +210,12 @@ class GmailAdmin(FakeAdmin):
     def revoke(self, address: str) -> GmailAccount:
         """A new refresh token; the old one and every access token stop working."""
         return GmailAccount.model_validate(self._json("POST", _path(address, "/revoke")))
+
+    def register_oauth_client(self, redirect_uris: list[str] | None = None) -> OAuthClient:
+        """A web OAuth client (mailsync's own, for the consent flow) allowed to redirect to
+        `redirect_uris` (and any loopback address, as Google's desktop clients are)."""
+        body = {"redirect_uris": redirect_uris or []}
+        return OAuthClient.model_validate(self._json("POST", "/_admin/oauth-clients", json=body))
 
     def service_account(self, client_email: str | None = None) -> ServiceAccountKey:
         """A service-account key (domain-wide delegation to every mailbox of the fake)."""
@@ -279,6 +295,18 @@ class MicrosoftAdmin(FakeAdmin):
             body["tenant_id"] = tenant_id
         response = self._call("POST", "/_admin/mailboxes", json=body)
         return MicrosoftAccount(**response.json(), created=response.status_code == 201)
+
+    def revoke(self, address: str) -> MicrosoftAccount:
+        """Sign the user out everywhere: every refresh and delegated access token of the
+        mailbox stops working (invalid_grant); the answer holds new delegated credentials."""
+        return MicrosoftAccount.model_validate(self._json("POST", _path(address, "/revoke")))
+
+    def approve_device(self, user_code: str, address: str) -> None:
+        """The user enters `user_code` on the verification page and signs in as `address`."""
+        self._call(
+            "POST", f"/_admin/device-codes/{quote(user_code, safe='')}/approve",
+            json={"address": address},
+        )  # fmt: skip
 
     def ids(self, address: str, folder: str | None = None) -> list[str]:
         """The immutable ids of every message (of `folder` only, if given)."""

@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from prefect import get_client
 from sqlmodel import col, select, update
 
+from mailsync.core import mailboxes
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxRef
 from mailsync.core.rules.admission import mailbox_limit
@@ -253,7 +254,7 @@ def close_jobs(ends: list[JobEnd], settings: Settings | None = None) -> None:
             job = session.get(SyncJob, end.job_id)
             if job is None:
                 raise JobNotFoundError(f"sync job {end.job_id} does not exist")
-            jobstore.mark_finished(
+            ended = jobstore.mark_finished(
                 session,
                 job,
                 counts=end.counts(),
@@ -261,6 +262,18 @@ def close_jobs(ends: list[JobEnd], settings: Settings | None = None) -> None:
                 error_code=end.error.code if end.error else None,
                 error_message=end.error.message if end.error else None,
             )
+            if ended:
+                mailboxes.record_attempts(session, end.job_id, attempts(end))
+
+
+def attempts(end: JobEnd) -> list[mailboxes.Attempt]:
+    """What each mailbox of the ended job came to, for its own state (GET /v1/mailboxes)."""
+    done = [mailboxes.Attempt(r.mailbox_id) for r in end.results]
+    failed = [
+        mailboxes.Attempt(f.mailbox_id, mailboxes.MailboxError(f.error.code, f.error.message))
+        for f in end.failures
+    ]
+    return done + failed
 
 
 @contextmanager

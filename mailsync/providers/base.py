@@ -29,10 +29,19 @@ class ProviderEndpoints:
     """Where the providers live; production defaults, pointed at the fakes in tests and demos."""
 
     google_token_uri: str = "https://oauth2.googleapis.com/token"
+    google_auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    # None: beside the token endpoint (https://oauth2.googleapis.com/revoke).
+    google_revoke_uri: str | None = None
     gmail_api_url: str = "https://gmail.googleapis.com/"
     microsoft_authority_host: str = "https://login.microsoftonline.com"
     graph_api_url: str = "https://graph.microsoft.com/v1.0"
     ca_bundle: str | None = None  # extra CA file to trust (the fakes' CA); None = system trust
+
+    @property
+    def resolved_google_revoke_uri(self) -> str:
+        if self.google_revoke_uri:
+            return self.google_revoke_uri
+        return self.google_token_uri.rstrip("/").rsplit("/", 1)[0] + "/revoke"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,19 @@ def validate_credentials(provider: str, credentials: dict[str, Any]) -> dict[str
     raise ValueError(f"unknown provider {provider!r}")
 
 
+def revoke_grant(provider: str, credentials: dict[str, Any], endpoints: ProviderEndpoints) -> bool:
+    """Revoke the mailbox's grant at its provider, where the provider has an endpoint for it:
+    True when revoked, False when there is none (Microsoft revokes a user's sessions only, and
+    app credentials are the tenant admin's). Raises ProviderError when the provider refuses."""
+    if provider == "gmail":
+        from mailsync.providers.gmail.revocation import revoke
+
+        return revoke(credentials, endpoints)
+    if provider == "microsoft":
+        return False
+    raise ValueError(f"unknown provider {provider!r}")
+
+
 def preload() -> None:
     """Import every provider and its client libraries now, in a process that forks runs
     (mailsync/orchestration/zygote.py): each run then starts with them loaded, and they stay

@@ -24,8 +24,13 @@ from mailsync.webhooks.signing import generate_secret
 JOB_COMPLETED = "email.sync.completed"
 JOB_FAILED = "email.sync.failed"
 ENDPOINT_DISABLED = "webhook.endpoint.disabled"
+# A mailbox's grant was refused (core/mailboxes.py): sent once per transition to reauth_required.
+MAILBOX_REAUTH_REQUIRED = "mailbox.reauth_required"
 # What an endpoint can subscribe to; the disabled notice goes to nobody (it is listed).
-SUBSCRIBABLE = (JOB_COMPLETED, JOB_FAILED)
+SUBSCRIBABLE = (JOB_COMPLETED, JOB_FAILED, MAILBOX_REAUTH_REQUIRED)
+# What an endpoint created without `events` gets: the job events it always got (a receiver
+# written before mailbox events existed is not sent a type it does not know).
+DEFAULT_EVENTS = (JOB_COMPLETED, JOB_FAILED)
 
 
 def _seal(box: CredentialBox, secret: str) -> str:
@@ -38,7 +43,7 @@ def _open(box: CredentialBox, token: str) -> str:
 
 def normalize_events(events: list[str] | None) -> list[str]:
     if events is None:
-        return list(SUBSCRIBABLE)
+        return list(DEFAULT_EVENTS)
     unknown = sorted(set(events) - set(SUBSCRIBABLE))
     if unknown:
         raise UnknownEventTypeError(

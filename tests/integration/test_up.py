@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -88,6 +89,19 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
         )
         assert view["status"] == "completed", view
         assert [m["performed_mode"] for m in view["mailboxes"]] == ["incremental"] * 2
+        # The printed consent URL connects a new fake mailbox, as a user's browser would.
+        lines = output.splitlines()
+        consent = next(
+            lines[i + 2].strip() for i, line in enumerate(lines) if "consent URL" in line
+        )
+        trust = ssl.create_default_context(cafile=str(tmp_path / "data" / "fakes-tls" / "ca.pem"))
+        landed = httpx.get(consent, verify=trust, trust_env=False, follow_redirects=True)
+        assert landed.url.path == "/docs" and "mailbox_id" in landed.url.params, landed.url
+        listed = httpx.get(f"http://127.0.0.1:{api_port}/v1/mailboxes",
+                           headers={"Authorization": f"Bearer {key}"}).json()["data"]  # fmt: skip
+        assert landed.url.params["mailbox_id"] in {
+            m["id"] for m in listed if m["status"] == "active"
+        }
 
         # The job is recorded as ended just before its run's last steps (summary artifact,
         # the COMPLETED state): the run may still be RUNNING for a moment.

@@ -81,6 +81,7 @@ def make_settings(data_dir: Path, database_url: str, fakes: Fakes, **extra: Any)
         database_url=database_url,
         encryption_key=ENCRYPTION_KEY,
         google_token_uri=f"{fakes.gmail_url}/token",
+        google_auth_uri=f"{fakes.gmail_url}/o/oauth2/v2/auth",
         gmail_api_url=f"{fakes.gmail_url}/",
         microsoft_authority_host=fakes.microsoft_url,
         graph_api_url=f"{fakes.microsoft_url}/v1.0",

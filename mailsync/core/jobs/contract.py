@@ -44,16 +44,44 @@ MailboxOutcome = MailboxResult | BaseException
 
 
 @dataclass(frozen=True)
+class MailboxFailure:
+    """A mailbox of a job that did not sync, and why."""
+
+    mailbox_id: str
+    error: JobError
+    provider: str = ""
+    address: str = ""
+    requested_mode: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its entry in the job record: no mode performed, no counts, its error."""
+        return {
+            "mailbox_id": self.mailbox_id,
+            "provider": self.provider,
+            "address": self.address,
+            "requested_mode": self.requested_mode,
+            "performed_mode": None,
+            "reason": None,
+            "resumed": False,
+            "counts": {},
+            "error": {"code": self.error.code, "message": self.error.message},
+        }
+
+
+@dataclass(frozen=True)
 class JobEnd:
-    """How a job ended: the results of the mailboxes that synced and its first error."""
+    """How a job ended: the results of the mailboxes that synced and its first error
+    (`failures`: every mailbox that did not sync, for the mailboxes' own state)."""
 
     job_id: str
     results: Sequence[MailboxResult] = field(default_factory=tuple)
     error: JobError | None = None
+    failures: Sequence[MailboxFailure] = field(default_factory=tuple)
 
     def mailbox_entries(self) -> list[dict[str, Any]]:
-        """The job record's (and the API's) mailbox entries."""
-        return [r.as_dict() for r in self.results]
+        """The job record's (and the API's) mailbox entries: those that synced, then those
+        that did not, each with its error (provider_auth_failed for a refused grant)."""
+        return [r.as_dict() for r in self.results] + [f.as_dict() for f in self.failures]
 
     def counts(self) -> dict[str, int]:
         """The job's counts: the sum over its mailboxes."""

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mailsync.core.jobs.contract import JobEnd, JobError, JobRef, MailboxOutcome, MailboxRef
+from mailsync.core.jobs.contract import (
+    JobEnd,
+    JobError,
+    JobRef,
+    MailboxFailure,
+    MailboxOutcome,
+    MailboxRef,
+)
 from mailsync.errors import MailsyncError, job_error_code
 
 
@@ -21,13 +28,22 @@ def job_end(job: JobRef, outcomes: Sequence[MailboxOutcome]) -> JobEnd:
     those that synced, and the error of the first that did not."""
     if len(outcomes) != len(job.mailboxes):
         raise ValueError(f"{len(outcomes)} outcomes for {len(job.mailboxes)} mailboxes")
-    results, error = [], None
+    results, failures = [], []
     for mailbox, outcome in zip(job.mailboxes, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            error = error or mailbox_error(mailbox, outcome)
+            failures.append(
+                MailboxFailure(
+                    mailbox.mailbox_id,
+                    mailbox_error(mailbox, outcome),
+                    mailbox.provider,
+                    mailbox.address,
+                    job.mode,
+                )  # fmt: skip
+            )
         else:
             results.append(outcome)
-    return JobEnd(job.job_id, tuple(results), error)
+    error = failures[0].error if failures else None
+    return JobEnd(job.job_id, tuple(results), error, tuple(failures))
 
 
 def job_failed(job: JobRef, exc: MailsyncError) -> JobEnd:

@@ -8,15 +8,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select, update
 
-from mailsync.db.tables import JobStatus, Mailbox, SyncJob, Workspace, iso, utcnow
+from mailsync.db.tables import JobStatus, Mailbox, MailboxStatus, SyncJob, Workspace, iso, utcnow
 from mailsync.errors import NoMailboxError, UnknownWorkspaceError
 from mailsync.webhooks import outbox
 
 
 def connected_mailboxes(
-    session: Session, workspace_id: str, providers: list[str] | None
+    session: Session,
+    workspace_id: str,
+    providers: list[str] | None,
+    status: MailboxStatus = MailboxStatus.active,
 ) -> list[Mailbox]:
-    query = select(Mailbox).where(Mailbox.workspace_id == workspace_id)
+    """The workspace's mailboxes (of `providers`) in `status`: active ones are what a job syncs."""
+    query = select(Mailbox).where(Mailbox.workspace_id == workspace_id, Mailbox.status == status)
     mailboxes = list(session.exec(query.order_by(Mailbox.provider, Mailbox.address)))
     if providers:
         mailboxes = [m for m in mailboxes if m.provider in providers]
@@ -32,6 +36,16 @@ def build_job(
     mailboxes = connected_mailboxes(session, workspace_id, [provider] if provider else None)
     if not mailboxes:
         what = f"no {provider} mailbox" if provider else "no mailbox"
+        refused = connected_mailboxes(
+            session, workspace_id, [provider] if provider else None, MailboxStatus.reauth_required
+        )
+        if refused:
+            ids = ", ".join(m.id for m in refused[:5])
+            raise NoMailboxError(
+                f"re-authorization needed: {what} of this workspace can be synced; the "
+                f"provider refused the grant of {ids} (reconnect with POST "
+                "/v1/mailboxes/connect and its mailbox_id)"
+            )
         raise NoMailboxError(f"{what} is connected to this workspace")
     providers = sorted({m.provider for m in mailboxes})
     return SyncJob(workspace_id=workspace_id, mode=mode, providers=providers, trigger=trigger)

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, or_, select
 
 from mailsync.core.jobs.contract import JobRef, MailboxOutcome, MailboxRef
 from mailsync.core.sync.engine import MailboxResult
-from mailsync.db.tables import JobStatus, Mailbox, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.db.tables import JobStatus, Mailbox, MailboxStatus, SyncJob, SyncMode, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,12 @@ def due_mailboxes(
     interval_seconds: int,
     workspaces: Iterable[str] | None = None,
 ) -> list[Mailbox]:
-    """Connected mailboxes never synced, or last synced at or before the cutoff."""
+    """Active mailboxes never synced, or last synced at or before the cutoff (one waiting
+    for re-authorization, or disconnected, is not asked again)."""
     cutoff = due_cutoff(now, interval_seconds)
     query = select(Mailbox).where(
-        or_(col(Mailbox.last_synced_at).is_(None), col(Mailbox.last_synced_at) <= cutoff)
+        col(Mailbox.status) == MailboxStatus.active.value,
+        or_(col(Mailbox.last_synced_at).is_(None), col(Mailbox.last_synced_at) <= cutoff),
     )
     if workspaces is not None:
         query = query.where(col(Mailbox.workspace_id).in_(list(workspaces)))

@@ -15,12 +15,18 @@ from typing import Any
 
 from sqlmodel import Session, col, update
 
+from mailsync.core.mailboxes import mark_reauth_required
 from mailsync.core.sync import index
 from mailsync.core.sync.readahead import read_ahead
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
-from mailsync.db.tables import Mailbox, SyncMode, as_utc, utcnow
-from mailsync.errors import CredentialsChangedError, MailboxGoneError, TurnLapsedError
+from mailsync.db.tables import Mailbox, MailboxStatus, SyncMode, as_utc, utcnow
+from mailsync.errors import (
+    CredentialsChangedError,
+    MailboxGoneError,
+    ReauthRequiredError,
+    TurnLapsedError,
+)
 from mailsync.providers.base import (
     CursorExpiredError,
     MailProvider,
@@ -69,7 +75,7 @@ class MailboxResult:
 
 def _mailbox(session: Session, mailbox_id: str) -> Mailbox:
     mailbox = session.get(Mailbox, mailbox_id)
-    if mailbox is None:
+    if mailbox is None or mailbox.status == MailboxStatus.disconnected:
         raise MailboxGoneError(f"mailbox {mailbox_id} is no longer connected")
     return mailbox
 
@@ -111,6 +117,12 @@ def sync_mailbox(
     with TurnLapsedError."""
     with session_scope(database_url) as session:
         mailbox = _mailbox(session, mailbox_id)
+        if mailbox.status == MailboxStatus.reauth_required or not mailbox.credentials_encrypted:
+            # Queued before its grant was refused: asking the provider again cannot help.
+            raise ReauthRequiredError(
+                f"mailbox {mailbox_id} needs re-authorization (POST /v1/mailboxes/connect "
+                "with its mailbox_id)"
+            )
         credentials = box.open(mailbox.credentials_encrypted)
         auth_state = box.open(mailbox.auth_state_encrypted) if mailbox.auth_state_encrypted else {}
         provider_name, address, cursor = mailbox.provider, mailbox.address, mailbox.cursor
@@ -146,6 +158,11 @@ def sync_mailbox(
                 result.performed_mode, result.reason = SyncMode.full, "cursor_reset"
         run.full()
         return result
+    except ReauthRequiredError as exc:
+        # The grant is gone: say so once (status, webhook event), and skip it until reconnected.
+        with session_scope(database_url) as session:
+            mark_reauth_required(session, mailbox_id, credentials_version, exc.public_message)
+        raise
     finally:
         run.keep_auth_state(box)
         provider.close()

@@ -8,6 +8,14 @@ Besides FakeControl's operation counters and queued faults, each mailbox can hav
   tests) charged at Gmail's documented per-method costs, batch parts one by one; a call over
   it is refused with 429 rateLimitExceeded or 403 userRateLimitExceeded, with Retry-After.
 
+OAuth: POST /token (refresh, JWT and authorization-code grants), POST /revoke (RFC 7009),
+GET /o/oauth2/v2/auth: a registered client's consent; with a login_hint naming a mailbox it
+approves at once (302 to redirect_uri with code, state and the granted scope), else it shows
+a one-button consent page (POSTed back to the same path). Codes are single-use, PKCE (S256)
+is checked at the exchange, and the refresh tokens of these grants end with a revocation.
+    POST   /_admin/oauth-clients                         {"redirect_uris"} -> client_id, secret
+    PUT    /_admin/mailboxes/{address}/consent           {"deny"?, "untick"?: [scope]}
+
 Admin (besides /_admin/stats, /_admin/stats/reset, /_admin/faults):
     POST   /_admin/mailboxes                             {"address", "messages"?} -> credentials
     POST   /_admin/mailboxes/{address}/revoke            new refresh token, tokens dropped
@@ -34,10 +42,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from mailsync.fakes.consent import consent_admin_router
 from mailsync.fakes.control import FakeControl
 from mailsync.fakes.faults import QuotaMeter, mailbox_admin_router
 from mailsync.fakes.gmail.admin import admin_router
 from mailsync.fakes.gmail.batch import batch_router
+from mailsync.fakes.gmail.consent import consent_router
 from mailsync.fakes.gmail.errors import ApiResponse, google_error
 from mailsync.fakes.gmail.mailbox import Mailbox, NotFound
 from mailsync.fakes.gmail.oauth import FakeOAuth, token_router
@@ -83,6 +93,8 @@ def create_app(
     app.include_router(control.router())
     app.include_router(mailbox_admin_router(fake.faults, fake.quota, fake.exists))
     app.include_router(token_router(fake.oauth))
+    app.include_router(consent_router(fake.oauth.consent))
+    app.include_router(consent_admin_router(fake.oauth.consent.book, fake.exists))
     app.include_router(rest_router(fake))
     app.include_router(batch_router(fake))
     app.include_router(admin_router(fake))

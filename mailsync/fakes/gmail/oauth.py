@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import APIRouter, Request, Response
 
 from mailsync.fakes.control import FakeControl
+from mailsync.fakes.gmail.consent import Consent
 from mailsync.fakes.gmail.errors import Fault
 from mailsync.fakes.gmail.mailbox import Mailbox
 
@@ -81,6 +82,7 @@ class FakeOAuth:
         self.token_lifetime = token_lifetime
         self.tokens: dict[str, _AccessToken] = {}
         self.service_accounts: dict[str, _ServiceAccount] = {}
+        self.consent = Consent(lock, mailboxes)
 
     def authenticate(self, authorization: str | None) -> Mailbox | None:
         """The mailbox a `Bearer` header opens, or None when missing, unknown or expired."""
@@ -104,6 +106,27 @@ class FakeOAuth:
             for token, info in list(self.tokens.items()):
                 if info.address.lower() == address.lower():
                     del self.tokens[token]
+
+    def revoke(self, token: str) -> TokenAnswer:
+        """POST /revoke (RFC 7009 as Google answers it): a refresh token ends its grant (the
+        mailbox gets a new one, unknown to every client) and its access tokens; an access
+        token ends alone; anything else is 400 invalid_token."""
+        fault = self.control.record("revoke")
+        if fault is not None:
+            return _token_fault(fault)
+        with self.lock:
+            if self.tokens.pop(token, None) is not None:
+                return 200, {}, {}
+            granted = self.consent.grants.pop(token, None)
+            if granted is not None:
+                self.drop_tokens(granted.address)
+                return 200, {}, {}
+            box = next((b for b in self.mailboxes.values() if b.refresh_token == token), None)
+            if box is None:
+                return _oauth_error(400, "invalid_token", "Token expired or revoked")
+            box.refresh_token = "1//0" + secrets.token_urlsafe(40)
+        self.drop_tokens(box.address)
+        return 200, {}, {}
 
     def create_service_account(self, client_email: str | None, token_uri: str) -> dict[str, Any]:
         """A service-account key file in Google's JSON format, with a real RSA key."""
@@ -138,6 +161,8 @@ class FakeOAuth:
             return self._refresh_grant(form)
         if grant == JWT_GRANT:
             return self._jwt_grant(form)
+        if grant == "authorization_code":
+            return self._code_grant(form)
         return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type.")
 
     def _issue(self, address: str, scope: str) -> TokenAnswer:
@@ -152,9 +177,25 @@ class FakeOAuth:
         }
         return 200, body, {}
 
+    def _code_grant(self, form: dict[str, str]) -> TokenAnswer:
+        exchanged = self.consent.exchange(form)
+        if isinstance(exchanged, tuple):
+            return exchanged[0], exchanged[1], {}
+        status, body, headers = self._issue(exchanged.address, " ".join(exchanged.scopes))
+        body["refresh_token"] = self.consent.issue_refresh_token(exchanged)
+        return status, body, headers
+
     def _refresh_grant(self, form: dict[str, str]) -> TokenAnswer:
         if not all(form.get(k) for k in ("client_id", "client_secret", "refresh_token")):
             return _oauth_error(400, "invalid_request", "Missing required parameter.")
+        with self.lock:
+            granted = self.consent.grants.get(form["refresh_token"])
+        if granted is not None:
+            if self.consent.client(form["client_id"], form["client_secret"]) is None or (
+                granted.client_id != form["client_id"]
+            ):
+                return _oauth_error(401, "invalid_client", "Unauthorized")
+            return self._issue(granted.address, " ".join(granted.scopes))
         with self.lock:
             box = next(
                 (b for b in self.mailboxes.values() if b.refresh_token == form["refresh_token"]),
@@ -198,6 +239,18 @@ class FakeOAuth:
         return self._issue(box.address, str(claims.get("scope") or GMAIL_SCOPE))
 
 
+def _basic_client(header: str) -> dict[str, str]:
+    """client_id and client_secret from HTTP Basic auth (RFC 6749 2.3.1), as Google takes them."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return {}
+    try:
+        client_id, _, secret = base64.b64decode(value.strip()).decode().partition(":")
+    except ValueError:
+        return {}
+    return {"client_id": unquote_plus(client_id), "client_secret": unquote_plus(secret)}
+
+
 def token_router(oauth: FakeOAuth) -> APIRouter:
     """POST /token, Google's OAuth token endpoint (form in, RFC 6749 JSON out)."""
     router = APIRouter()
@@ -205,7 +258,17 @@ def token_router(oauth: FakeOAuth) -> APIRouter:
     @router.post("/token")
     async def token(request: Request) -> Response:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        form.update(_basic_client(request.headers.get("authorization", "")))
         status, body, headers = oauth.token(form)
+        return Response(
+            json.dumps(body), status_code=status, headers=headers, media_type="application/json"
+        )
+
+    @router.post("/revoke")
+    async def revoke(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        token = form.get("token") or request.query_params.get("token") or ""
+        status, body, headers = oauth.revoke(token)
         return Response(
             json.dumps(body), status_code=status, headers=headers, media_type="application/json"
         )

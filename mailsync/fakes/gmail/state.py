@@ -67,6 +67,7 @@ class FakeGmail:
             box = self.mailbox(address)
             box.refresh_token = "1//0" + secrets.token_urlsafe(40)
             self.oauth.drop_tokens(box.address)
+            self.oauth.consent.revoke_address(box.address)
             return box
 
 

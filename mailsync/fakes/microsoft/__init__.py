@@ -3,7 +3,13 @@
 Identity (AAD v2):
     GET  /{tenant}/v2.0/.well-known/openid-configuration     op "openid-configuration"
     POST /{tenant}/oauth2/v2.0/token                          op "token"
-         grant_type=client_credentials (scope <graph>/.default) or refresh_token (delegated)
+         grant_type=client_credentials (scope <graph>/.default), refresh_token, authorization_code
+         (PKCE checked) or the device_code grant (delegated)
+    GET  /{tenant}/oauth2/v2.0/authorize: approves at once (302 with code and state) when
+         login_hint names a mailbox of the tenant, else a one-button consent page
+    POST /{tenant}/oauth2/v2.0/devicecode, and its verification page /common/oauth2/deviceauth
+    PUT  /_admin/mailboxes/{address}/consent {"deny"?, "untick"?}; POST
+         /_admin/device-codes/{user_code}/approve {"address"} (what the user does on the page)
 Graph (/v1.0, also with /me and OData key segments such as users('x')/mailFolders('inbox')):
     GET  /v1.0/users/{upn}/mailFolders/{folder}/messages/delta   op "delta" (one per page)
     GET  /v1.0/users/{upn}/mailFolders                           op "mailFolders" (top level)
@@ -19,6 +25,8 @@ Admin (besides FakeControl's /_admin/stats, /_admin/stats/reset, /_admin/faults)
     POST   /_admin/mailboxes                   {"address", "messages"?, "tenant_id"?, "spread"?}
            spread=true seeds messages over every folder (else inbox and sent items only);
            100,000 messages take well under a second
+    POST   /_admin/mailboxes/{address}/revoke   every refresh/delegated token of it -> refused
+           (invalid_grant AADSTS50173); the answer carries the new delegated credentials
     GET    /_admin/mailboxes/{address}/messages[?folder=][&with_folders=true]
            {"ids": [...]} (+ "folders": {id: folder id} with with_folders)
     POST   /_admin/mailboxes/{address}/messages               {"count", "folder"} -> {"ids"}
@@ -52,8 +60,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from mailsync.fakes.consent import consent_admin_router
 from mailsync.fakes.faults import mailbox_admin_router
 from mailsync.fakes.microsoft.admin import admin_router
+from mailsync.fakes.microsoft.consent import consent_router
 from mailsync.fakes.microsoft.graph import graph_router
 from mailsync.fakes.microsoft.identity import identity_router
 from mailsync.fakes.microsoft.limits import MAILBOX_CONCURRENCY
@@ -81,6 +91,8 @@ def create_app(
     app.include_router(fake.control.router())
     app.include_router(mailbox_admin_router(fake.faults, exists=fake.exists))
     app.include_router(identity_router(fake))
+    app.include_router(consent_router(fake))
+    app.include_router(consent_admin_router(fake.consent, fake.exists))
     app.include_router(graph_router(fake))
     app.include_router(admin_router(fake))
     return app

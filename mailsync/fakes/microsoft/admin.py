@@ -71,6 +71,13 @@ def admin_router(fake: FakeMicrosoftState) -> APIRouter:
             return JSONResponse({"detail": str(exc)}, status_code=409)
         return JSONResponse(body, status_code=201 if created else 200)
 
+    @router.post("/mailboxes/{address}/revoke")
+    def revoke(address: str) -> Response:
+        try:
+            return JSONResponse(fake.revoke(address))
+        except KeyError:
+            return JSONResponse({"detail": f"no mailbox {address}"}, status_code=404)
+
     @router.get("/mailboxes/{address}/messages")
     def list_messages(
         address: str, folder: str | None = None, with_folders: bool = False

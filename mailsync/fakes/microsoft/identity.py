@@ -25,9 +25,13 @@ from mailsync.fakes.microsoft.state import (
     GRAPH_RESOURCE,
     RESERVED_SCOPES,
     FakeMicrosoftState,
+    RefreshTokenInfo,
     Tenant,
     unsigned_jwt,
 )
+
+AUTHORIZATION_CODE = "authorization_code"
+DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 def identity_router(fake: FakeMicrosoftState) -> APIRouter:
@@ -54,6 +58,10 @@ def identity_router(fake: FakeMicrosoftState) -> APIRouter:
         return answer(request, "token", lambda: _token(fake, request, tenant, form))
 
     return router
+
+
+def tenant_of(fake: FakeMicrosoftState, segment: str, error: str = "invalid_request") -> Tenant:
+    return _tenant(fake, segment, error)
 
 
 def _tenant(fake: FakeMicrosoftState, segment: str, error: str) -> Tenant:
@@ -120,13 +128,19 @@ def _token(
     fake: FakeMicrosoftState, request: Request, segment: str, form: dict[str, str]
 ) -> Response:
     tenant = _tenant(fake, segment, "invalid_request")
-    client_id = _client(request, tenant, form)
     grant_type = form.get("grant_type", "")
+    # The device flow is a public client's (msal's PublicClientApplication sends no secret).
+    client_id = _client(request, tenant, form, public=grant_type == DEVICE_CODE)
     scopes = form.get("scope", "").split()
     if grant_type == "client_credentials":
         return _client_credentials(fake, tenant, scopes)
     if grant_type == "refresh_token":
         return _refresh_token(fake, request, tenant, client_id, scopes, form)
+    if grant_type in (AUTHORIZATION_CODE, DEVICE_CODE):
+        from mailsync.fakes.microsoft.consent import redeem
+
+        address, granted, nonce = redeem(fake, tenant, client_id, grant_type, form)
+        return delegated_answer(fake, request, tenant, client_id, address, granted, form, nonce)
     raise IdentityFault(
         400,
         "unsupported_grant_type",
@@ -135,7 +149,7 @@ def _token(
     )
 
 
-def _client(request: Request, tenant: Tenant, form: dict[str, str]) -> str:
+def _client(request: Request, tenant: Tenant, form: dict[str, str], public: bool = False) -> str:
     """The client id, once the request proves it is the tenant's app (form or Basic auth)."""
     client_id, client_secret = form.get("client_id"), form.get("client_secret")
     basic = request.headers.get("authorization", "")
@@ -162,6 +176,8 @@ def _client(request: Request, tenant: Tenant, form: dict[str, str]) -> str:
             "by the administrator of the tenant or consented to by any user in the tenant. "
             "You may have sent your authentication request to the wrong tenant.",
         )
+    if public and not client_secret:
+        return client_id
     if not client_secret:
         raise IdentityFault(
             401,
@@ -237,12 +253,36 @@ def _refresh_token(
     form: dict[str, str],
 ) -> Response:
     info = fake.lookup_refresh_token(form.get("refresh_token", ""))
+    if info is None and form.get("refresh_token", "") in fake.revoked_refresh_tokens:
+        raise IdentityFault(
+            400,
+            "invalid_grant",
+            50173,
+            "The provided grant has expired due to it being revoked, a fresh auth token is "
+            "needed. The user might have changed or reset their password.",
+        )
     if info is None:
         raise IdentityFault(
             400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."
         )
     if info.client_id != client_id or info.tenant_id != tenant.tenant_id:
         raise IdentityFault(400, "invalid_grant", 70000, "Provided grant is invalid or malformed.")
+    return delegated_answer(fake, request, tenant, client_id, info.address, scopes, form, None)
+
+
+def delegated_answer(
+    fake: FakeMicrosoftState,
+    request: Request,
+    tenant: Tenant,
+    client_id: str,
+    address: str,
+    scopes: list[str],
+    form: dict[str, str],
+    nonce: str | None,
+) -> Response:
+    """A delegated token answer for the user at `address`: access and (new) refresh token,
+    an id_token when openid was asked (with the authorization request's nonce), client_info."""
+    info = RefreshTokenInfo(tenant.tenant_id, client_id, address)
     graph_scopes, reserved = _delegated_scopes(scopes, tenant, client_id)
     granted = sorted(f"{GRAPH_RESOURCE}/{s}" for s in graph_scopes)
     scope = " ".join(granted + sorted(reserved - {"offline_access"}))
@@ -265,6 +305,7 @@ def _refresh_token(
                 "sub": b64url(mailbox.object_id.encode())[:43],
                 "tid": tenant.tenant_id,
                 "ver": "2.0",
+                **({"nonce": nonce} if nonce else {}),
             }
         )
     if form.get("client_info") == "1":

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from mailsync.fakes.consent import ConsentBook
 from mailsync.fakes.control import FakeControl
 from mailsync.fakes.faults import MailboxFaults
 from mailsync.fakes.microsoft.content import b64url
@@ -83,6 +84,7 @@ class FakeMicrosoftState:
         self.refresh_tokens: dict[str, RefreshTokenInfo] = {}
         self.user_refresh_tokens: dict[str, str] = {}  # the one handed out by /_admin
         self.access_tokens: dict[str, AccessTokenInfo] = {}
+        self.revoked_refresh_tokens: set[str] = set()  # AADSTS50173 rather than "unknown"
         # Encrypted so clients cannot lean on their content; the key is per process, so state
         # tokens from an earlier fake process are unknown sync state here.
         self._fernet = Fernet(Fernet.generate_key())
@@ -93,6 +95,7 @@ class FakeMicrosoftState:
         self.faults = MailboxFaults()
         self.limits = MailboxLimits(limit)
         self.gates = DeltaGates()
+        self.consent = ConsentBook()  # authorization and device codes, users' consent plans
 
     # --- admin -------------------------------------------------------------------------
 
@@ -156,6 +159,30 @@ class FakeMicrosoftState:
                 },
             }
             return body, created
+
+    def revoke(self, address: str) -> dict[str, Any]:
+        """What a user's "sign out everywhere" (revokeSignInSessions) does: every refresh and
+        delegated access token of the mailbox stops working; /_admin hands out a new one."""
+        address = address.lower()
+        with self.lock:
+            mailbox = self.mailboxes.get(address)
+            if mailbox is None:
+                raise KeyError(address)
+            for token, info in list(self.refresh_tokens.items()):
+                if info.address == address:
+                    del self.refresh_tokens[token]
+                    self.revoked_refresh_tokens.add(token)
+            for token, access in list(self.access_tokens.items()):
+                if access.address == address:
+                    del self.access_tokens[token]
+            tenant = self.tenants[mailbox.tenant_id]
+            fresh = "0.AXoA" + b64url(secrets.token_bytes(120))
+            self.refresh_tokens[fresh] = RefreshTokenInfo(
+                tenant.tenant_id, tenant.client_id, address
+            )
+            self.user_refresh_tokens[address] = fresh
+        body, _ = self.create_mailbox(address, None, None)
+        return body
 
     def mailbox(self, address_or_id: str) -> Mailbox | None:
         key = address_or_id.lower()

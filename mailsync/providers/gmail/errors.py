@@ -13,12 +13,16 @@ import google.auth.exceptions
 import httplib2
 from googleapiclient.errors import BatchError, HttpError
 
+from mailsync.errors import ReauthRequiredError
 from mailsync.providers.base import (
     AuthError,
     CursorExpiredError,
     ProviderError,
     TransientProviderError,
 )
+
+# Refresh refusals that mean the user's grant is gone (revoked, expired, password changed).
+_GRANT_GONE = frozenset({"invalid_grant"})
 
 # Reasons Google gives on a 403 that mean "slow down", not "forbidden".
 _QUOTA_REASONS = frozenset(
@@ -57,7 +61,8 @@ def translate_http_error(exc: HttpError, what: str) -> ProviderError:
     label = f"gmail {what}: HTTP {status}" + (f" ({', '.join(sorted(reasons))})" if reasons else "")
     retry_after = _retry_after(exc.resp.get("retry-after"))
     if status == 401:
-        return AuthError(label)
+        # google-auth refreshed the token and retried before this: the grant is refused.
+        return ReauthRequiredError(label)
     if status == 429 or status >= 500 or (status == 403 and reasons & _QUOTA_REASONS):
         return TransientProviderError(label, retry_after=retry_after)
     if status == 403:
@@ -85,6 +90,8 @@ def translated(what: str) -> Iterator[None]:
         code = _refresh_error_code(exc)
         if getattr(exc, "retryable", False):
             raise TransientProviderError(f"gmail token refresh failed: {code}") from exc
+        if code in _GRANT_GONE:
+            raise ReauthRequiredError(f"gmail token refresh refused: {code}") from exc
         raise AuthError(f"gmail token refresh refused: {code}") from exc
     except google.auth.exceptions.TransportError as exc:
         raise TransientProviderError(f"gmail token endpoint unreachable during {what}") from exc

@@ -172,6 +172,11 @@ class GmailProvider:
 
     # -- sync -----------------------------------------------------------------------------------
 
+    def account_address(self) -> str:
+        """The mailbox's address as Gmail knows it (users.getProfile): whose grant this is."""
+        profile = self._call("users.getProfile", self._users.getProfile(userId="me"))
+        return str(profile["emailAddress"]).lower()
+
     def full_sync(self, checkpoint: str | None = None) -> Iterator[Page]:
         """Every message, newest first, a page per messages.list page. Each page's checkpoint
         resumes right after it (in any provider instance); the cursor is the history id read

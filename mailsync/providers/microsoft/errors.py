@@ -12,6 +12,7 @@ import httpx
 import requests
 from msal.exceptions import MsalServiceError
 
+from mailsync.errors import ReauthRequiredError
 from mailsync.providers.base import AuthError, ProviderError
 
 # How long msal itself refuses to repeat a token request that got a 5xx without Retry-After.
@@ -29,6 +30,10 @@ _AUTH_ERRORS = frozenset(
         "login_required",
         "access_denied",
     }
+)
+# Of those, the ones only the user's consent again can fix (revoked, expired, consent withdrawn).
+_GRANT_GONE = frozenset(
+    {"invalid_grant", "interaction_required", "consent_required", "login_required"}
 )
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 _SYNC_STATE_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
@@ -100,7 +105,10 @@ def raise_for_graph(response: httpx.Response) -> NoReturn:
         raise _SyncStateGone(detail)
     if status == 429:
         raise _Throttled(detail, told)
-    if status in (401, 403):
+    if status == 401:
+        # Graph refused a token just issued (graph.py asks for a fresh one once first).
+        raise ReauthRequiredError(detail)
+    if status == 403:
         raise AuthError(detail)
     if status >= 500 or status == 408:
         raise _Retryable(detail, told)
@@ -147,6 +155,8 @@ def raise_for_token_error(
         detail += f" ({codes[0]})"
     if status == 429:
         raise _Throttled(detail, told)
+    if error in _GRANT_GONE:
+        raise ReauthRequiredError(detail)
     if error in _AUTH_ERRORS:
         raise AuthError(detail)
     if error in _TRANSIENT_ERRORS or (status is not None and status >= 500):

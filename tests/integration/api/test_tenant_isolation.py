@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlmodel import Session, col, select
 
 from mailsync.api.app import create_app
@@ -45,6 +46,8 @@ SECRET_SUBJECT = "Merger plans"  # the victim's message, never shown to another 
 HOOK = "http://127.0.0.1:9/hook"  # never called: Prefect is down, so nothing is delivered
 READ_EMAIL = ("read:email", "write:email")
 READ_HOOKS = ("read:webhooks", "write:webhooks")
+READ_MAILBOXES = ("read:mailboxes", "write:mailboxes")
+APP_REDIRECT = "https://app.example/connected"  # on the consent allow-list of `client`
 
 # The one table: every route of the served app and the scopes of which a key needs one
 # (None: public, no key needed). Documented in README.md ("The API", "Webhooks").
@@ -67,14 +70,20 @@ ROUTES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("POST", "/v1/webhooks/{endpoint_id}/enable"): ("write:webhooks",),
     ("GET", "/v1/webhooks/{endpoint_id}/deliveries"): READ_HOOKS,
     ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"): ("write:webhooks",),
+    ("GET", "/v1/mailboxes"): READ_MAILBOXES,
+    ("GET", "/v1/mailboxes/{mailbox_id}"): READ_MAILBOXES,
+    ("DELETE", "/v1/mailboxes/{mailbox_id}"): ("write:mailboxes",),
+    ("POST", "/v1/mailboxes/connect"): ("write:mailboxes",),
+    ("GET", "/v1/oauth/callback"): None,  # the state is its credential (test_oauth_connect.py)
 }
 # A valid body where a route takes one (the scope check must be what refuses the request).
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/email/sync"): {},
     ("POST", "/v1/webhooks"): {"url": HOOK},
     ("POST", "/v1/webhooks/{endpoint_id}/rotate-secret"): {"overlap_seconds": 60},
+    ("POST", "/v1/mailboxes/connect"): {"provider": "gmail", "redirect_uri": APP_REDIRECT},
 }
-OBJECT_PARAMS = ("job_id", "endpoint_id", "delivery_id", "message_id")
+OBJECT_PARAMS = ("job_id", "endpoint_id", "delivery_id", "message_id", "mailbox_id")
 
 
 def served_routes(app: FastAPI) -> set[tuple[str, str]]:
@@ -109,7 +118,15 @@ def error_of(response: httpx.Response, status: int, code: str) -> None:
 def client(settings: Settings) -> Iterator[TestClient]:
     """The real app, loopback webhook URLs allowed, Prefect unreachable."""
     local = settings.model_copy(
-        update={"webhook_allow_loopback": True, "prefect_api_url": "http://127.0.0.1:9/api"}
+        update={
+            "webhook_allow_loopback": True,
+            "prefect_api_url": "http://127.0.0.1:9/api",
+            # Consent set up, so a key with write:mailboxes gets a flow (201), not a 400.
+            "google_client_id": "mailsync-test.apps.googleusercontent.com",
+            "google_client_secret": SecretStr("GOCSPX-test"),
+            "public_url": "https://mailsync.test",
+            "oauth_redirect_allowlist": APP_REDIRECT,
+        }
     )
     with TestClient(create_app(local), raise_server_exceptions=False) as c:
         yield c
@@ -128,6 +145,7 @@ class Victim:
     notice_id: str
     address: str
     message_id: str  # in the live index of its Gmail mailbox
+    mailbox_id: str  # that Gmail mailbox
 
     def ids(self) -> dict[str, list[str]]:
         return {
@@ -135,12 +153,14 @@ class Victim:
             "endpoint_id": [self.endpoint_id, self.disabled_endpoint_id],
             "delivery_id": [self.delivery_id],
             "message_id": [self.message_id],
+            "mailbox_id": [self.mailbox_id],
         }
 
     def identifiers(self) -> list[str]:
         return [
             self.workspace_id, self.job_id, self.endpoint_id, self.disabled_endpoint_id,
             self.delivery_id, self.notice_id, self.address, self.message_id, SECRET_SUBJECT,
+            self.mailbox_id,
         ]  # fmt: skip
 
 
@@ -177,9 +197,10 @@ def make_victim(settings: Settings, fakes: FakeProviders) -> Victim:
         record = MessageRecord("victim-1", "t-1", "ceo@victim.example", [], [], SECRET_SUBJECT)
         index.upsert(session, mailbox.id, [record], mailbox.generation)
         message_id = ids.message_id(mailbox.id, "victim-1")
+        mailbox_id = mailbox.id
     return Victim(
         ws, all_scopes_key(settings, ws), job_id, endpoint.id, disabled.id, delivery_id,
-        notice_id, tenant.gmail_address, message_id,
+        notice_id, tenant.gmail_address, message_id, mailbox_id,
     )  # fmt: skip
 
 
@@ -260,6 +281,7 @@ def test_another_workspaces_objects_are_404_and_unchanged(
     expected = [
         ("GET", f"/v1/email/sync/{victim.job_id}", 200),
         ("GET", f"/v1/email/messages/{victim.message_id}", 200),
+        ("GET", f"/v1/mailboxes/{victim.mailbox_id}", 200),
         ("GET", "/v1/email/messages?q=merger", 200),
         ("GET", f"/v1/webhooks/{victim.endpoint_id}", 200),
         ("GET", f"/v1/webhooks/{victim.endpoint_id}/deliveries", 200),
@@ -274,6 +296,10 @@ def test_another_workspaces_objects_are_404_and_unchanged(
     assert [n["id"] for n in listed] == [victim.notice_id]
     found = client.get("/v1/email/messages", headers=auth).json()["data"]
     assert [m["id"] for m in found] == [victim.message_id]
+    boxes = client.get("/v1/mailboxes", headers=auth).json()["data"]
+    assert [m["id"] for m in boxes] == [victim.mailbox_id]
+    gone = client.delete(f"/v1/mailboxes/{victim.mailbox_id}", headers=auth)
+    assert gone.status_code == 200 and gone.json()["data"]["status"] == "disconnected"
 
 
 def test_scopes_are_enforced_per_route(
@@ -294,6 +320,7 @@ def test_scopes_are_enforced_per_route(
         "endpoint_id": "wh_unknown",
         "delivery_id": "whd_x",
         "message_id": "msg_unknown",
+        "mailbox_id": "mbx_unknown",
     }
     for (method, path), needed in ROUTES.items():
         url = path.format(**unknown)
