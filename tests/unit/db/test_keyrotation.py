@@ -154,7 +154,7 @@ def test_cli_rotate_and_a_value_no_key_opens(
         result = CliRunner().invoke(app, ["encryption", "rotate"])
         assert result.exit_code == 0, result.output
         assert "mailbox.credentials_encrypted: 1 re-encrypted" in result.output
-        assert "done: 4 values" in result.output
+        assert "done: 5 values" in result.output
         assert read_all(url, CredentialBox(NEW), mailbox_id, endpoint_id)[0] == CREDENTIALS
 
         stranger = CredentialBox(Fernet.generate_key()).seal(CREDENTIALS)
