@@ -20,7 +20,7 @@ from mailsync.api.middleware import (
 )
 from mailsync.api.openapi import document_limits
 from mailsync.api.overload import Gates, OverloadMiddleware
-from mailsync.api.routes import health, messages, sync, webhooks
+from mailsync.api.routes import health, messages, push, sync, webhooks
 from mailsync.core.rules.token_buckets import TokenBuckets
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings, get_settings
@@ -57,6 +57,7 @@ def create_app(
     app.include_router(messages.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    app.include_router(push.router)
     # Added last = outermost. From the outside in:
     # - the request id exists before anything can fail, so every refusal below carries it;
     # - oversized heads (431) are refused before any work;

@@ -33,9 +33,11 @@ from mailsync.fakes.admin_types import (
     GmailCredentials,
     GmailMessage,
     GraphRequest,
+    GraphSubscription,
     LabelChange,
     MessageChange,
     MicrosoftAccount,
+    NotificationStats,
     QuotaUsage,
     ServiceAccountKey,
 )
@@ -58,10 +60,12 @@ __all__ = [
     "GmailCredentials",
     "GmailMessage",
     "GraphRequest",
+    "GraphSubscription",
     "LabelChange",
     "MessageChange",
     "MicrosoftAccount",
     "MicrosoftAdmin",
+    "NotificationStats",
     "QuotaUsage",
     "ServiceAccountKey",
     "admin_client",
@@ -351,6 +355,36 @@ class MicrosoftAdmin(FakeAdmin):
     def reset_limits(self, address: str) -> None:
         """Forget the mailbox's concurrency peak, rejections and request log."""
         self._call("POST", _path(address, "/limits/reset"))
+
+    # -- change notifications (mailsync.fakes.microsoft.subscriptions) --------------------
+
+    def subscriptions(self, address: str | None = None) -> list[GraphSubscription]:
+        """The live Graph subscriptions (of `address` only, if given)."""
+        params = {"address": address} if address else None
+        body = self._json("GET", "/_admin/subscriptions", params=params)["subscriptions"]
+        return [GraphSubscription.model_validate(s) for s in body]
+
+    def lifecycle(self, subscription_id: str, event: str) -> None:
+        """Send a lifecycle event (reauthorizationRequired, subscriptionRemoved: the
+        subscription is deleted too, or missed) to the subscription's lifecycle URL."""
+        path = f"/_admin/subscriptions/{quote(subscription_id, safe='')}/lifecycle"
+        self._call("POST", path, json={"event": event})
+
+    def expire_subscription(self, subscription_id: str) -> None:
+        """Let the subscription lapse now: no more notifications, renewing it is a 404."""
+        self._call("POST", f"/_admin/subscriptions/{quote(subscription_id, safe='')}/expire")
+
+    def control_notifications(
+        self, *, drop: int | None = None, duplicate: int | None = None
+    ) -> None:
+        """Drop (never send) or send twice the next `drop` / `duplicate` notifications."""
+        self._call("PUT", "/_admin/notifications", json={"drop": drop, "duplicate": duplicate})
+
+    def notification_stats(self) -> NotificationStats:
+        return NotificationStats.model_validate(self._json("GET", "/_admin/notifications"))
+
+    def reset_notification_stats(self) -> None:
+        self._call("POST", "/_admin/notifications/reset")
 
 
 def admin_client(

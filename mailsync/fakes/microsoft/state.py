@@ -21,6 +21,7 @@ from mailsync.fakes.microsoft.content import b64url
 from mailsync.fakes.microsoft.gates import DeltaGates
 from mailsync.fakes.microsoft.limits import MailboxLimits
 from mailsync.fakes.microsoft.mailbox import Mailbox
+from mailsync.fakes.microsoft.subscriptions import Subscriptions
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
@@ -93,6 +94,7 @@ class FakeMicrosoftState:
         self.faults = MailboxFaults()
         self.limits = MailboxLimits(limit)
         self.gates = DeltaGates()
+        self.subscriptions = Subscriptions()
 
     # --- admin -------------------------------------------------------------------------
 
@@ -130,6 +132,7 @@ class FakeMicrosoftState:
                 tenant = self._tenant_for(address.split("@", 1)[1], tenant_id)
                 mailbox = Mailbox(address, tenant.tenant_id, self.seed)
                 mailbox.seed(self.seed_messages if messages is None else messages, spread=spread)
+                mailbox.on_change = self.subscriptions.changed
                 self.mailboxes[address] = mailbox
                 self.object_ids[mailbox.object_id] = address
                 rng = random.Random(f"{self.seed}:refresh:{address}")
