@@ -21,7 +21,6 @@ from mailsync.fakes.microsoft.content import b64url
 from mailsync.fakes.microsoft.gates import DeltaGates
 from mailsync.fakes.microsoft.limits import MailboxLimits
 from mailsync.fakes.microsoft.mailbox import Mailbox
-from mailsync.fakes.microsoft.subscriptions import Subscriptions
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
@@ -94,6 +93,9 @@ class FakeMicrosoftState:
         self.faults = MailboxFaults()
         self.limits = MailboxLimits(limit)
         self.gates = DeltaGates()
+        # Imported here: subscriptions answers with errors.py's faults, which import this.
+        from mailsync.fakes.microsoft.subscriptions import Subscriptions
+
         self.subscriptions = Subscriptions()
 
     # --- admin -------------------------------------------------------------------------

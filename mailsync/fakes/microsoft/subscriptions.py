@@ -176,8 +176,10 @@ class Subscriptions:
             return self.by_id.pop(subscription_id, None)
 
     def listing(self) -> list[FakeSubscription]:
+        """The live subscriptions; Graph forgets expired ones."""
+        now = time.time()
         with self._lock:
-            return list(self.by_id.values())
+            return [s for s in self.by_id.values() if s.expires_at > now]
 
     def expire(self, subscription_id: str) -> bool:
         with self._lock:

@@ -91,8 +91,8 @@ def test_a_key_list_encrypts_with_the_first_and_decrypts_with_any() -> None:
 
 def test_reencrypt_all_moves_every_secret_to_the_new_key(tmp_path: Path) -> None:
     """After `reencrypt_all` with "new,old", the new key alone opens every sealed column
-    (credentials, auth state, current and previous webhook secret, Graph clientState) to the same plaintext, the
-    old key alone opens none, and `unrotated` reports nothing left."""
+    (credentials, auth state, current and previous webhook secret, Graph clientState) to the
+    same plaintext, the old key alone opens none, and `unrotated` reports nothing left."""
     url = fresh_database(tmp_path)
     mailbox_id, endpoint_id, secrets = seed(url, CredentialBox(OLD))
     with Session(db.get_engine(url)) as session:
