@@ -33,12 +33,19 @@ class ChannelReport:
         ]
 
 
-def maintain(settings: Settings, now: Callable[[], datetime] = utcnow) -> ChannelReport:
-    """Open and renew the push channels of every provider push is configured for."""
+def maintain(
+    settings: Settings,
+    now: Callable[[], datetime] = utcnow,
+    workspaces: list[str] | None = None,
+) -> ChannelReport:
+    """Open and renew the push channels of every provider push is configured for (of the
+    mailboxes of `workspaces` only, if given)."""
     report = ChannelReport()
     if settings.push_base_url is None:
         return report
-    report.by_provider["microsoft"] = graph_channels.maintain(settings, now)
+    report.by_provider["microsoft"] = graph_channels.maintain(
+        settings, now, workspaces=workspaces
+    )
     return report
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from mailsync.core.push.graph_notifications import client_state_for, sealed_state
 from mailsync.core.push.state import PushStatus
@@ -66,8 +66,10 @@ def maintain(
     settings: Settings,
     now: Callable[[], datetime] = utcnow,
     opener: Opener = open_client,
+    workspaces: list[str] | None = None,
 ) -> MaintenanceReport:
-    """Open or renew the subscription of every Microsoft mailbox that needs it."""
+    """Open or renew the subscription of every Microsoft mailbox that needs it (of
+    `workspaces` only, if given)."""
     report = MaintenanceReport()
     base = settings.push_base_url
     if base is None:
@@ -76,7 +78,10 @@ def maintain(
     box = CredentialBox(settings.fernet_key())
     url = settings.resolved_database_url
     with session_scope(url) as session:
-        mailboxes = list(session.exec(select(Mailbox).where(Mailbox.provider == PROVIDER)))
+        query = select(Mailbox).where(Mailbox.provider == PROVIDER)
+        if workspaces is not None:
+            query = query.where(col(Mailbox.workspace_id).in_(workspaces))
+        mailboxes = list(session.exec(query))
         rows = {m.id: session.get(MailboxPush, m.id) for m in mailboxes}
         due = [m for m in mailboxes if _due(rows[m.id], now(), renew_before)]
         session.expunge_all()
