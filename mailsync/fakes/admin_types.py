@@ -172,3 +172,36 @@ class NotificationStats(_Model):
     duplicated: int
     lifecycle: int
     statuses: dict[str, int]
+
+
+class GmailWatch(_Model):
+    address: str
+    topic: str
+    expiration: str  # epoch milliseconds, as Gmail answers users.watch
+
+
+class PushSubscriptionSpec(_Model):
+    """A fake Pub/Sub push subscription: where a topic's messages are POSTed, and the OIDC
+    token's service account and audience (None: the endpoint)."""
+
+    name: str
+    topic: str
+    endpoint: str
+    service_account: str
+    audience: str | None = None
+
+
+class PushStats(_Model):
+    published: int
+    pushes: int
+    delivered: int
+    failed: int
+    dropped: int
+    duplicated: int
+    statuses: dict[str, int]
+
+
+class PubSubView(_Model):
+    watches: list[GmailWatch]
+    subscriptions: list[PushSubscriptionSpec]
+    stats: PushStats

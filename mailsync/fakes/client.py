@@ -32,12 +32,16 @@ from mailsync.fakes.admin_types import (
     GmailAccount,
     GmailCredentials,
     GmailMessage,
+    GmailWatch,
     GraphRequest,
     GraphSubscription,
     LabelChange,
     MessageChange,
     MicrosoftAccount,
     NotificationStats,
+    PubSubView,
+    PushStats,
+    PushSubscriptionSpec,
     QuotaUsage,
     ServiceAccountKey,
 )
@@ -59,6 +63,7 @@ __all__ = [
     "GmailAdmin",
     "GmailCredentials",
     "GmailMessage",
+    "GmailWatch",
     "GraphRequest",
     "GraphSubscription",
     "LabelChange",
@@ -66,6 +71,9 @@ __all__ = [
     "MicrosoftAccount",
     "MicrosoftAdmin",
     "NotificationStats",
+    "PubSubView",
+    "PushStats",
+    "PushSubscriptionSpec",
     "QuotaUsage",
     "ServiceAccountKey",
     "admin_client",
@@ -260,6 +268,23 @@ class GmailAdmin(FakeAdmin):
 
     def quota(self, address: str) -> QuotaUsage:
         return QuotaUsage.model_validate(self._json("GET", _path(address, "/quota")))
+
+    # -- push (mailsync.fakes.gmail.pubsub) ------------------------------------------------
+
+    def put_push_subscription(self, spec: PushSubscriptionSpec) -> None:
+        """Create or replace a Pub/Sub push subscription (its topic exists from then on)."""
+        self._call("PUT", "/_admin/pubsub/subscriptions", json=spec.model_dump())
+
+    def delete_push_subscription(self, name: str) -> None:
+        self._call("DELETE", f"/_admin/pubsub/subscriptions/{name}")
+
+    def control_pushes(self, *, drop: int | None = None, duplicate: int | None = None) -> None:
+        """Drop (never push) or push twice the next `drop` / `duplicate` messages."""
+        self._call("PUT", "/_admin/pubsub/control", json={"drop": drop, "duplicate": duplicate})
+
+    def pubsub(self) -> PubSubView:
+        """The watches, push subscriptions and push statistics."""
+        return PubSubView.model_validate(self._json("GET", "/_admin/pubsub"))
 
 
 class MicrosoftAdmin(FakeAdmin):

@@ -1,9 +1,10 @@
-"""`POST /v1/push/microsoft` (and its lifecycle URL): Graph's change notifications.
+"""The providers' push endpoints: Graph's change notifications, Gmail's Pub/Sub pushes.
 
-No API key: Graph proves itself by each subscription's clientState secret. A request with any
-item whose clientState is not its subscription's gets 401 and starts nothing. The answer
-comes fast (Graph wants a 2xx within 3 s): verifying, recording and at most one Prefect call
-per mailbox, since a burst of notifications is coalesced into the mailbox's one queued sync.
+No API key: Graph proves itself by each subscription's clientState secret, Pub/Sub by the
+OIDC token of our push subscription. A request that does not prove itself gets 401 and starts
+nothing. The answer comes fast (Graph wants a 2xx within 3 s, Pub/Sub within its ack
+deadline): verifying, recording and at most one Prefect call per mailbox, since a burst of
+notifications is coalesced into the mailbox's one queued sync (orchestration/push_jobs.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import PlainTextResponse, Response
 from mailsync.api.deps import OrchestratorDep, SessionDep, SettingsDep
 from mailsync.api.errors import ApiError
 from mailsync.core.push import coalesce
+from mailsync.core.push import gmail_notifications as gmail
 from mailsync.core.push import graph_notifications as graph
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import utcnow
@@ -84,6 +86,38 @@ def microsoft(
     return {
         "data": {
             "notifications": len(checked),
+            "jobs": [job.id for job in jobs if job is not None],
+            "coalesced": sum(1 for job in jobs if job is None),
+        }
+    }
+
+
+@router.post("/gmail", status_code=202, summary="Gmail Pub/Sub push messages")
+def gmail_push(
+    request: Request,
+    raw: RawBody,
+    session: SessionDep,
+    settings: SettingsDep,
+    orchestrator: OrchestratorDep,
+) -> Any:
+    try:
+        gmail.verify_token(settings, request.headers.get("authorization"))
+    except gmail.PushTokenError as exc:
+        raise ApiError(
+            401, "invalid_push_token", "the push request's OIDC token is not valid"
+        ) from exc
+    push = gmail.parse_push(_json(raw))
+    if push is None:
+        raise ApiError(400, "invalid_request", "the body must be a Pub/Sub push of a Gmail watch")
+    now = utcnow()
+    mailboxes = gmail.mailboxes_for(session, push)
+    for mailbox in mailboxes:
+        coalesce.note_notification(session, mailbox.id, now)
+    session.commit()
+    jobs = [start_push_sync(orchestrator, session, mailbox) for mailbox in mailboxes]
+    return {
+        "data": {
+            "notifications": 1,
             "jobs": [job.id for job in jobs if job is not None],
             "coalesced": sum(1 for job in jobs if job is None),
         }

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailsync.core.push import graph_channels
+from mailsync.core.push import gmail_channels, graph_channels
 from mailsync.db.tables import Mailbox, utcnow
 from mailsync.settings import Settings
 
@@ -43,9 +43,9 @@ def maintain(
     report = ChannelReport()
     if settings.push_base_url is None:
         return report
-    report.by_provider["microsoft"] = graph_channels.maintain(
-        settings, now, workspaces=workspaces
-    )
+    report.by_provider["microsoft"] = graph_channels.maintain(settings, now, workspaces=workspaces)
+    if settings.gmail_pubsub_topic is not None:
+        report.by_provider["gmail"] = gmail_channels.maintain(settings, now, workspaces=workspaces)
     return report
 
 
@@ -53,4 +53,6 @@ def stop(settings: Settings, mailbox: Mailbox) -> bool:
     """Stop the mailbox's push channel at its provider (on disconnect); True if it had one."""
     if mailbox.provider == "microsoft":
         return graph_channels.stop(settings, mailbox)
+    if mailbox.provider == "gmail":
+        return gmail_channels.stop(settings, mailbox)
     return False
