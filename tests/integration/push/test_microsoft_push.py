@@ -15,9 +15,9 @@ from mailsync.core.push import channels, graph_channels
 from mailsync.core.push.state import PushStatus
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import JobStatus, utcnow
-from tests.support.api import Api, make_tenant
+from tests.support.api import make_tenant
 from tests.support.index import live_index
-from tests.support.push import PushTenant, notification
+from tests.support.push import PushApi, PushTenant, notification
 from tests.support.stack import FakeProviders
 from tests.support.waiting import eventually
 
@@ -25,9 +25,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def pushed(api: Api, fakes: FakeProviders) -> Iterator[PushTenant]:
+def pushed(push_api: PushApi, fakes: FakeProviders) -> Iterator[PushTenant]:
     """A tenant with one Microsoft mailbox, synced once, whose subscription is open."""
-    settings = api.stack.settings.model_copy(update={"push_public_url": api.url})
+    api, settings = push_api.api, push_api.settings
     tenant = make_tenant(settings, fakes, providers=("microsoft",), messages=5)
     first = api.post(tenant, {})
     assert first.status_code == 202, first.text
