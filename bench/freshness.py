@@ -1,0 +1,298 @@
+"""Freshness: a message added at the fake provider -> readable through the messages API.
+
+On the default local stack (one warm worker, the API under uvicorn) with push on: the fake
+Gmail's Pub/Sub push subscription and the fake Graph's subscriptions call the API, which starts
+coalesced push jobs. Scenarios:
+
+- `push gmail` / `push microsoft`: one message added to one mailbox (of 5 per provider) at a
+  time; latency = from the admin call to the first 200 of GET /v1/email/messages/{id}, polled
+  every 20 ms.
+- `poll (300 s)`: the same with push off (a second stack): a scheduled refresh round finds the
+  message. A round is started per sample (a run of the `refresh-mailboxes/refresh` deployment,
+  as its schedule starts it) and its add -> readable time measured; the wait for the round is
+  the schedule's, a message arriving at an even spread of phases of the 300 s interval, so a
+  sample is phase + measured round (not waited for: 20 samples would take 100 minutes).
+- `burst`: 1,000 changes over 10 mailboxes (5 Gmail, 5 Microsoft, 100 each) within about a
+  minute, each notified; every 50 ms the push jobs of every mailbox are counted by state.
+  Reported: most running and most queued at once per mailbox, push jobs made, the answers the
+  fakes got from the API (any 5xx), and whether every mailbox's index equals the fake's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import httpx
+from sqlmodel import Session, col, select
+
+from bench import harness
+from bench.local_stack import LocalStack, local_stack
+from mailsync.core.push import channels
+from mailsync.core.search.ids import message_id
+from mailsync.db import get_engine
+from mailsync.db.tables import JobStatus, Mailbox, Message, SyncJob
+from mailsync.devstack.processes import free_port
+from mailsync.fakes.client import GmailAdmin, MicrosoftAdmin, PushSubscriptionSpec
+
+SIZES = {"tiny": 3, "small": 10, "full": 30}
+BURST = {"tiny": 20, "small": 200, "full": 1_000}
+MAILBOXES = 5
+TOPIC = "projects/mailsync-bench/topics/gmail"
+ACCOUNT = "gmail-push@mailsync-bench.iam.gserviceaccount.com"
+POLL_INTERVAL = 300  # the default MAILSYNC_REFRESH_INTERVAL_SECONDS
+# Issue 18's targets: p50 <= 2 s, p95 <= 5 s for both providers.
+TARGETS = (2.0, 5.0)
+
+
+def _push_env(port: int) -> dict[str, str]:
+    return {
+        "MAILSYNC_PUSH_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "MAILSYNC_GMAIL_PUBSUB_TOPIC": TOPIC,
+        "MAILSYNC_GMAIL_PUSH_SERVICE_ACCOUNT": ACCOUNT,
+    }
+
+
+def _connect(stack: LocalStack, tag: str, per_provider: int) -> dict[str, list[tuple[str, str]]]:
+    """Mailboxes (id, address) per provider in the bench workspace, synced once."""
+    made: dict[str, list[tuple[str, str]]] = {"gmail": [], "microsoft": []}
+    for provider in made:
+        for n in range(per_provider):
+            address = f"{tag}-{n}@{provider}.example"
+            made[provider].append((stack.connect(provider, address, 20), address))
+    response = httpx.post(f"{stack.api_url}/v1/email/sync", json={}, headers=stack.auth())
+    job_id = response.raise_for_status().json()["data"]["job_id"]
+    _until(lambda: _status(stack, job_id) in ("completed", "failed"), 300)
+    assert _status(stack, job_id) == "completed"
+    return made
+
+
+def _gmail(stack: LocalStack) -> GmailAdmin:
+    return GmailAdmin(stack.fakes.gmail_url, stack.fakes.ca_path, timeout=600)
+
+
+def _microsoft(stack: LocalStack) -> MicrosoftAdmin:
+    return MicrosoftAdmin(stack.fakes.microsoft_url, stack.fakes.ca_path, timeout=600)
+
+
+def _status(stack: LocalStack, job_id: str) -> str:
+    with Session(get_engine(stack.settings.resolved_database_url)) as session:
+        job = session.get(SyncJob, job_id)
+        return job.status if job else "missing"
+
+
+def _until(probe: Callable[[], object], timeout: float, every: float = 0.02) -> float:
+    start = time.perf_counter()
+    while not probe():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"not within {timeout} s")
+        time.sleep(every)
+    return time.perf_counter() - start
+
+
+def _readable(http: httpx.Client, mailbox_id: str, provider_id: str) -> Callable[[], bool]:
+    """Whether the message is readable through the messages API (its id is derived)."""
+    path = f"/v1/email/messages/{message_id(mailbox_id, provider_id)}"
+    return lambda: http.get(path).status_code == 200
+
+
+def _freshness(
+    stack: LocalStack, provider: str, mailboxes: list[tuple[str, str]], rounds: int
+) -> list[float]:
+    samples = []
+    with (
+        stack.admin(provider) as admin,
+        httpx.Client(base_url=stack.api_url, headers=stack.auth(), timeout=30) as http,
+    ):
+        for n in range(rounds):
+            mailbox_id, address = mailboxes[n % len(mailboxes)]
+            start = time.perf_counter()
+            (added,) = admin.add_messages(address, 1)
+            _until(_readable(http, mailbox_id, added), 120)
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _refresh_round(stack: LocalStack) -> None:
+    with stack.prefect() as client:
+        deployment = client.read_deployment_by_name("refresh-mailboxes/refresh")
+        run = client.create_flow_run_from_deployment(
+            deployment.id, parameters={"workspaces": ["bench"]}
+        )
+
+        def ended() -> bool:
+            state = client.read_flow_run(UUID(str(run.id))).state
+            return state is not None and state.is_final()
+
+        _until(ended, 300, 0.1)
+
+
+def _polling(stack: LocalStack, mailboxes: list[tuple[str, str]], rounds: int) -> list[float]:
+    samples = []
+    with (
+        _gmail(stack) as admin,
+        httpx.Client(base_url=stack.api_url, headers=stack.auth(), timeout=30) as http,
+    ):
+        engine = get_engine(stack.settings.resolved_database_url)
+        for n in range(rounds):
+            mailbox_id, address = mailboxes[n % len(mailboxes)]
+            with Session(engine) as session:  # due again, as once an interval has passed
+                for row in session.exec(select(Mailbox)):
+                    row.last_synced_at = None
+                    session.add(row)
+                session.commit()
+            start = time.perf_counter()
+            (added,) = admin.add_messages(address, 1)
+            _refresh_round(stack)
+            _until(_readable(http, mailbox_id, added), 60)
+            phase = POLL_INTERVAL * (n + 0.5) / rounds
+            samples.append(phase + time.perf_counter() - start)
+    return samples
+
+
+def _burst(
+    stack: LocalStack, mailboxes: dict[str, list[tuple[str, str]]], changes: int
+) -> dict[str, Any]:
+    engine = get_engine(stack.settings.resolved_database_url)
+    every = [(p, m, a) for p, ms in mailboxes.items() for m, a in ms]
+    ids = [m for _, m, _ in every]
+    peaks: dict[str, Counter[str]] = {m: Counter() for m in ids}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            with Session(engine) as session:
+                rows = session.exec(
+                    select(SyncJob.mailbox_id, SyncJob.status).where(
+                        col(SyncJob.trigger) == "push",
+                        col(SyncJob.mailbox_id).in_(ids),
+                        col(SyncJob.status).in_([JobStatus.queued.value, JobStatus.running.value]),
+                    )
+                ).all()
+            now: dict[str, Counter[str]] = {m: Counter() for m in ids}
+            for mailbox_id, status in rows:
+                now[str(mailbox_id)][status] += 1
+            for m in ids:
+                for status, count in now[m].items():
+                    peaks[m][status] = max(peaks[m][status], count)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with _gmail(stack) as gmail, _microsoft(stack) as microsoft:
+        admins: dict[str, GmailAdmin | MicrosoftAdmin] = {"gmail": gmail, "microsoft": microsoft}
+        start = time.perf_counter()
+        per = max(1, changes // len(every))
+        for n in range(per):
+            for provider, _, address in every:
+                admins[provider].add_messages(address, 1)
+            # About a minute in all, as the issue's burst.
+            due = start + 60 * (n + 1) / per
+            time.sleep(max(0.0, due - time.perf_counter()))
+        added = time.perf_counter() - start
+        _until(lambda: not _open_push_jobs(engine, ids), 300, 0.1)
+        settled = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        exact = all(_index_matches(engine, admins[p], m, a, p) for p, m, a in every)
+        # What the fakes' pushes got from the API over the whole run (retries included).
+        answers: Counter[str] = Counter(microsoft.notification_stats().statuses)
+        answers.update(gmail.pubsub().stats.statuses)
+    with Session(engine) as session:
+        jobs = session.exec(
+            select(SyncJob).where(col(SyncJob.trigger) == "push", col(SyncJob.mailbox_id).in_(ids))
+        ).all()
+    return {
+        "changes": per * len(every),
+        "mailboxes": len(every),
+        "seconds adding": round(added, 1),
+        "seconds to settle": round(settled, 1),
+        "max running per mailbox": max(p["running"] for p in peaks.values()),
+        "max queued per mailbox": max(p["queued"] for p in peaks.values()),
+        "push jobs": len(jobs),
+        "failed jobs": sum(1 for j in jobs if j.status == "failed"),
+        "answers": dict(answers),
+        "5xx": sum(v for k, v in answers.items() if k.startswith("5")),
+        "index exact": exact,
+    }
+
+
+def _open_push_jobs(engine: Any, ids: list[str]) -> int:
+    with Session(engine) as session:
+        return len(
+            session.exec(
+                select(SyncJob.id).where(
+                    col(SyncJob.trigger) == "push",
+                    col(SyncJob.mailbox_id).in_(ids),
+                    col(SyncJob.status).in_([JobStatus.queued.value, JobStatus.running.value]),
+                )
+            ).all()
+        )
+
+
+def _index_matches(
+    engine: Any, admin: GmailAdmin | MicrosoftAdmin, mailbox_id: str, address: str, provider: str
+) -> bool:
+    with Session(engine) as session:
+        mailbox = session.get(Mailbox, mailbox_id)
+        assert mailbox is not None
+        indexed = set(
+            session.exec(
+                select(Message.provider_message_id).where(
+                    Message.mailbox_id == mailbox_id, Message.generation == mailbox.generation
+                )
+            ).all()
+        )
+    if isinstance(admin, GmailAdmin):
+        return indexed == set(admin.ids(address))
+    synced = set(admin.ids(address, "inbox")) | set(admin.ids(address, "sentitems"))
+    return indexed == synced
+
+
+def _row(name: str, samples: list[float]) -> dict[str, Any]:
+    p50, p95 = harness.percentile(samples, 50), harness.percentile(samples, 95)
+    return {
+        "scenario": name,
+        "samples": len(samples),
+        "p50 s": round(p50, 3),
+        "p95 s": round(p95, 3),
+        "max s": round(max(samples), 3),
+    }
+
+
+def run(size: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    rounds, changes = SIZES[size], BURST[size]
+    rows: list[dict[str, Any]] = []
+    port = free_port()
+    with local_stack(env=_push_env(port), api_port=port) as stack:
+        with _gmail(stack) as gmail:
+            gmail.put_push_subscription(
+                PushSubscriptionSpec(
+                    name="projects/mailsync-bench/subscriptions/gmail-push",
+                    topic=TOPIC,
+                    endpoint=f"{stack.api_url}/v1/push/gmail",
+                    service_account=ACCOUNT,
+                )
+            )
+        made = _connect(stack, "fresh", MAILBOXES)
+        env = _push_env(port)
+        pushing = stack.settings.model_copy(
+            update={k.removeprefix("MAILSYNC_").lower(): v for k, v in env.items()}
+        )
+        counts = channels.maintain(pushing, workspaces=["bench"]).counts()
+        assert counts["failed"] == 0 and counts["opened"] == 2 * MAILBOXES, counts
+        harness.console.log(f"push channels open: {counts}")
+        for provider in ("gmail", "microsoft"):
+            samples = _freshness(stack, provider, made[provider], rounds)
+            rows.append(_row(f"push {provider}", samples))
+            harness.console.log(rows[-1])
+        burst = _burst(stack, made, changes)
+        harness.console.log(burst)
+    with local_stack() as stack:
+        made = _connect(stack, "poll", 1)
+        rows.append(_row(f"poll ({POLL_INTERVAL} s)", _polling(stack, made["gmail"], rounds)))
+    return rows, burst
