@@ -32,14 +32,10 @@ from mailsync.fakes.admin_types import (
     GmailAccount,
     GmailCredentials,
     GmailMessage,
-    GmailWatch,
     GraphRequest,
-    GraphSubscription,
     LabelChange,
     MessageChange,
     MicrosoftAccount,
-    NotificationStats,
-    PubSubView,
     PushStats,
     PushSubscriptionSpec,
     QuotaUsage,
@@ -47,6 +43,7 @@ from mailsync.fakes.admin_types import (
 )
 from mailsync.fakes.control import FaultSpec
 from mailsync.fakes.faults import FaultPlan
+from mailsync.fakes.push_admin import GmailPushAdmin, GraphPushAdmin
 
 __all__ = [
     "AdminError",
@@ -63,15 +60,11 @@ __all__ = [
     "GmailAdmin",
     "GmailCredentials",
     "GmailMessage",
-    "GmailWatch",
     "GraphRequest",
-    "GraphSubscription",
     "LabelChange",
     "MessageChange",
     "MicrosoftAccount",
     "MicrosoftAdmin",
-    "NotificationStats",
-    "PubSubView",
     "PushStats",
     "PushSubscriptionSpec",
     "QuotaUsage",
@@ -197,7 +190,7 @@ class FakeAdmin:
         self._call("DELETE", _path(address, f"/messages/{quote(message_id, safe='')}"))
 
 
-class GmailAdmin(FakeAdmin):
+class GmailAdmin(GmailPushAdmin, FakeAdmin):
     """The fake Gmail's admin surface (mailsync.fakes.gmail)."""
 
     def create_mailbox(self, address: str, messages: int | None = None) -> GmailAccount:
@@ -269,25 +262,8 @@ class GmailAdmin(FakeAdmin):
     def quota(self, address: str) -> QuotaUsage:
         return QuotaUsage.model_validate(self._json("GET", _path(address, "/quota")))
 
-    # -- push (mailsync.fakes.gmail.pubsub) ------------------------------------------------
 
-    def put_push_subscription(self, spec: PushSubscriptionSpec) -> None:
-        """Create or replace a Pub/Sub push subscription (its topic exists from then on)."""
-        self._call("PUT", "/_admin/pubsub/subscriptions", json=spec.model_dump())
-
-    def delete_push_subscription(self, name: str) -> None:
-        self._call("DELETE", f"/_admin/pubsub/subscriptions/{name}")
-
-    def control_pushes(self, *, drop: int | None = None, duplicate: int | None = None) -> None:
-        """Drop (never push) or push twice the next `drop` / `duplicate` messages."""
-        self._call("PUT", "/_admin/pubsub/control", json={"drop": drop, "duplicate": duplicate})
-
-    def pubsub(self) -> PubSubView:
-        """The watches, push subscriptions and push statistics."""
-        return PubSubView.model_validate(self._json("GET", "/_admin/pubsub"))
-
-
-class MicrosoftAdmin(FakeAdmin):
+class MicrosoftAdmin(GraphPushAdmin, FakeAdmin):
     """The fake Microsoft identity platform + Graph's admin surface (mailsync.fakes.microsoft).
     Folders are named by key ("inbox", "projects/falcon"), well-known name or Graph id."""
 
@@ -380,36 +356,6 @@ class MicrosoftAdmin(FakeAdmin):
     def reset_limits(self, address: str) -> None:
         """Forget the mailbox's concurrency peak, rejections and request log."""
         self._call("POST", _path(address, "/limits/reset"))
-
-    # -- change notifications (mailsync.fakes.microsoft.subscriptions) --------------------
-
-    def subscriptions(self, address: str | None = None) -> list[GraphSubscription]:
-        """The live Graph subscriptions (of `address` only, if given)."""
-        params = {"address": address} if address else None
-        body = self._json("GET", "/_admin/subscriptions", params=params)["subscriptions"]
-        return [GraphSubscription.model_validate(s) for s in body]
-
-    def lifecycle(self, subscription_id: str, event: str) -> None:
-        """Send a lifecycle event (reauthorizationRequired, subscriptionRemoved: the
-        subscription is deleted too, or missed) to the subscription's lifecycle URL."""
-        path = f"/_admin/subscriptions/{quote(subscription_id, safe='')}/lifecycle"
-        self._call("POST", path, json={"event": event})
-
-    def expire_subscription(self, subscription_id: str) -> None:
-        """Let the subscription lapse now: no more notifications, renewing it is a 404."""
-        self._call("POST", f"/_admin/subscriptions/{quote(subscription_id, safe='')}/expire")
-
-    def control_notifications(
-        self, *, drop: int | None = None, duplicate: int | None = None
-    ) -> None:
-        """Drop (never send) or send twice the next `drop` / `duplicate` notifications."""
-        self._call("PUT", "/_admin/notifications", json={"drop": drop, "duplicate": duplicate})
-
-    def notification_stats(self) -> NotificationStats:
-        return NotificationStats.model_validate(self._json("GET", "/_admin/notifications"))
-
-    def reset_notification_stats(self) -> None:
-        self._call("POST", "/_admin/notifications/reset")
 
 
 def admin_client(
