@@ -35,7 +35,7 @@ from bench.local_stack import LocalStack, local_stack
 from mailsync.core.push import channels
 from mailsync.core.search.ids import message_id
 from mailsync.db import get_engine
-from mailsync.db.tables import JobStatus, Mailbox, Message, SyncJob
+from mailsync.db.tables import JobStatus, Mailbox, Message, SyncJob, as_utc
 from mailsync.devstack.processes import free_port
 from mailsync.fakes.client import GmailAdmin, MicrosoftAdmin, PushSubscriptionSpec
 
@@ -102,19 +102,44 @@ def _readable(http: httpx.Client, mailbox_id: str, provider_id: str) -> Callable
 
 def _freshness(
     stack: LocalStack, provider: str, mailboxes: list[tuple[str, str]], rounds: int
-) -> list[float]:
-    samples = []
+) -> tuple[list[float], dict[str, float]]:
+    """The samples, and the median phases of their push jobs (from the job rows): added ->
+    job queued (the notification and the API), queued -> started (the worker's pick-up, the
+    run's start, the mailbox's turn), started -> finished (the sync, the job closed)."""
+    samples: list[float] = []
+    phases: dict[str, list[float]] = {"notified": [], "to turn": [], "synced": []}
+    engine = get_engine(stack.settings.resolved_database_url)
     with (
         stack.admin(provider) as admin,
         httpx.Client(base_url=stack.api_url, headers=stack.auth(), timeout=30) as http,
     ):
         for n in range(rounds):
             mailbox_id, address = mailboxes[n % len(mailboxes)]
-            start = time.perf_counter()
+            start, wall = time.perf_counter(), time.time()
             (added,) = admin.add_messages(address, 1)
             _until(_readable(http, mailbox_id, added), 120)
             samples.append(time.perf_counter() - start)
-    return samples
+            _until(_settled(engine, mailbox_id), 60)
+            with Session(engine) as session:
+                job = session.exec(
+                    select(SyncJob)
+                    .where(SyncJob.mailbox_id == mailbox_id, SyncJob.trigger == "push")
+                    .order_by(col(SyncJob.queued_at).desc())
+                ).first()
+            if job is None:
+                continue
+            queued, started = as_utc(job.queued_at), as_utc(job.started_at)
+            finished = as_utc(job.finished_at)
+            if queued and started and finished:
+                phases["notified"].append(queued.timestamp() - wall)
+                phases["to turn"].append((started - queued).total_seconds())
+                phases["synced"].append((finished - started).total_seconds())
+    medians = {k: round(harness.percentile(v, 50), 3) for k, v in phases.items() if v}
+    return samples, medians
+
+
+def _settled(engine: Any, mailbox_id: str) -> Callable[[], bool]:
+    return lambda: not _open_push_jobs(engine, [mailbox_id])
 
 
 def _refresh_round(stack: LocalStack) -> None:
@@ -287,12 +312,14 @@ def run(size: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         assert counts["failed"] == 0 and counts["opened"] == 2 * MAILBOXES, counts
         harness.console.log(f"push channels open: {counts}")
         for provider in ("gmail", "microsoft"):
-            samples = _freshness(stack, provider, made[provider], rounds)
-            rows.append(_row(f"push {provider}", samples))
+            samples, phases = _freshness(stack, provider, made[provider], rounds)
+            row = _row(f"push {provider}", samples)
+            rows.append(row | {f"p50 {k} s": v for k, v in phases.items()})
             harness.console.log(rows[-1])
         burst = _burst(stack, made, changes)
         harness.console.log(burst)
     with local_stack() as stack:
         made = _connect(stack, "poll", 1)
         rows.append(_row(f"poll ({POLL_INTERVAL} s)", _polling(stack, made["gmail"], rounds)))
-    return rows, burst
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [{k: row.get(k) for k in columns} for row in rows], burst
