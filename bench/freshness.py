@@ -12,8 +12,8 @@ coalesced push jobs. Scenarios:
   as its schedule starts it) and its add -> readable time measured; the wait for the round is
   the schedule's, a message arriving at an even spread of phases of the 300 s interval, so a
   sample is phase + measured round (not waited for: 20 samples would take 100 minutes).
-- `burst`: 1,000 changes over 10 mailboxes (5 Gmail, 5 Microsoft, 100 each) within about a
-  minute, each notified; every 50 ms the push jobs of every mailbox are counted by state.
+- `burst`: 1,000 changes over 10 mailboxes (5 Gmail, 5 Microsoft, 100 each) spread over a
+  minute (`full`), each notified; every 50 ms the push jobs of every mailbox are counted by state.
   Reported: most running and most queued at once per mailbox, push jobs made, the answers the
   fakes got from the API (any 5xx), and whether every mailbox's index equals the fake's.
 """
@@ -41,6 +41,7 @@ from mailsync.fakes.client import GmailAdmin, MicrosoftAdmin, PushSubscriptionSp
 
 SIZES = {"tiny": 3, "small": 10, "full": 30}
 BURST = {"tiny": 20, "small": 200, "full": 1_000}
+SPREAD = {"tiny": 5.0, "small": 20.0, "full": 60.0}  # seconds the burst's changes span
 MAILBOXES = 5
 TOPIC = "projects/mailsync-bench/topics/gmail"
 ACCOUNT = "gmail-push@mailsync-bench.iam.gserviceaccount.com"
@@ -180,7 +181,10 @@ def _polling(stack: LocalStack, mailboxes: list[tuple[str, str]], rounds: int) -
 
 
 def _burst(
-    stack: LocalStack, mailboxes: dict[str, list[tuple[str, str]]], changes: int
+    stack: LocalStack,
+    mailboxes: dict[str, list[tuple[str, str]]],
+    changes: int,
+    spread: float,
 ) -> dict[str, Any]:
     engine = get_engine(stack.settings.resolved_database_url)
     every = [(p, m, a) for p, ms in mailboxes.items() for m, a in ms]
@@ -215,8 +219,8 @@ def _burst(
         for n in range(per):
             for provider, _, address in every:
                 admins[provider].add_messages(address, 1)
-            # About a minute in all, as the issue's burst.
-            due = start + 60 * (n + 1) / per
+            # Evenly over `spread` (a minute, as the issue's burst).
+            due = start + spread * (n + 1) / per
             time.sleep(max(0.0, due - time.perf_counter()))
         added = time.perf_counter() - start
         _until(lambda: not _open_push_jobs(engine, ids), 300, 0.1)
@@ -316,7 +320,7 @@ def run(size: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             row = _row(f"push {provider}", samples)
             rows.append(row | {f"p50 {k} s": v for k, v in phases.items()})
             harness.console.log(rows[-1])
-        burst = _burst(stack, made, changes)
+        burst = _burst(stack, made, changes, SPREAD[size])
         harness.console.log(burst)
     with local_stack() as stack:
         made = _connect(stack, "poll", 1)

@@ -54,6 +54,11 @@ ROUTES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", "/docs/oauth2-redirect"): None,
     ("GET", "/redoc"): None,
     ("GET", "/health"): None,
+    # The providers' push endpoints: no key; each request proves itself (clientState, an
+    # OIDC token) and one that does not gets 401 (README, "Push").
+    ("POST", "/v1/push/microsoft"): None,
+    ("POST", "/v1/push/microsoft/lifecycle"): None,
+    ("POST", "/v1/push/gmail"): None,
     ("POST", "/v1/email/sync"): ("write:email",),
     ("GET", "/v1/email/sync/{job_id}"): READ_EMAIL,
     ("GET", "/v1/email/messages"): READ_EMAIL,
