@@ -243,7 +243,7 @@ def _burst(
         "max running per mailbox": max(p["running"] for p in peaks.values()),
         "max queued per mailbox": max(p["queued"] for p in peaks.values()),
         "push jobs": len(jobs),
-        "failed jobs": sum(1 for j in jobs if j.status == "failed"),
+        "failed jobs": dict(Counter(j.error_code or "" for j in jobs if j.status == "failed")),
         "answers": dict(answers),
         "5xx": sum(v for k, v in answers.items() if k.startswith("5")),
         "index exact": exact,
