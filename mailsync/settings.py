@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     # Every request, whatever its headers, per client address, when it arrives (before it may
     # hold an overload slot): a flood bound, above what one well-behaved client sends.
     arrival_quota_per_minute: int = 3000
+    # The providers' push requests per client address (api/ratelimit.py, meter_push).
+    push_quota_per_minute: int = 3000
     idempotency_ttl_seconds: int = 24 * 3600
     # Scheduled refreshes: a connected mailbox is due when its last sync is older than this
     # (the `refresh` deployment's schedule in prefect.yaml runs at the same interval), and

@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from mailsync.api.deps import OrchestratorDep, SessionDep, SettingsDep
 from mailsync.api.errors import ApiError
+from mailsync.api.schemas import ErrorEnvelope
 from mailsync.core.push import coalesce
 from mailsync.core.push import gmail_notifications as gmail
 from mailsync.core.push import graph_notifications as graph
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import utcnow
+from mailsync.errors import PushVerificationError
 from mailsync.orchestration.push_jobs import start_push_sync
 
 router = APIRouter(prefix="/v1/push", tags=["push"])
@@ -37,9 +39,25 @@ async def _raw_body(request: Request) -> bytes:
 RawBody = Annotated[bytes, Depends(_raw_body)]
 
 
-def _handshake(request: Request) -> Response | None:
+def _errors(proof: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        400: {"model": ErrorEnvelope, "description": "invalid_request: not the provider's body"},
+        401: {"model": ErrorEnvelope, "description": f"{proof}: nothing is started"},
+    }
+
+
+_GRAPH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the validation handshake: validationToken echoed",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    **_errors("invalid_client_state: a notification's clientState is not its subscription's"),
+}
+_GMAIL_RESPONSES = _errors("invalid_push_token: no valid OIDC token of our push subscription")
+
+
+def _handshake(token: str | None) -> Response | None:
     """Graph's validation request: echo validationToken as text/plain (within 10 s)."""
-    token = request.query_params.get("validationToken")
     if token is None:
         return None
     if len(token) > _MAX_TOKEN:
@@ -54,18 +72,29 @@ def _json(raw: bytes) -> Any:
         raise ApiError(400, "invalid_request", "the body is not valid JSON") from exc
 
 
-@router.post("/microsoft", status_code=202, summary="Microsoft Graph change notifications")
 @router.post(
-    "/microsoft/lifecycle", status_code=202, summary="Microsoft Graph lifecycle notifications"
+    "/microsoft",
+    status_code=202,
+    responses=_GRAPH_RESPONSES,
+    summary="Microsoft Graph change notifications",
+)
+@router.post(
+    "/microsoft/lifecycle",
+    status_code=202,
+    responses=_GRAPH_RESPONSES,
+    summary="Microsoft Graph lifecycle notifications",
 )
 def microsoft(
-    request: Request,
     raw: RawBody,
     session: SessionDep,
     settings: SettingsDep,
     orchestrator: OrchestratorDep,
+    validation_token: Annotated[
+        str | None,
+        Query(alias="validationToken", description="Graph's handshake: echoed as text/plain"),
+    ] = None,
 ) -> Any:
-    handshake = _handshake(request)
+    handshake = _handshake(validation_token)
     if handshake is not None:
         return handshake
     items = graph.parse(_json(raw))
@@ -92,7 +121,9 @@ def microsoft(
     }
 
 
-@router.post("/gmail", status_code=202, summary="Gmail Pub/Sub push messages")
+@router.post(
+    "/gmail", status_code=202, responses=_GMAIL_RESPONSES, summary="Gmail Pub/Sub push messages"
+)
 def gmail_push(
     request: Request,
     raw: RawBody,
@@ -102,10 +133,8 @@ def gmail_push(
 ) -> Any:
     try:
         gmail.verify_token(settings, request.headers.get("authorization"))
-    except gmail.PushTokenError as exc:
-        raise ApiError(
-            401, "invalid_push_token", "the push request's OIDC token is not valid"
-        ) from exc
+    except PushVerificationError as exc:
+        raise ApiError(401, exc.code, "the push request's OIDC token is not valid") from exc
     push = gmail.parse_push(_json(raw))
     if push is None:
         raise ApiError(400, "invalid_request", "the body must be a Pub/Sub push of a Gmail watch")

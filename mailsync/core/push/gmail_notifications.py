@@ -9,10 +9,11 @@ from sqlmodel import Session, col, select
 
 from mailsync.core.push.state import PushStatus
 from mailsync.db.tables import Mailbox, MailboxPush
-from mailsync.providers.gmail.push import GmailPush, PushTokenError, PushTokenVerifier, parse_push
+from mailsync.errors import PushVerificationError
+from mailsync.providers.gmail.push import GmailPush, PushTokenVerifier, parse_push
 from mailsync.settings import Settings
 
-__all__ = ["GmailPush", "PushTokenError", "mailboxes_for", "parse_push", "verify_token"]
+__all__ = ["GmailPush", "mailboxes_for", "parse_push", "verify_token"]
 
 PUSH_PATH = "/v1/push/gmail"
 
@@ -30,14 +31,14 @@ def audience(settings: Settings) -> str | None:
 
 
 def verify_token(settings: Settings, authorization: str | None) -> None:
-    """PushTokenError unless `authorization` is Bearer <Pub/Sub's OIDC token for us>;
+    """PushVerificationError unless `authorization` is Bearer <Pub/Sub's OIDC token for us>;
     TransientProviderError when Google's keys cannot be read now."""
     scheme, _, token = (authorization or "").partition(" ")
     aud, account = audience(settings), settings.gmail_push_service_account
     if scheme.lower() != "bearer" or not token.strip():
-        raise PushTokenError("missing bearer token")
+        raise PushVerificationError("missing bearer token")
     if aud is None or account is None:
-        raise PushTokenError("Gmail push is not configured")
+        raise PushVerificationError("Gmail push is not configured")
     ca = str(settings.provider_ca_bundle) if settings.provider_ca_bundle else None
     _verifier(settings.gmail_push_certs_url, ca).verify(token.strip(), aud, account)
 

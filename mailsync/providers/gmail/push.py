@@ -23,14 +23,11 @@ import certifi
 import httpx
 from google.auth import jwt
 
+from mailsync.errors import PushVerificationError
 from mailsync.providers.base import TransientProviderError
 
 ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
 _MAX_AGE = re.compile(r"max-age=(\d+)")
-
-
-class PushTokenError(ValueError):
-    """The push request's token does not prove Pub/Sub sent it for us (never says more)."""
 
 
 @dataclass(frozen=True)
@@ -91,22 +88,22 @@ class PushTokenVerifier:
             return self._certs
 
     def verify(self, token: str, audience: str, service_account: str) -> dict[str, Any]:
-        """The token's claims; PushTokenError for anything but Pub/Sub's token for us."""
+        """The token's claims; PushVerificationError for anything but Pub/Sub's token for us."""
         try:
             header = jwt.decode_header(token)
         except ValueError as exc:
-            raise PushTokenError("malformed token") from exc
+            raise PushVerificationError("malformed token") from exc
         certs = self._keys(refresh=False)
         if header.get("kid") not in certs:
             certs = self._keys(refresh=True)  # Google rotated its keys
         try:
             claims: dict[str, Any] = jwt.decode(token, certs=certs, audience=audience)
         except ValueError as exc:  # signature, expiry, audience, unknown key
-            raise PushTokenError("token does not verify") from exc
+            raise PushVerificationError("token does not verify") from exc
         if claims.get("iss") not in ISSUERS:
-            raise PushTokenError("token not issued by Google")
+            raise PushVerificationError("token not issued by Google")
         if claims.get("email") != service_account or claims.get("email_verified") is not True:
-            raise PushTokenError("token not of the push subscription's service account")
+            raise PushVerificationError("token not of the push subscription's service account")
         return claims
 
     def close(self) -> None:

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from mailsync.errors import PushVerificationError
 from mailsync.fakes.gmail.pubsub import Signer
-from mailsync.providers.gmail.push import PushTokenError, PushTokenVerifier, parse_push
+from mailsync.providers.gmail.push import PushTokenVerifier, parse_push
 from mailsync.providers.microsoft.subscriptions import parse_notifications
 
 AUD = "https://mailsync.example.com/v1/push/gmail"
@@ -69,7 +70,7 @@ def test_a_genuine_token_verifies_and_every_other_is_refused(
 ) -> None:
     """Signed by the served key with our aud, Google's issuer and the service account: its
     claims. Another key, aud, issuer, email, an unverified email, an expired or garbled
-    token: PushTokenError."""
+    token: PushVerificationError."""
     signers, url, _ = keys
     verifier = PushTokenVerifier(url)
     signer = signers[0]
@@ -87,7 +88,7 @@ def test_a_genuine_token_verifies_and_every_other_is_refused(
         "",
     ]
     for token in refused:
-        with pytest.raises(PushTokenError):
+        with pytest.raises(PushVerificationError):
             verifier.verify(token, AUD, ACCOUNT)
     verifier.close()
 
