@@ -20,9 +20,7 @@ coalesced push jobs. Scenarios:
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -30,12 +28,13 @@ from uuid import UUID
 import httpx
 from sqlmodel import Session, col, select
 
-from bench import harness
+from bench import harness, push_burst
 from bench.local_stack import LocalStack, local_stack
+from bench.push_burst import until
 from mailsync.core.push import channels
 from mailsync.core.search.ids import message_id
 from mailsync.db import get_engine
-from mailsync.db.tables import JobStatus, Mailbox, Message, SyncJob, as_utc
+from mailsync.db.tables import Mailbox, SyncJob, as_utc
 from mailsync.devstack.processes import free_port
 from mailsync.fakes.client import GmailAdmin, MicrosoftAdmin, PushSubscriptionSpec
 
@@ -67,7 +66,7 @@ def _connect(stack: LocalStack, tag: str, per_provider: int) -> dict[str, list[t
             made[provider].append((stack.connect(provider, address, 20), address))
     response = httpx.post(f"{stack.api_url}/v1/email/sync", json={}, headers=stack.auth())
     job_id = response.raise_for_status().json()["data"]["job_id"]
-    _until(lambda: _status(stack, job_id) in ("completed", "failed"), 300)
+    until(lambda: _status(stack, job_id) in ("completed", "failed"), 300)
     assert _status(stack, job_id) == "completed"
     return made
 
@@ -84,15 +83,6 @@ def _status(stack: LocalStack, job_id: str) -> str:
     with Session(get_engine(stack.settings.resolved_database_url)) as session:
         job = session.get(SyncJob, job_id)
         return job.status if job else "missing"
-
-
-def _until(probe: Callable[[], object], timeout: float, every: float = 0.02) -> float:
-    start = time.perf_counter()
-    while not probe():
-        if time.perf_counter() - start > timeout:
-            raise TimeoutError(f"not within {timeout} s")
-        time.sleep(every)
-    return time.perf_counter() - start
 
 
 def _readable(http: httpx.Client, mailbox_id: str, provider_id: str) -> Callable[[], bool]:
@@ -118,9 +108,9 @@ def _freshness(
             mailbox_id, address = mailboxes[n % len(mailboxes)]
             start, wall = time.perf_counter(), time.time()
             (added,) = admin.add_messages(address, 1)
-            _until(_readable(http, mailbox_id, added), 120)
+            until(_readable(http, mailbox_id, added), 120)
             samples.append(time.perf_counter() - start)
-            _until(_settled(engine, mailbox_id), 60)
+            until(_settled(engine, mailbox_id), 60)
             with Session(engine) as session:
                 job = session.exec(
                     select(SyncJob)
@@ -140,7 +130,7 @@ def _freshness(
 
 
 def _settled(engine: Any, mailbox_id: str) -> Callable[[], bool]:
-    return lambda: not _open_push_jobs(engine, [mailbox_id])
+    return lambda: not push_burst.open_push_jobs(engine, [mailbox_id])
 
 
 def _refresh_round(stack: LocalStack) -> None:
@@ -154,7 +144,7 @@ def _refresh_round(stack: LocalStack) -> None:
             state = client.read_flow_run(UUID(str(run.id))).state
             return state is not None and state.is_final()
 
-        _until(ended, 300, 0.1)
+        until(ended, 300, 0.1)
 
 
 def _polling(stack: LocalStack, mailboxes: list[tuple[str, str]], rounds: int) -> list[float]:
@@ -174,112 +164,10 @@ def _polling(stack: LocalStack, mailboxes: list[tuple[str, str]], rounds: int) -
             start = time.perf_counter()
             (added,) = admin.add_messages(address, 1)
             _refresh_round(stack)
-            _until(_readable(http, mailbox_id, added), 60)
+            until(_readable(http, mailbox_id, added), 60)
             phase = POLL_INTERVAL * (n + 0.5) / rounds
             samples.append(phase + time.perf_counter() - start)
     return samples
-
-
-def _burst(
-    stack: LocalStack,
-    mailboxes: dict[str, list[tuple[str, str]]],
-    changes: int,
-    spread: float,
-) -> dict[str, Any]:
-    engine = get_engine(stack.settings.resolved_database_url)
-    every = [(p, m, a) for p, ms in mailboxes.items() for m, a in ms]
-    ids = [m for _, m, _ in every]
-    peaks: dict[str, Counter[str]] = {m: Counter() for m in ids}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            with Session(engine) as session:
-                rows = session.exec(
-                    select(SyncJob.mailbox_id, SyncJob.status).where(
-                        col(SyncJob.trigger) == "push",
-                        col(SyncJob.mailbox_id).in_(ids),
-                        col(SyncJob.status).in_([JobStatus.queued.value, JobStatus.running.value]),
-                    )
-                ).all()
-            now: dict[str, Counter[str]] = {m: Counter() for m in ids}
-            for mailbox_id, status in rows:
-                now[str(mailbox_id)][status] += 1
-            for m in ids:
-                for status, count in now[m].items():
-                    peaks[m][status] = max(peaks[m][status], count)
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    with _gmail(stack) as gmail, _microsoft(stack) as microsoft:
-        admins: dict[str, GmailAdmin | MicrosoftAdmin] = {"gmail": gmail, "microsoft": microsoft}
-        start = time.perf_counter()
-        per = max(1, changes // len(every))
-        for n in range(per):
-            for provider, _, address in every:
-                admins[provider].add_messages(address, 1)
-            # Evenly over `spread` (a minute, as the issue's burst).
-            due = start + spread * (n + 1) / per
-            time.sleep(max(0.0, due - time.perf_counter()))
-        added = time.perf_counter() - start
-        _until(lambda: not _open_push_jobs(engine, ids), 300, 0.1)
-        settled = time.perf_counter() - start
-        done.set()
-        sampler.join()
-        exact = all(_index_matches(engine, admins[p], m, a, p) for p, m, a in every)
-        # What the fakes' pushes got from the API over the whole run (retries included).
-        answers: Counter[str] = Counter(microsoft.notification_stats().statuses)
-        answers.update(gmail.pubsub().stats.statuses)
-    with Session(engine) as session:
-        jobs = session.exec(
-            select(SyncJob).where(col(SyncJob.trigger) == "push", col(SyncJob.mailbox_id).in_(ids))
-        ).all()
-    return {
-        "changes": per * len(every),
-        "mailboxes": len(every),
-        "seconds adding": round(added, 1),
-        "seconds to settle": round(settled, 1),
-        "max running per mailbox": max(p["running"] for p in peaks.values()),
-        "max queued per mailbox": max(p["queued"] for p in peaks.values()),
-        "push jobs": len(jobs),
-        "failed jobs": dict(Counter(j.error_code or "" for j in jobs if j.status == "failed")),
-        "answers": dict(answers),
-        "5xx": sum(v for k, v in answers.items() if k.startswith("5")),
-        "index exact": exact,
-    }
-
-
-def _open_push_jobs(engine: Any, ids: list[str]) -> int:
-    with Session(engine) as session:
-        return len(
-            session.exec(
-                select(SyncJob.id).where(
-                    col(SyncJob.trigger) == "push",
-                    col(SyncJob.mailbox_id).in_(ids),
-                    col(SyncJob.status).in_([JobStatus.queued.value, JobStatus.running.value]),
-                )
-            ).all()
-        )
-
-
-def _index_matches(
-    engine: Any, admin: GmailAdmin | MicrosoftAdmin, mailbox_id: str, address: str, provider: str
-) -> bool:
-    with Session(engine) as session:
-        mailbox = session.get(Mailbox, mailbox_id)
-        assert mailbox is not None
-        indexed = set(
-            session.exec(
-                select(Message.provider_message_id).where(
-                    Message.mailbox_id == mailbox_id, Message.generation == mailbox.generation
-                )
-            ).all()
-        )
-    if isinstance(admin, GmailAdmin):
-        return indexed == set(admin.ids(address))
-    synced = set(admin.ids(address, "inbox")) | set(admin.ids(address, "sentitems"))
-    return indexed == synced
 
 
 def _row(name: str, samples: list[float]) -> dict[str, Any]:
@@ -320,7 +208,7 @@ def run(size: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             row = _row(f"push {provider}", samples)
             rows.append(row | {f"p50 {k} s": v for k, v in phases.items()})
             harness.console.log(rows[-1])
-        burst = _burst(stack, made, changes, SPREAD[size])
+        burst = push_burst.run(stack, made, changes, SPREAD[size])
         harness.console.log(burst)
     with local_stack() as stack:
         made = _connect(stack, "poll", 1)

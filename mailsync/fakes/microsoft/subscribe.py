@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,10 +16,7 @@ from mailsync.fakes.microsoft.errors import GraphFault, graph_error
 from mailsync.fakes.microsoft.graph import authorize
 from mailsync.fakes.microsoft.odata import GraphCall
 from mailsync.fakes.microsoft.state import FakeMicrosoftState
-from mailsync.fakes.microsoft.subscriptions import (
-    FakeSubscription,
-    parse_expiration,
-)
+from mailsync.fakes.microsoft.subscriptions import MAX_MINUTES, FakeSubscription
 
 # users/{upn}/messages, users('{upn}')/messages or me/messages, optionally of one folder
 # (mailFolders('inbox')/messages or mailFolders/inbox/messages).
@@ -123,6 +121,30 @@ def subscriptions_router(fake: FakeMicrosoftState) -> APIRouter:
             return graph_error(request, exc)
 
     return router
+
+
+def parse_expiration(value: Any, now: float) -> float:
+    """An expirationDateTime as epoch seconds, within Graph's bounds, or a 400."""
+    if not isinstance(value, str):
+        raise GraphFault(400, "ValidationError", "expirationDateTime is required.")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise GraphFault(
+            400, "ValidationError", f"Cannot convert '{value}' to a DateTimeOffset."
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    epoch = moment.timestamp()
+    if epoch <= now:
+        raise GraphFault(400, "ValidationError", "Subscription expiration must be in the future.")
+    if epoch > now + MAX_MINUTES * 60 + 60:  # a minute of clock skew forgiven
+        raise GraphFault(
+            400,
+            "ValidationError",
+            f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.",
+        )
+    return epoch
 
 
 def _bearer(request: Request) -> str:

@@ -96,30 +96,6 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
 
 
-def parse_expiration(value: Any, now: float) -> float:
-    """An expirationDateTime as epoch seconds, within Graph's bounds, or a 400."""
-    if not isinstance(value, str):
-        raise GraphFault(400, "ValidationError", "expirationDateTime is required.")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise GraphFault(
-            400, "ValidationError", f"Cannot convert '{value}' to a DateTimeOffset."
-        ) from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    epoch = moment.timestamp()
-    if epoch <= now:
-        raise GraphFault(400, "ValidationError", "Subscription expiration must be in the future.")
-    if epoch > now + MAX_MINUTES * 60 + 60:  # a minute of clock skew forgiven
-        raise GraphFault(
-            400,
-            "ValidationError",
-            f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.",
-        )
-    return epoch
-
-
 class Subscriptions:
     """Every subscription of one fake, and the threads that deliver their notifications."""
 
