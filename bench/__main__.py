@@ -139,5 +139,17 @@ def search(
     harness.console.print(f"wrote {harness.save(name, size.value, rows, walks=walks, sizes=sizes)}")
 
 
+@app.command()
+def freshness(size: Size = SizeOption) -> None:
+    """A message added at the fake -> readable through the API, with push (Gmail, Microsoft)
+    and with polling at the default interval; a burst of 1,000 notifications for 10 mailboxes."""
+    from bench import freshness as bench
+
+    rows, burst = bench.run(size.value)
+    harness.show("freshness: added at the provider -> readable", rows)
+    harness.show("burst of notifications", [{k: str(v) for k, v in burst.items()}])
+    harness.console.print(f"wrote {harness.save('freshness', size.value, rows, burst=burst)}")
+
+
 if __name__ == "__main__":
     app()

@@ -125,7 +125,10 @@ def local_stack(
     worker_type: str = "warm",
     worker_limit: int | None = None,
     prefect_db: str = "sqlite",
+    api_port: int | None = None,
 ) -> Iterator[LocalStack]:
+    """`api_port`: the API's port, when a benchmark must know its URL before the stack
+    starts (the push URL the fakes call)."""
     with (
         tempfile.TemporaryDirectory(prefix="mailsync-bench-") as tmp,
         harness.running_fakes(Path(tmp)) as fakes,
@@ -164,7 +167,7 @@ def local_stack(
             workers=workers,
             worker_type=worker_type,
             worker_limit=worker_limit,
-            api=ApiSpec(settings, free_port(), api_app),
+            api=ApiSpec(settings, api_port or free_port(), api_app),
             fakes=fakes,
             env=settings_env,
         )

@@ -31,7 +31,7 @@ from mailsync.orchestration import runs, runtime
 from mailsync.orchestration.rounds import read_busy
 from mailsync.settings import get_settings
 from mailsync.webhooks import dispatch
-from tasks.refresh import reconcile_jobs, refresh_batch
+from tasks.refresh import maintain_push, reconcile_jobs, refresh_batch
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,20 @@ def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
     reconciled = reconcile_jobs(return_state=True)
     if reconciled.is_failed():
         logger.error("open jobs not reconciled: %s", reconciled.message)
+    if settings.push_base_url:
+        # Before the plan: a mailbox whose push just failed is polled in this very round.
+        maintained = maintain_push(return_state=True)
+        if maintained.is_failed():
+            logger.error("push channels not maintained: %s", maintained.message)
     now = utcnow()
     interval = settings.refresh_interval_seconds
     with get_client(sync_client=True) as client:
         busy = read_busy(client, now, timedelta(seconds=interval))
     with session_scope(settings.resolved_database_url) as session:
-        due = refresh.due_mailboxes(session, now, interval, workspaces)
+        push_interval = settings.push_poll_interval_seconds if settings.push_base_url else None
+        due = refresh.due_mailboxes(
+            session, now, interval, workspaces, push_interval_seconds=push_interval
+        )
         plan = refresh.plan_refresh(due, busy)
         jobs = refresh.open_refresh_jobs(session, plan, current_run.get_id())
     for skip in plan.skipped:

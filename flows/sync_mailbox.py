@@ -51,7 +51,9 @@ def _release_slot(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) ->
 
 def _sync_all(job: JobRef) -> JobEnd:
     futures = [
-        sync_one_mailbox.submit(job.job_id, m.mailbox_id, m.provider, m.address, job.mode)
+        sync_one_mailbox.submit(
+            job.job_id, m.mailbox_id, m.provider, m.address, job.mode, push=job.push
+        )
         for m in job.mailboxes
     ]
     outcomes: list[MailboxOutcome] = []

@@ -36,6 +36,7 @@ end with, these and what became of its flow run, is in `JOB_ERRORS`)
     │   ├── ConsentInputError                 a consent flow's provider, redirect_uri... (`param`)
     │   └── UnknownStateError                 a consent callback whose state names no flow
     ├── WebhookVerificationError          webhook_verification_failed (for receivers)
+    ├── PushVerificationError             invalid_push_token: a push not proven ours (401)
     ├── ConfigurationError (RuntimeError) configuration_error
     ├── StackError                        stack_error: a local-stack process failed
     └── ProviderError                     provider_error (mailsync/providers/base.py)
@@ -247,6 +248,12 @@ class WebhookVerificationError(MailsyncError):
     code = "webhook_verification_failed"
 
 
+class PushVerificationError(MailsyncError):
+    """A Gmail push whose OIDC token does not prove our Pub/Sub subscription sent it."""
+
+    code = "invalid_push_token"
+
+
 class ConfigurationError(MailsyncError, RuntimeError):
     code = "configuration_error"
 
@@ -287,6 +294,7 @@ class CursorExpiredError(ProviderError):
 # each error class's code has a row (or is in NOT_ANSWERED).
 HTTP_STATUS: dict[str, int] = {
     "invalid_request": 400,
+    "invalid_push_token": 401,
     "insufficient_permissions": 403,
     "not_found": 404,
     "sync_in_progress": 409,

@@ -113,12 +113,35 @@ class Settings(BaseSettings):
     # Every request, whatever its headers, per client address, when it arrives (before it may
     # hold an overload slot): a flood bound, above what one well-behaved client sends.
     arrival_quota_per_minute: int = 3000
+    # The providers' push requests per client address (api/ratelimit.py, meter_push).
+    push_quota_per_minute: int = 3000
     idempotency_ttl_seconds: int = 24 * 3600
     # Scheduled refreshes: a connected mailbox is due when its last sync is older than this
     # (the `refresh` deployment's schedule in prefect.yaml runs at the same interval), and
     # one refresh round syncs at most this many mailboxes at once.
     refresh_interval_seconds: int = Field(default=300, ge=60)
     refresh_concurrency: int = Field(default=16, ge=1, le=64)
+
+    # Push (mailsync/core/push/): the providers tell us of changes instead of being polled.
+    # push_public_url is where the providers reach this API (https://mailsync.example.com);
+    # unset, push is off and every mailbox is polled every refresh interval. A mailbox whose
+    # push works is polled only every push_poll_interval_seconds, to catch a lost notification.
+    push_public_url: str | None = None
+    push_poll_interval_seconds: int = Field(default=3600, ge=60)
+    # Graph allows a mail subscription 4,230 minutes; one is renewed once less than
+    # renew_before is left (refresh rounds run every few minutes, so well before it lapses).
+    microsoft_subscription_minutes: int = Field(default=4230, ge=5, le=4230)
+    microsoft_subscription_renew_before_minutes: int = Field(default=1440, ge=1)
+    # Gmail: the Pub/Sub topic users.watch publishes to (projects/<p>/topics/<t>; Gmail's
+    # service account needs the Publisher role on it), and what authenticates the push
+    # subscription's requests: its OIDC token's signer (keys at certs_url), its `email` (the
+    # push subscription's service account) and its `aud` (default: our push URL). Watches
+    # lapse after 7 days; they are renewed once older than a day.
+    gmail_pubsub_topic: str | None = None
+    gmail_push_service_account: str | None = None
+    gmail_push_audience: str | None = None
+    gmail_push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    gmail_watch_renew_seconds: int = Field(default=24 * 3600, ge=60)
 
     # Webhooks (mailsync/webhooks/): a failed delivery is retried after base, 2*base, 4*base
     # ... seconds (capped at max) until the horizon has passed since it was first due.
@@ -160,6 +183,11 @@ class Settings(BaseSettings):
                 "MAILSYNC_WEBHOOK_ATTEMPT_SECONDS must be less than MAILSYNC_WEBHOOK_CLAIM_SECONDS"
             )
         return self
+
+    @property
+    def push_base_url(self) -> str | None:
+        """Our public base URL for the providers' push requests, without a trailing slash."""
+        return self.push_public_url.rstrip("/") if self.push_public_url else None
 
     @property
     def resolved_database_url(self) -> str:

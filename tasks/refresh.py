@@ -7,9 +7,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.core.jobs.contract import MailboxOutcome, MailboxRef
+from mailsync.core.push import channels
 from mailsync.core.schedule import refresh
 from mailsync.core.sync.engine import MailboxResult
 from mailsync.orchestration import runtime
+from mailsync.settings import get_settings
 from tasks.sync_mailbox import is_transient_error
 
 
@@ -38,3 +40,14 @@ def reconcile_jobs() -> list[tuple[str, str]]:
     for job_id, what in done:
         logger.info("job %s: %s", job_id, what)
     return done
+
+
+@task(name="maintain-push", cache_policy=NO_CACHE)
+def maintain_push() -> dict[str, int]:
+    """Open the push channels the connected mailboxes lack, renew those that lapse soon
+    (core/push/channels.py); a failure marks that mailbox's push failing, logged."""
+    report = channels.maintain(get_settings())
+    logger = get_run_logger()
+    for line in report.lines():
+        logger.info("%s", line)
+    return report.counts()

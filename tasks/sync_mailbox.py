@@ -57,7 +57,7 @@ def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> boo
     cache_policy=NO_CACHE,
 )
 def sync_one_mailbox(
-    job_id: str, mailbox_id: str, provider: str, address: str, mode: str
+    job_id: str, mailbox_id: str, provider: str, address: str, mode: str, push: bool = False
 ) -> MailboxResult:
     to_job = runtime.job_progress(job_id).reporter(mailbox_id)
     # Created at the first page with an estimate (a full build): an incremental sync has no
@@ -76,7 +76,8 @@ def sync_one_mailbox(
         else:
             update_progress_artifact(artifact, share)
 
-    result = runtime.run_mailbox(mailbox_id, mode, progress=report)
+    on_turn = (lambda: runtime.push_turn_taken(job_id, mailbox_id)) if push else None
+    result = runtime.run_mailbox(mailbox_id, mode, progress=report, on_turn=on_turn)
     if artifact is not None:
         update_progress_artifact(artifact, 100.0)
     return result

@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.support.api",
     "tests.support.receiver",
     "tests.support.bare_prefect",
+    "tests.support.push",
 ]
 
 

@@ -21,7 +21,7 @@ from mailsync.api.middleware import (
 )
 from mailsync.api.openapi import document_limits
 from mailsync.api.overload import Gates, OverloadMiddleware
-from mailsync.api.routes import health, mailboxes, messages, oauth, sync, webhooks
+from mailsync.api.routes import health, mailboxes, messages, oauth, push, sync, webhooks
 from mailsync.core.rules.token_buckets import TokenBuckets
 from mailsync.db.tables import utcnow
 from mailsync.orchestration.orchestrator import Orchestrator
@@ -64,6 +64,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(oauth.router)  # before mailboxes: /connect is no {mailbox_id}
     app.include_router(mailboxes.router)
+    app.include_router(push.router)
     # Added last = outermost. From the outside in:
     # - the request id exists before anything can fail, so every refusal below carries it;
     # - oversized heads (431) are refused before any work;

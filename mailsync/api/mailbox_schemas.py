@@ -29,6 +29,12 @@ class MailboxOut(BaseModel):
     lag_seconds: int | None = Field(
         description="Now minus last_synced_at; null before the first successful sync."
     )
+    push: Literal["active", "expired", "failing", "off"] = Field(
+        description="The provider's push channel (Gmail watch, Graph subscription): active, "
+        "expired or failing (the mailbox is polled at the refresh interval meanwhile), or off."
+    )
+    push_expires_at: str | None = Field(description="ISO 8601, UTC: when the channel lapses.")
+    last_notification_at: str | None = Field(description="The last authenticated notification.")
 
 
 class MailboxEnvelope(BaseModel):

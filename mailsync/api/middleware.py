@@ -17,6 +17,7 @@ from mailsync.api.ratelimit import (
     key_was_checked,
     meter_address,
     meter_arrival,
+    meter_push,
     uncounted,
 )
 
@@ -83,6 +84,9 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+PUSH_PATH = "/v1/push/"
+
+
 class RateLimitMiddleware:
     """X-RateLimit-* on every response, from the figures in the scope state (ratelimit.py).
 
@@ -102,6 +106,16 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if str(scope.get("path", "")).startswith(PUSH_PATH):
+            # The providers' push requests prove themselves by their own secret (clientState,
+            # an OIDC token) and come by the thousand from a few addresses: their own quota,
+            # not an address's general one (ratelimit.meter_push).
+            # Its figures are then the response's, and no address quota is counted below.
+            try:
+                meter_push(scope)
+            except ApiError as exc:
+                await self._refuse(scope, send, exc)
+                return
         has_key = any(k.lower() == b"authorization" for k, _ in scope["headers"])
         if not has_key and get_rate_limit(scope) is None:
             try:

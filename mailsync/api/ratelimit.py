@@ -24,6 +24,10 @@ valid key; a response that none of these (nor the route) gave figures to, from a
 that never looked at the key, is counted against the address when it starts, and replaced
 by the 429 when the address is over quota.
 
+A provider's push request (`/v1/push/...`, no API key: it proves itself) is counted against
+neither but against `push:<address>`, `push_quota_per_minute` (RateLimitMiddleware, before the
+app), whose figures it reports.
+
 Before either, every request is counted when it arrives against its address's arrival
 quota, `arrival:<address>`, `arrival_quota_per_minute` (ArrivalMeterMiddleware, outside the
 overload gates): whatever its headers, an address sending more is answered 429 before it may
@@ -59,6 +63,7 @@ from mailsync.core.rules.token_buckets import TokenBuckets
 KEY_PREFIX = "key:"
 ADDRESS_PREFIX = "address:"
 ARRIVAL_PREFIX = "arrival:"
+PUSH_PREFIX = "push:"
 HEADER_NAMES = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 _STATE_KEY = "rate_limit"
@@ -161,6 +166,17 @@ def meter_address(target: HTTPConnection | Scope) -> RateLimitInfo | None:
         return None
     key = address_bucket(client_address(target))
     return _meter_into(target, key, per_minute, "without a valid API key from this address")
+
+
+def meter_push(target: HTTPConnection | Scope) -> RateLimitInfo | None:
+    """Count a provider's push request against its address's push quota (not the general
+    address quota: Graph and Pub/Sub send thousands a minute from few addresses, each request
+    proving itself); 429 when spent, which the providers retry later."""
+    per_minute = int(_settings(target).push_quota_per_minute)
+    if per_minute <= 0:
+        return None
+    key = f"{PUSH_PREFIX}{client_address(target)}"
+    return _meter_into(target, key, per_minute, "of push notifications from this address")
 
 
 def meter_arrival(target: HTTPConnection | Scope) -> None:

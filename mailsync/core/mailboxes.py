@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, delete, func, select, update
 
+from mailsync.core.push.state import PushState, push_state, push_states
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.tables import (
@@ -53,12 +54,15 @@ class MailboxView:
     last_error: MailboxError | None
     message_count: int
     lag_seconds: int | None  # now minus the last successful sync; None before the first
+    push: str  # active | expired | failing | off (core/push/state.py)
+    push_expires_at: str | None
+    last_notification_at: str | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _view(mailbox: Mailbox, message_count: int, now: datetime) -> MailboxView:
+def _view(mailbox: Mailbox, message_count: int, push: PushState, now: datetime) -> MailboxView:
     synced = as_utc(mailbox.last_synced_at)
     error = (
         MailboxError(mailbox.last_error_code, mailbox.last_error_message)
@@ -76,6 +80,7 @@ def _view(mailbox: Mailbox, message_count: int, now: datetime) -> MailboxView:
         last_error=error,
         message_count=message_count,
         lag_seconds=max(0, int((now - synced).total_seconds())) if synced else None,
+        **push.public_view(),  # type: ignore[arg-type]
     )
 
 
@@ -110,8 +115,9 @@ def list_mailboxes(
             .order_by(col(Mailbox.created_at), col(Mailbox.id))
         )
     )
-    counts = _counts(session, [m.id for m in rows])
-    return [_view(m, counts.get(m.id, 0), now) for m in rows]
+    ids = [m.id for m in rows]
+    counts, pushes = _counts(session, ids), push_states(session, ids, now)
+    return [_view(m, counts.get(m.id, 0), pushes[m.id], now) for m in rows]
 
 
 def find(session: Session, workspace_id: str, mailbox_id: str) -> Mailbox | None:
@@ -128,7 +134,9 @@ def get_mailbox(
     mailbox = find(session, workspace_id, mailbox_id)
     if mailbox is None:
         return None
-    return _view(mailbox, _counts(session, [mailbox.id]).get(mailbox.id, 0), now or utcnow())
+    now = now or utcnow()
+    count = _counts(session, [mailbox.id]).get(mailbox.id, 0)
+    return _view(mailbox, count, push_state(session, mailbox.id, now), now)
 
 
 def open_sync(session: Session, mailbox: Mailbox) -> str | None:
@@ -172,11 +180,13 @@ def disconnect(
     mailbox_id: str,
     revoke: Revoke,
     now: Callable[[], datetime] = utcnow,
+    stop_push: Callable[[Mailbox], object] | None = None,
 ) -> Disconnected | None:
     """Disconnect the mailbox: its credentials, token state, cursor and index are deleted and
     its status says `disconnected` (the row stays, so GET shows what became of it); then the
-    grant is revoked at the provider where it has a revocation endpoint. None for an unknown
-    mailbox; MailboxSyncingError (409) while a sync of it is queued or running."""
+    grant is revoked at the provider where it has a revocation endpoint. `stop_push` closes
+    its push channel first (the provider call needs the grant). None for an unknown mailbox;
+    MailboxSyncingError (409) while a sync of it is queued or running."""
     with session_scope(database_url) as session:
         mailbox = find(session, workspace_id, mailbox_id)
         if mailbox is None:
@@ -189,6 +199,12 @@ def disconnect(
                 job_id=busy,
             )
         sealed, provider = mailbox.credentials_encrypted, mailbox.provider
+        if stop_push is not None and sealed:
+            try:
+                stop_push(mailbox)
+            except Exception as exc:  # push is off here either way; the channel lapses
+                log.warning("mailbox %s: stopping its push channel failed (%s)", mailbox_id,
+                            type(exc).__name__)  # fmt: skip
         # As a re-connect does: a sync that starts meanwhile writes nothing more (engine._held).
         session.exec(  # type: ignore[call-overload]
             update(Mailbox)
@@ -205,7 +221,7 @@ def disconnect(
         mailbox.building_generation = None
         session.add(mailbox)
         session.flush()
-        view = _view(mailbox, 0, now())
+        view = _view(mailbox, 0, push_state(session, mailbox.id, now()), now())
     revoked = False
     if sealed:
         try:
@@ -241,7 +257,9 @@ def mark_reauth_required(
     mailbox = session.get(Mailbox, mailbox_id)
     assert mailbox is not None
     session.refresh(mailbox)
-    view = _view(mailbox, _counts(session, [mailbox_id]).get(mailbox_id, 0), utcnow())
+    now = utcnow()
+    count = _counts(session, [mailbox_id]).get(mailbox_id, 0)
+    view = _view(mailbox, count, push_state(session, mailbox_id, now), now)
     outbox.record_event(
         session,
         mailbox.workspace_id,

@@ -19,12 +19,13 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailsync.db.crypto import CredentialBox
-from mailsync.db.tables import Mailbox, WebhookEndpoint
+from mailsync.db.tables import Mailbox, MailboxPush, WebhookEndpoint
 from mailsync.errors import CredentialsUnreadableError
 
 SEALED_COLUMNS: tuple[tuple[sa.Table, tuple[str, ...]], ...] = (
     (Mailbox.__table__, ("credentials_encrypted", "auth_state_encrypted")),  # type: ignore[attr-defined]
     (WebhookEndpoint.__table__, ("secret_encrypted", "previous_secret_encrypted")),  # type: ignore[attr-defined]
+    (MailboxPush.__table__, ("client_state_encrypted",)),  # type: ignore[attr-defined]
 )
 _RETRIES = 5
 
@@ -47,7 +48,7 @@ def reencrypt_all(session: Session, box: CredentialBox) -> RotationReport:
     report = RotationReport()
     for table, columns in SEALED_COLUMNS:
         for name in columns:
-            column, key = table.c[name], table.c.id
+            column, key = table.c[name], _row_key(table)
             done = 0
             # An empty value is no secret: a disconnected mailbox's deleted credentials.
             query = sa.select(key, column).where(column.is_not(None), column != "")
@@ -85,7 +86,13 @@ def unrotated(session: Session, box: CredentialBox) -> list[str]:
     for table, columns in SEALED_COLUMNS:
         for name in columns:
             column = table.c[name]
-            for row_id, token in conn.execute(sa.select(table.c.id, column)):
+            for row_id, token in conn.execute(sa.select(_row_key(table), column)):
                 if token and not box.opens_with_primary(token):
                     left.append(f"{table.name}.{name}:{row_id}")
     return left
+
+
+def _row_key(table: sa.Table) -> sa.Column[str]:
+    """The one-column primary key a sealed value's row is named by (id, or mailbox_id)."""
+    (column,) = table.primary_key.columns
+    return column

@@ -117,6 +117,29 @@ class Mailbox(SQLModel, table=True):
     credentials_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
+class MailboxPush(SQLModel, table=True):
+    """A mailbox's push channel (Gmail watch, Graph subscription) and its coalescing slot."""
+
+    mailbox_id: str = Field(foreign_key="mailbox.id", primary_key=True, max_length=40)
+    provider: str = Field(max_length=16)
+    # active | failing | off; "expired" is read from expires_at (core/push/state.py).
+    status: str = Field(default="off", max_length=16)
+    # Graph's subscription id (notifications name it); None for a Gmail watch.
+    channel_id: str | None = Field(default=None, max_length=200, index=True)
+    # Graph's clientState for this subscription: a secret, sealed like the credentials.
+    client_state_encrypted: str | None = Field(
+        default=None, sa_column=Column(sa.Text, nullable=True)
+    )
+    expires_at: datetime | None = _ts()
+    renewed_at: datetime | None = _ts()
+    last_notification_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=300)
+    # Gmail: the historyId the watch or its latest notification named.
+    history_id: str | None = Field(default=None, max_length=32)
+    # The push job queued for this mailbox and not yet syncing: one at most (coalescing).
+    queued_job_id: str | None = Field(default=None, max_length=40)
+
+
 class Message(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint(
@@ -154,7 +177,7 @@ class SyncJob(SQLModel, table=True):
     mode: str = Field(max_length=16)
     providers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     status: str = Field(default=JobStatus.queued.value, max_length=16, index=True)
-    trigger: str = Field(default="api", max_length=16)  # api | ui | schedule | cli
+    trigger: str = Field(default="api", max_length=16)  # api | ui | schedule | cli | push
     queued_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
     )
@@ -175,6 +198,9 @@ class SyncJob(SQLModel, table=True):
     # The Prefect lease on the workspace's on-demand quota, and when that slot frees.
     quota_lease_id: str | None = Field(default=None, max_length=64)
     quota_expires_at: datetime | None = _ts(index=True)
+    # The one mailbox a job syncs (push-triggered jobs); None: every connected mailbox of
+    # its providers.
+    mailbox_id: str | None = Field(default=None, max_length=40, index=True)
 
 
 class IdempotencyRecord(SQLModel, table=True):

@@ -38,6 +38,8 @@ class Fakes:
             "MAILSYNC_MICROSOFT_AUTHORITY_HOST": self.microsoft_url,
             "MAILSYNC_GRAPH_API_URL": f"{self.microsoft_url}/v1.0",
             "MAILSYNC_PROVIDER_CA_BUNDLE": str(self.ca_path),
+            # Push tokens of the fake Pub/Sub are signed by the fake Gmail's key.
+            "MAILSYNC_GMAIL_PUSH_CERTS_URL": f"{self.gmail_url}/oauth2/v1/certs",
             # The demo's fake Gmail enforces no quota; pacing to Google's 15,000 units a
             # minute would make the first sync of 3,000 messages take a minute.
             "MAILSYNC_GMAIL_QUOTA_UNITS_PER_MINUTE": os.environ.get(

@@ -58,6 +58,7 @@ def up_spec(settings: Settings, options: UpOptions) -> StackSpec:
         worker_limit=settings.worker_limit,
         api=ApiSpec(settings, options.port),
         fakes=FakesProcess(options.seed_messages) if options.demo else None,
+        env=demo_mod.push_env(settings, options.port) if options.demo else {},
     )
 
 

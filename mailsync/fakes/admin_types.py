@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -151,3 +152,64 @@ class DeltaGate(_Model):
     held: bool  # its delta calls wait until released
     waiting: int  # calls waiting at the gate now
     answered: int  # delta calls of the folder answered so far
+
+
+class GraphSubscription(_Model):
+    """A Graph subscription as the fake holds it (mailsync.fakes.microsoft.subscriptions);
+    Graph's other properties of it are not kept here."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    id: str
+    address: str
+    resource: str
+    change_type: str = Field(alias="changeType")
+    notification_url: str = Field(alias="notificationUrl")
+    lifecycle_url: str | None = Field(default=None, alias="lifecycleNotificationUrl")
+    expiration: datetime = Field(alias="expirationDateTime")
+
+
+class NotificationStats(_Model):
+    """What the fake Graph sent: notifications meant, POSTs answered 2xx, given up on,
+    dropped and duplicated by the admin controls, lifecycle events, answers by status."""
+
+    notifications: int
+    delivered: int
+    failed: int
+    dropped: int
+    duplicated: int
+    lifecycle: int
+    statuses: dict[str, int]
+
+
+class GmailWatch(_Model):
+    address: str
+    topic: str
+    expiration: str  # epoch milliseconds, as Gmail answers users.watch
+
+
+class PushSubscriptionSpec(_Model):
+    """A fake Pub/Sub push subscription: where a topic's messages are POSTed, and the OIDC
+    token's service account and audience (None: the endpoint)."""
+
+    name: str
+    topic: str
+    endpoint: str
+    service_account: str
+    audience: str | None = None
+
+
+class PushStats(_Model):
+    published: int
+    pushes: int
+    delivered: int
+    failed: int
+    dropped: int
+    duplicated: int
+    statuses: dict[str, int]
+
+
+class PubSubView(_Model):
+    watches: list[GmailWatch]
+    subscriptions: list[PushSubscriptionSpec]
+    stats: PushStats

@@ -42,6 +42,7 @@ from mailsync.fakes.admin_types import (
 )
 from mailsync.fakes.control import FaultSpec
 from mailsync.fakes.faults import FaultPlan
+from mailsync.fakes.push_admin import GmailPushAdmin, GraphPushAdmin
 
 __all__ = [
     "AdminError",
@@ -195,7 +196,7 @@ class FakeAdmin:
         self._call("PUT", _path(address, "/consent"), json={"deny": deny, "untick": untick or []})
 
 
-class GmailAdmin(FakeAdmin):
+class GmailAdmin(GmailPushAdmin, FakeAdmin):
     """The fake Gmail's admin surface (mailsync.fakes.gmail)."""
 
     def create_mailbox(self, address: str, messages: int | None = None) -> GmailAccount:
@@ -274,7 +275,7 @@ class GmailAdmin(FakeAdmin):
         return QuotaUsage.model_validate(self._json("GET", _path(address, "/quota")))
 
 
-class MicrosoftAdmin(FakeAdmin):
+class MicrosoftAdmin(GraphPushAdmin, FakeAdmin):
     """The fake Microsoft identity platform + Graph's admin surface (mailsync.fakes.microsoft).
     Folders are named by key ("inbox", "projects/falcon"), well-known name or Graph id."""
 

@@ -231,7 +231,8 @@ class Orchestrator:
         if state is None or state.type in _QUEUED:
             return job
         if state.type in _RUNNING:
-            if job.status == JobStatus.queued:
+            # A push job is queued until it holds its mailbox's turn (push_jobs.py).
+            if job.status == JobStatus.queued and job.trigger != "push":
                 jobstore.mark_running(session, job, None)
             return job
         if state.type == StateType.COMPLETED:
@@ -287,7 +288,7 @@ class Orchestrator:
             if verdict.fail:
                 self.fail_job(session, job, *verdict.fail)
                 done.append((job.id, f"failed: {verdict.fail[0]}: {verdict.fail[1]}"))
-            elif verdict.running and job.status == JobStatus.queued:
+            elif verdict.running and job.status == JobStatus.queued and job.trigger != "push":
                 jobstore.mark_running(session, job, None)
         session.commit()
         return done

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from prefect import get_client
@@ -13,6 +13,7 @@ from sqlmodel import col, select, update
 from mailsync.core import mailboxes
 from mailsync.core.jobs import store as jobstore
 from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxRef
+from mailsync.core.push import coalesce
 from mailsync.core.rules.admission import mailbox_limit
 from mailsync.core.sync.engine import Fence, MailboxResult, Progress, sync_mailbox
 from mailsync.db import session_scope
@@ -55,8 +56,16 @@ def open_job(
                 raise ValueError("a run started without job_id needs the workspace parameter")
             provider = providers[0] if providers and len(providers) == 1 else None
             job = jobstore.new_job(session, workspace, mode, provider, trigger=trigger)
-        jobstore.mark_running(session, job, flow_run_id)
+        push = job.trigger == "push"
+        if push:
+            # Queued until it holds its mailbox's turn (push_turn_taken).
+            if flow_run_id:
+                jobstore.link_run(session, job, flow_run_id)
+        else:
+            jobstore.mark_running(session, job, flow_run_id)
         mailboxes = jobstore.connected_mailboxes(session, job.workspace_id, job.providers)
+        if job.mailbox_id is not None:
+            mailboxes = [m for m in mailboxes if m.id == job.mailbox_id]
         return JobRef(
             job.id,
             job.workspace_id,
@@ -64,7 +73,19 @@ def open_job(
             job.mode,
             tuple(MailboxRef(m.id, m.provider, m.address, m.cursor is not None) for m in mailboxes),
             lease_id=job.lease_id,
+            push=push,
         )
+
+
+def push_turn_taken(job_id: str, mailbox_id: str, settings: Settings | None = None) -> None:
+    """A push job now holds its mailbox's turn: it is running, and the next notification may
+    queue the next sync (core/push/coalesce.py)."""
+    settings = settings or get_settings()
+    with session_scope(settings.resolved_database_url) as session:
+        coalesce.release(session, mailbox_id, job_id)
+        job = session.get(SyncJob, job_id)
+        if job is not None:
+            jobstore.mark_running(session, job, None)
 
 
 class JobProgress:
@@ -112,15 +133,19 @@ def run_mailbox(
     settings: Settings | None = None,
     *,
     turn_key: str | None = None,
+    on_turn: Callable[[], None] | None = None,
 ) -> MailboxResult:
     """Sync one mailbox, in its turn: never two syncs of one mailbox at once. `turn_key`: the
     refresh round of this flow run holds the turn already under that key (RoundTurns); the
-    sync writes behind that lease's fence. A key the round does not hold takes its own turn."""
+    sync writes behind that lease's fence. A key the round does not hold takes its own turn;
+    `on_turn` is called once it is taken, before the sync."""
     settings = settings or get_settings()
     fence = held_fence(turn_key) if turn_key else None
     if fence is not None:
         return sync_now(mailbox_id, mode, settings, progress=progress, fence=fence)
     with mailbox_turn(mailbox_id, settings) as turn:
+        if on_turn is not None:
+            on_turn()
         # Once its lease lapses another sync may take the turn: this one writes no more.
         return sync_now(
             mailbox_id, mode, settings, progress=progress, fence=lambda: not turn.lapsed

@@ -34,7 +34,8 @@ DEVSTACK = Path(__file__).resolve().parents[2] / "mailsync" / "devstack"
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
     """One command brings up Prefect, a worker, the fakes and the API; the demo mailboxes are
-    synced; the spec's curl example returns 202 and the job completes, visible in Prefect
+    synced and their push channels open; the spec's curl example returns 202 and the job
+    completes, visible in Prefect
     under its id to a caller with the auth string `up` generated (0600, in the data dir) and
     to no other (401); that string is in no command line, output or log; Ctrl-C stops every
     child process, even when started with SIGINT ignored."""
@@ -56,6 +57,8 @@ def test_demo_stack_serves_the_spec_curl_example(tmp_path: Path) -> None:
     try:
         output = read_until(process, "Ctrl-C stops everything", timeout=240)
         assert "completed" in output
+        # Push is on: the demo mailboxes' Gmail watch and Graph subscription are open.
+        assert "push: 2 channels opened, 0 failed" in output, output
         key = (tmp_path / "data" / "demo-api-key").read_text().strip()
         assert key.startswith("wbk_") and "curl -X POST" in output
         secret_file = tmp_path / "data" / "prefect-auth-string"

@@ -11,6 +11,7 @@ from mailsync.api.errors import ApiError
 from mailsync.api.mailbox_schemas import MailboxEnvelope, MailboxList
 from mailsync.api.schemas import ErrorEnvelope
 from mailsync.core import mailboxes
+from mailsync.core.push import channels
 from mailsync.db.crypto import CredentialBox
 
 router = APIRouter(prefix="/v1/mailboxes", tags=["mailboxes"])
@@ -63,6 +64,7 @@ def disconnect_mailbox(
         mailbox_id,
         mailboxes.provider_revoker(settings.provider_endpoints),
         now,
+        stop_push=lambda mailbox: channels.stop(settings, mailbox),
     )  # MailboxSyncingError: 409 (the error handler)
     if done is None:
         raise _not_found(mailbox_id)

@@ -29,6 +29,9 @@ class JobRef:
     mode: str
     mailboxes: tuple[MailboxRef, ...] = ()
     lease_id: str | None = None  # the full-sync slot's lease, taken by the API
+    # A push job (orchestration/push_jobs.py) is running only once it holds its mailbox's
+    # turn, and then gives back the mailbox's queued-sync slot.
+    push: bool = False
 
 
 @dataclass(frozen=True)

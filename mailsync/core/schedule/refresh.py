@@ -23,11 +23,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, and_, col, or_, select
 
 from mailsync.core.jobs.contract import JobRef, MailboxOutcome, MailboxRef
+from mailsync.core.push.state import PushStatus
 from mailsync.core.sync.engine import MailboxResult
-from mailsync.db.tables import JobStatus, Mailbox, MailboxStatus, SyncJob, SyncMode, as_utc, utcnow
+from mailsync.db.tables import (
+    JobStatus,
+    Mailbox,
+    MailboxPush,
+    MailboxStatus,
+    SyncJob,
+    SyncMode,
+    as_utc,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +62,36 @@ def due_mailboxes(
     now: datetime,
     interval_seconds: int,
     workspaces: Iterable[str] | None = None,
+    *,
+    push_interval_seconds: int | None = None,
 ) -> list[Mailbox]:
     """Active mailboxes never synced, or last synced at or before the cutoff (one waiting
-    for re-authorization, or disconnected, is not asked again)."""
+    for re-authorization, or disconnected, is not asked again); with
+    `push_interval_seconds`, a mailbox whose push works (core/push/state.py: active and not
+    expired) only once that longer interval passed: the poll is the net under a notification
+    that never came. Push expired, failing or off: polled at the interval, as without push."""
     cutoff = due_cutoff(now, interval_seconds)
-    query = select(Mailbox).where(
-        col(Mailbox.status) == MailboxStatus.active.value,
-        or_(col(Mailbox.last_synced_at).is_(None), col(Mailbox.last_synced_at) <= cutoff),
+    stale = col(Mailbox.last_synced_at) <= cutoff
+    if push_interval_seconds is not None:
+        working = and_(
+            col(MailboxPush.status) == PushStatus.active.value,
+            col(MailboxPush.expires_at) > now,
+        )
+        # Spelled out rather than NOT(working): a missing row (the outer join's NULLs) is
+        # not working either.
+        not_working = or_(
+            col(MailboxPush.status).is_(None),
+            col(MailboxPush.status) != PushStatus.active.value,
+            col(MailboxPush.expires_at).is_(None),
+            col(MailboxPush.expires_at) <= now,
+        )
+        rarely = col(Mailbox.last_synced_at) <= due_cutoff(now, push_interval_seconds)
+        stale = or_(and_(working, rarely), and_(not_working, stale))
+    query = (
+        select(Mailbox)
+        .outerjoin(MailboxPush, col(MailboxPush.mailbox_id) == col(Mailbox.id))
+        .where(col(Mailbox.status) == MailboxStatus.active.value)
+        .where(or_(col(Mailbox.last_synced_at).is_(None), stale))
     )
     if workspaces is not None:
         query = query.where(col(Mailbox.workspace_id).in_(list(workspaces)))

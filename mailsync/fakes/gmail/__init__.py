@@ -33,6 +33,15 @@ Admin (besides /_admin/stats, /_admin/stats/reset, /_admin/faults):
     PUT    /_admin/mailboxes/{address}/quota             {"units_per_minute": int|null, "status"?}
     GET    /_admin/mailboxes/{address}/quota             limit, units in window, charged, rejected
 
+Push (pubsub.py, watch.py): POST /gmail/v1/users/{u}/watch {topicName} -> {historyId,
+expiration} (7 days; the topic must have a push subscription here), POST .../stop; every
+change of a watched mailbox is pushed to the topic's push subscriptions in Pub/Sub's format
+with an OIDC token signed by the fake's key, whose certificate GET /oauth2/v1/certs serves.
+    PUT    /_admin/pubsub/subscriptions  {name, topic, endpoint, service_account, audience?}
+    DELETE /_admin/pubsub/subscriptions/{name}
+    PUT    /_admin/pubsub/control        {"drop"?: n, "duplicate"?: n} the next n pushes
+    GET    /_admin/pubsub                watches, subscriptions, stats
+
 One FakeGmail (state) holds it all; oauth (POST /token), rest (every Gmail call's one path,
 through the OPERATIONS table), batch (Google's multipart batches, each part through rest) and
 admin route to it; mailbox, message and seed make the mail, errors shapes the refusals.
@@ -53,6 +62,7 @@ from mailsync.fakes.gmail.mailbox import Mailbox, NotFound
 from mailsync.fakes.gmail.oauth import FakeOAuth, token_router
 from mailsync.fakes.gmail.rest import QUOTA_COSTS, rest_router
 from mailsync.fakes.gmail.state import FakeGmail
+from mailsync.fakes.gmail.watch import watch_router
 
 __all__ = [
     "QUOTA_COSTS",
@@ -95,6 +105,7 @@ def create_app(
     app.include_router(token_router(fake.oauth))
     app.include_router(consent_router(fake.oauth.consent))
     app.include_router(consent_admin_router(fake.oauth.consent.book, fake.exists))
+    app.include_router(watch_router(fake))
     app.include_router(rest_router(fake))
     app.include_router(batch_router(fake))
     app.include_router(admin_router(fake))

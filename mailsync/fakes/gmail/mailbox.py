@@ -7,6 +7,7 @@ import random
 import secrets
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class Mailbox:
     history_floor: int = 0  # a startHistoryId below this was "pruned" and answers 404
     # Every message, oldest first by (internalDate, id): listing pages are slices of it.
     order: list[FakeMessage] = field(default_factory=list)
+    # Told of every history record once seeded (the watch's Pub/Sub messages).
+    on_change: Callable[[str, int], None] | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, address: str, seed: int, count: int) -> Mailbox:
@@ -102,6 +105,8 @@ class Mailbox:
         self.history.append(
             HistoryRecord(msg.history_id, kind, msg.ref(with_labels=True), list(label_ids or []))
         )
+        if self.on_change is not None:
+            self.on_change(self.address, msg.history_id)
 
     # -- mutations (each one is a history record) ---------------------------------------------
 

@@ -12,6 +12,7 @@ from mailsync.fakes.control import FakeControl
 from mailsync.fakes.faults import MailboxFaults, QuotaMeter
 from mailsync.fakes.gmail.mailbox import Mailbox
 from mailsync.fakes.gmail.oauth import FakeOAuth
+from mailsync.fakes.gmail.pubsub import FakePubSub
 
 
 class FakeGmail:
@@ -36,6 +37,7 @@ class FakeGmail:
         self.oauth = FakeOAuth(control, self.lock, self.mailboxes, token_lifetime)
         self.faults = MailboxFaults()
         self.quota = quota or QuotaMeter()
+        self.pubsub = FakePubSub()
 
     def exists(self, address: str) -> bool:
         with self.lock:
@@ -58,6 +60,7 @@ class FakeGmail:
                 return box, False
             count = self.seed_messages if messages is None else messages
             box = Mailbox.create(address, self.seed, count)
+            box.on_change = self.pubsub.changed
             self.mailboxes[address.lower()] = box
             return box, True
 

@@ -19,6 +19,15 @@ Graph (/v1.0, also with /me and OData key segments such as users('x')/mailFolder
     is named by a well-known name (inbox, sentitems, ..., msgfolderroot) or its id.
     At most 4 requests per mailbox are served at once: the 5th concurrent one is answered 429
     ApplicationThrottled "over its MailboxConcurrency limit" with Retry-After, as Outlook does.
+Change notifications (subscriptions.py, subscribe.py):
+    POST   /v1.0/subscriptions            {changeType, notificationUrl, lifecycleNotificationUrl?,
+                                           resource: users/{upn}/messages, expirationDateTime,
+                                           clientState?}; 201 once the URLs echoed the
+                                           validationToken (text/plain, 200, within 10 s)
+    GET|PATCH|DELETE /v1.0/subscriptions/{id}   read, renew (expirationDateTime), delete
+    At most 4,230 minutes; an expired subscription is gone (404). Every created, updated and
+    deleted message of a subscribed mailbox is POSTed to notificationUrl as Graph's
+    {"value": [{subscriptionId, changeType, resource, resourceData, clientState, tenantId}]}.
 Every mailbox has the five well-known folders plus user-made ones, some nested: Inbox/Newsletters,
 Projects/{Falcon/Design, Roadmap}, Receipts.
 Admin (besides FakeControl's /_admin/stats, /_admin/stats/reset, /_admin/faults):
@@ -49,6 +58,13 @@ Admin (besides FakeControl's /_admin/stats, /_admin/stats/reset, /_admin/faults)
                                                                with Retry-After, slow_ms) of
                                                                mailsync.fakes.faults, per mailbox
     POST   /_admin/tokens/expire                              every access token so far -> 401
+    GET    /_admin/subscriptions                              {"subscriptions": [...], "stats"}
+    POST   /_admin/subscriptions/{id}/lifecycle               {"event": reauthorizationRequired
+                                                               | subscriptionRemoved | missed}
+    POST   /_admin/subscriptions/{id}/expire                  lapses now (no more notifications)
+    PUT    /_admin/notifications                              {"drop"?: n, "duplicate"?: n}: the
+                                                               next n notifications dropped/sent
+                                                               twice; GET: the delivery stats
 Admin folder names are keys ("inbox", "projects/falcon"), well-known names or folder ids; admin
 message ids are immutable ids, the ones Graph returns under `Prefer: IdType="ImmutableId"`.
 
@@ -68,6 +84,7 @@ from mailsync.fakes.microsoft.graph import graph_router
 from mailsync.fakes.microsoft.identity import identity_router
 from mailsync.fakes.microsoft.limits import MAILBOX_CONCURRENCY
 from mailsync.fakes.microsoft.state import FakeMicrosoftState
+from mailsync.fakes.microsoft.subscribe import subscriptions_router
 
 __all__ = ["create_app"]
 
@@ -93,6 +110,7 @@ def create_app(
     app.include_router(identity_router(fake))
     app.include_router(consent_router(fake))
     app.include_router(consent_admin_router(fake.consent, fake.exists))
+    app.include_router(subscriptions_router(fake))
     app.include_router(graph_router(fake))
     app.include_router(admin_router(fake))
     return app

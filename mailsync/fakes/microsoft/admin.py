@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -35,6 +35,15 @@ class AddMessages(BaseModel):
 class GateSpec(BaseModel):
     folder: str  # key, id or well-known name
     hold: bool
+
+
+class LifecycleSpec(BaseModel):
+    event: Literal["reauthorizationRequired", "subscriptionRemoved", "missed"]
+
+
+class NotificationControl(BaseModel):
+    drop: int | None = Field(default=None, ge=0, le=1_000_000)
+    duplicate: int | None = Field(default=None, ge=0, le=1_000_000)
 
 
 class MessagePatch(BaseModel):
@@ -204,6 +213,44 @@ def admin_router(fake: FakeMicrosoftState) -> APIRouter:
     @router.post("/tokens/expire")
     def expire_tokens() -> dict[str, int]:
         return {"expired": fake.expire_access_tokens()}
+
+    subscriptions = fake.subscriptions
+
+    @router.get("/subscriptions")
+    def list_subscriptions(address: str | None = None) -> dict[str, Any]:
+        listed = [
+            s.view() | {"address": s.address}
+            for s in subscriptions.listing()
+            if address is None or s.address == address.lower()
+        ]
+        return {"subscriptions": listed, "stats": subscriptions.stats_view()}
+
+    @router.post("/subscriptions/{subscription_id}/lifecycle")
+    def lifecycle(subscription_id: str, spec: LifecycleSpec) -> Response:
+        try:
+            subscription = subscriptions.lifecycle(subscription_id, spec.event)
+        except GraphFault as exc:
+            return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        return JSONResponse({"id": subscription.id, "event": spec.event})
+
+    @router.post("/subscriptions/{subscription_id}/expire")
+    def expire_subscription(subscription_id: str) -> Response:
+        if not subscriptions.expire(subscription_id):
+            return JSONResponse({"detail": "no such subscription"}, status_code=404)
+        return JSONResponse({"id": subscription_id, "expired": True})
+
+    @router.put("/notifications")
+    def control_notifications(spec: NotificationControl) -> dict[str, int]:
+        return subscriptions.control(spec.drop, spec.duplicate)
+
+    @router.get("/notifications")
+    def notification_stats() -> dict[str, Any]:
+        return subscriptions.stats_view()
+
+    @router.post("/notifications/reset")
+    def reset_notification_stats() -> dict[str, bool]:
+        subscriptions.reset_stats()
+        return {"ok": True}
 
     return router
 

@@ -9,6 +9,7 @@ import json
 import random
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,6 +79,8 @@ class Mailbox:
         self.tenant_id = tenant_id
         self.rng = random.Random(f"{seed}:{address}")
         self.object_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        # Told of every change once seeded (the subscriptions' notifications).
+        self.on_change: Callable[[str, str, str, str], None] | None = None
         local = address.split("@", 1)[0]
         self.display_name = " ".join(p.capitalize() for p in local.replace("_", ".").split("."))
         self.root = Folder(ROOT_KEY, self.folder_id_for(ROOT_KEY), "Top of Information Store")
@@ -153,6 +156,8 @@ class Mailbox:
     def _log(self, message_id: str, folder_key: str, kind: str) -> None:
         self.seq += 1
         self.log.append(LogEntry(self.seq, message_id, folder_key, kind))
+        if self.on_change is not None:
+            self.on_change(self.address, message_id, folder_key, kind)
 
     # --- content -----------------------------------------------------------------------
 

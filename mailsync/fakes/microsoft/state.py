@@ -96,6 +96,10 @@ class FakeMicrosoftState:
         self.limits = MailboxLimits(limit)
         self.gates = DeltaGates()
         self.consent = ConsentBook()  # authorization and device codes, users' consent plans
+        # Imported here: subscriptions answers with errors.py's faults, which import this.
+        from mailsync.fakes.microsoft.subscriptions import Subscriptions
+
+        self.subscriptions = Subscriptions()
 
     # --- admin -------------------------------------------------------------------------
 
@@ -133,6 +137,7 @@ class FakeMicrosoftState:
                 tenant = self._tenant_for(address.split("@", 1)[1], tenant_id)
                 mailbox = Mailbox(address, tenant.tenant_id, self.seed)
                 mailbox.seed(self.seed_messages if messages is None else messages, spread=spread)
+                mailbox.on_change = self.subscriptions.changed
                 self.mailboxes[address] = mailbox
                 self.object_ids[mailbox.object_id] = address
                 rng = random.Random(f"{self.seed}:refresh:{address}")

@@ -8,7 +8,14 @@ from collections.abc import Callable
 
 # Gmail's per-method quota units (developers.google.com/gmail/api/reference/quota); a batch is
 # charged part by part.
-QUOTA_COSTS = {"users.getProfile": 1, "messages.list": 5, "messages.get": 5, "history.list": 2}
+QUOTA_COSTS = {
+    "users.getProfile": 1,
+    "messages.list": 5,
+    "messages.get": 5,
+    "history.list": 2,
+    "users.watch": 100,
+    "users.stop": 50,
+}
 DEFAULT_QUOTA_UNITS_PER_MINUTE = 15_000  # per user; 6,000 for projects created from 2026-05-01
 
 

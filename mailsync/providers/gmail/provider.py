@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import google_auth_httplib2
@@ -16,6 +18,7 @@ from mailsync.providers.base import (
     MessageRecord,
     Page,
     ProviderEndpoints,
+    ProviderError,
 )
 from mailsync.providers.gmail import credentials as auth
 from mailsync.providers.gmail import paging
@@ -38,6 +41,14 @@ logger = logging.getLogger(__package__)  # the name it had before the package sp
 # that asks for more than 10 s is handed to the caller with its Retry-After. Failures below
 # HTTP (connections, the token endpoint) are not retried here.
 RETRY = RetryPolicy(attempts=5, backoff=0.25, max_retry_after=10.0, when=answered)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A users.watch: the history id it started at, and when it lapses."""
+
+    history_id: str
+    expires_at: datetime
 
 
 class GmailProvider:
@@ -150,7 +161,8 @@ class GmailProvider:
             self.pacer.acquire(QUOTA_COSTS[what])
             with translated(what):
                 try:
-                    result: dict[str, Any] = request.execute()
+                    # users.stop answers 204: no body at all.
+                    result: dict[str, Any] = request.execute() or {}
                     return result
                 except HttpError as exc:
                     if on_http_error is not None:
@@ -169,6 +181,24 @@ class GmailProvider:
 
         result: dict[str, Any] = retrying(self.call_retry, sleep=self._sleep, on_retry=log)(execute)
         return result
+
+    # -- push -----------------------------------------------------------------------------------
+
+    def watch(self, topic: str) -> Watch:
+        """users.watch: Gmail publishes this mailbox's changes to the Pub/Sub `topic` (its
+        service account needs the Publisher role there) until the watch lapses (7 days)."""
+        body = self._call("users.watch", self._users.watch(userId="me", body={"topicName": topic}))
+        try:
+            expires = datetime.fromtimestamp(int(body["expiration"]) / 1000, UTC)
+            return Watch(history_id=str(body["historyId"]), expires_at=expires)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProviderError(
+                "gmail users.watch answered without historyId or expiration"
+            ) from exc
+
+    def stop_watch(self) -> None:
+        """users.stop: no more push notifications for this mailbox."""
+        self._call("users.stop", self._users.stop(userId="me"))
 
     # -- sync -----------------------------------------------------------------------------------
 

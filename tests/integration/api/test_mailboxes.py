@@ -36,7 +36,8 @@ from tests.support.stack import FakeProviders
 URL = "/v1/mailboxes"
 FIELDS = {
     "id", "provider", "address", "status", "connected_at", "last_synced_at", "last_job_id",
-    "last_error", "message_count", "lag_seconds",
+    "last_error", "message_count", "lag_seconds", "push", "push_expires_at",
+    "last_notification_at",
 }  # fmt: skip
 
 
@@ -110,7 +111,8 @@ def test_list_and_get_show_each_mailboxs_state(
     """Both mailboxes are listed with exactly the documented fields: active, never synced
     (no lag, no messages); after a real sync, message_count is what the index holds and
     lag_seconds is the API clock minus the sync's time; a read:mailboxes key suffices, an
-    email key does not, and an unknown id is 404 in the error envelope."""
+    email key does not, and an unknown id is 404 in the error envelope. Push is off where
+    no channel was opened (tests/integration/push show it active)."""
     tenant = make_tenant(settings, fakes, messages=7)
     auth = keys(settings, tenant.workspace_id)
     listed = client.get(URL, headers=auth["read:mailboxes"])
@@ -125,6 +127,7 @@ def test_list_and_get_show_each_mailboxs_state(
         assert m["status"] == "active" and m["connected_at"]
         assert (m["last_synced_at"], m["lag_seconds"], m["message_count"]) == (None, None, 0)
         assert (m["last_job_id"], m["last_error"]) == (None, None)
+        assert (m["push"], m["push_expires_at"], m["last_notification_at"]) == ("off", None, None)
 
     gmail_id = mailbox_ids(settings, tenant.workspace_id)["gmail"]
     runtime.sync_now(gmail_id, "incremental", settings)

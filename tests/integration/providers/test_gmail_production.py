@@ -158,6 +158,8 @@ def test_each_method_costs_what_gmail_charges(fake: Fake) -> None:
         "messages.list": 5,
         "messages.get": 5,
         "history.list": 2,
+        "users.watch": 100,
+        "users.stop": 50,
     }
     address, creds = fake.mailbox(messages=120)
     with fake.provider(address, creds, page_size=50, batch_size=20) as provider:

@@ -17,7 +17,7 @@ from mailsync.cli import app
 from mailsync.core import workspaces
 from mailsync.db.crypto import CredentialBox
 from mailsync.db.keyrotation import reencrypt_all, unrotated
-from mailsync.db.tables import Mailbox, WebhookEndpoint
+from mailsync.db.tables import Mailbox, MailboxPush, WebhookEndpoint
 from mailsync.errors import CredentialsUnreadableError
 from mailsync.settings import get_settings
 from mailsync.webhooks import store
@@ -30,6 +30,7 @@ CREDENTIALS = {
     "refresh_token": "1//refresh-token-for-rotation",
 }
 AUTH_STATE = {"state": '{"v": 1, "token": "ya29.access-token-for-rotation"}'}
+CLIENT_STATE = {"client_state": "graph-client-state-for-rotation"}
 
 
 def fresh_database(tmp_path: Path) -> str:
@@ -47,6 +48,13 @@ def seed(url: str, box: CredentialBox) -> tuple[str, str, list[str]]:
             session, box, "ws-rot", "gmail", "ada@rot.example", CREDENTIALS
         )
         mailbox.auth_state_encrypted = box.seal(AUTH_STATE)
+        session.add(
+            MailboxPush(
+                mailbox_id=mailbox.id,
+                provider="microsoft",
+                client_state_encrypted=box.seal(CLIENT_STATE),
+            )
+        )
         endpoint, first = store.create_endpoint(session, box, "ws-rot", "https://h.example/", None)
         second = store.rotate_secret(session, box, endpoint, 3600)
         return mailbox.id, endpoint.id, [second, first]
@@ -56,11 +64,14 @@ def read_all(url: str, box: CredentialBox, mailbox_id: str, endpoint_id: str) ->
     with Session(db.get_engine(url)) as session:
         mailbox = session.get(Mailbox, mailbox_id)
         endpoint = session.get(WebhookEndpoint, endpoint_id)
+        push = session.get(MailboxPush, mailbox_id)
         assert mailbox is not None and endpoint is not None and mailbox.auth_state_encrypted
+        assert push is not None and push.client_state_encrypted
         return [
             box.open(mailbox.credentials_encrypted),
             box.open(mailbox.auth_state_encrypted),
             store.signing_secrets(box, endpoint),
+            box.open(push.client_state_encrypted),
         ]
 
 
@@ -80,8 +91,8 @@ def test_a_key_list_encrypts_with_the_first_and_decrypts_with_any() -> None:
 
 def test_reencrypt_all_moves_every_secret_to_the_new_key(tmp_path: Path) -> None:
     """After `reencrypt_all` with "new,old", the new key alone opens every sealed column
-    (credentials, auth state, current and previous webhook secret) to the same plaintext, the
-    old key alone opens none, and `unrotated` reports nothing left."""
+    (credentials, auth state, current and previous webhook secret, Graph clientState) to the
+    same plaintext, the old key alone opens none, and `unrotated` reports nothing left."""
     url = fresh_database(tmp_path)
     mailbox_id, endpoint_id, secrets = seed(url, CredentialBox(OLD))
     with Session(db.get_engine(url)) as session:
@@ -91,9 +102,10 @@ def test_reencrypt_all_moves_every_secret_to_the_new_key(tmp_path: Path) -> None
         "mailbox.auth_state_encrypted": 1,
         "webhookendpoint.secret_encrypted": 1,
         "webhookendpoint.previous_secret_encrypted": 1,
+        "mailboxpush.client_state_encrypted": 1,
     }
     assert read_all(url, CredentialBox(NEW), mailbox_id, endpoint_id) == [
-        CREDENTIALS, AUTH_STATE, secrets,
+        CREDENTIALS, AUTH_STATE, secrets, CLIENT_STATE,
     ]  # fmt: skip
     with pytest.raises(CredentialsUnreadableError):
         read_all(url, CredentialBox(OLD), mailbox_id, endpoint_id)
@@ -142,7 +154,7 @@ def test_cli_rotate_and_a_value_no_key_opens(
         result = CliRunner().invoke(app, ["encryption", "rotate"])
         assert result.exit_code == 0, result.output
         assert "mailbox.credentials_encrypted: 1 re-encrypted" in result.output
-        assert "done: 4 values" in result.output
+        assert "done: 5 values" in result.output
         assert read_all(url, CredentialBox(NEW), mailbox_id, endpoint_id)[0] == CREDENTIALS
 
         stranger = CredentialBox(Fernet.generate_key()).seal(CREDENTIALS)

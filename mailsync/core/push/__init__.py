@@ -1,0 +1,1 @@
+"""Push: the providers tell us of a mailbox's changes (Gmail watch, Graph subscriptions)."""
