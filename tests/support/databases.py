@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -81,3 +82,27 @@ def unshared_database_url(
         return
     with fresh_postgres_database() as url:
         yield url
+
+
+def migrate(url: str, action: str, revision: str) -> None:
+    """Alembic's `upgrade` / `downgrade` to `revision` on the database at `url`."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS))
+    with db.get_engine(url).begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+
+
+@contextmanager
+def migrated_database(kind: str, workdir: Path) -> Iterator[str]:
+    """A fresh database at the newest revision: PostgreSQL, or a SQLite file in `workdir`."""
+    if kind == "postgresql":
+        with fresh_postgres_database() as url:
+            yield url
+        return
+    url = f"sqlite:///{workdir / 'migrated.db'}"
+    db.upgrade(url)
+    yield url

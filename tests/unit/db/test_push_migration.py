@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from mailsync import db
-from tests.support.databases import fresh_postgres_database
-
-
-def _alembic(url: str, action: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(db.MIGRATIONS))
-    with db.get_engine(url).begin() as connection:
-        config.attributes["connection"] = connection
-        getattr(command, action)(config, revision)
-
-
-@contextmanager
-def _database(kind: str, tmp_path: Path) -> Iterator[str]:
-    if kind == "postgresql":
-        with fresh_postgres_database() as url:
-            yield url
-        return
-    url = f"sqlite:///{tmp_path / 'push.db'}"
-    db.upgrade(url)
-    yield url
+from tests.support.databases import migrate, migrated_database
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_downgrade_and_upgrade_keep_the_jobs(kind: str, tmp_path: Path) -> None:
     """Down to 0009 drops mailboxpush and syncjob.mailbox_id, keeping the job rows; up again
     brings both back (the job's mailbox_id NULL: a job of every mailbox)."""
-    with _database(kind, tmp_path) as url:
+    with migrated_database(kind, tmp_path) as url:
         engine = db.get_engine(url)
         with engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO workspace (id, name, created_at, nightly_full_sync) "
@@ -52,11 +28,11 @@ def test_downgrade_and_upgrade_keep_the_jobs(kind: str, tmp_path: Path) -> None:
                     "'[]', 'mbx_1')"
                 )
             )
-        _alembic(url, "downgrade", "0009")
+        migrate(url, "downgrade", "0009")
         inspector = sa.inspect(engine)
         assert "mailboxpush" not in inspector.get_table_names()
         assert "mailbox_id" not in {c["name"] for c in inspector.get_columns("syncjob")}
-        _alembic(url, "upgrade", "head")
+        migrate(url, "upgrade", "head")
         inspector = sa.inspect(engine)
         assert "mailboxpush" in inspector.get_table_names()
         with engine.connect() as conn:

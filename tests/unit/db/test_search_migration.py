@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,37 +11,15 @@ from sqlmodel import Session
 
 from mailsync import db
 from mailsync.core.search import ids, store
-from tests.support.databases import fresh_postgres_database
-
-
-def _alembic(url: str, action: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(db.MIGRATIONS))
-    with db.get_engine(url).begin() as connection:
-        config.attributes["connection"] = connection
-        getattr(command, action)(config, revision)
-
-
-@contextmanager
-def _database(kind: str, tmp_path: Path) -> Iterator[str]:
-    if kind == "postgresql":
-        with fresh_postgres_database() as url:
-            yield url
-        return
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    db.upgrade(url)
-    yield url
+from tests.support.databases import migrate, migrated_database
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_upgrading_backfills_ids_and_full_text(kind: str, tmp_path: Path) -> None:
     """Rows written before 0007 (at 0006) get their stable id and are found by full text
     after the upgrade; the downgrade to 0006 and back works on both databases."""
-    with _database(kind, tmp_path) as url:
-        _alembic(url, "downgrade", "0006")
+    with migrated_database(kind, tmp_path) as url:
+        migrate(url, "downgrade", "0006")
         with db.get_engine(url).begin() as connection:
             connection.execute(sa.text("INSERT INTO workspace (id, name, created_at, "
                                        "nightly_full_sync) VALUES ('w', 'w', :t, false)"),
@@ -62,7 +38,7 @@ def test_upgrading_backfills_ids_and_full_text(kind: str, tmp_path: Path) -> Non
                     {"p": f"p{n}", "s": f"old letter {n}",
                      "t": datetime(2026, 1, n + 1, tzinfo=UTC)},
                 )  # fmt: skip
-        _alembic(url, "upgrade", "head")
+        migrate(url, "upgrade", "head")
         with Session(db.get_engine(url)) as session:
             page = store.search(session, "w", store.Filters(q="letter"))
             assert [m.id for m in page.messages] == [
