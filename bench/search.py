@@ -112,9 +112,15 @@ def load(url: str, spec: Spec) -> dict[str, float]:
             session.flush()
             mailbox_id = mailbox.id
         draw = _gmail_records if provider == "gmail" else _graph_records
-        for chunk in _chunks(draw(address, number, spec.per_mailbox)):
+        for count, chunk in enumerate(_chunks(draw(address, number, spec.per_mailbox))):
             with db.session_scope(url) as session:
                 written += index.upsert(session, mailbox_id, chunk, 0).added
+            if count % 10 == 0 and not url.startswith("sqlite"):
+                # What autovacuum does as the table grows (it is off on the benchmark
+                # machine's PostgreSQL): without statistics, upsert's lookup of a page's
+                # ids is planned as a scan of the mailbox's rows.
+                with db.get_engine(url).begin() as connection:
+                    connection.execute(sa.text("ANALYZE message"))
         harness.console.log(f"loaded {address}: {written:,} messages so far")
     with db.get_engine(url).begin() as connection:
         connection.execute(sa.text("ANALYZE"))
