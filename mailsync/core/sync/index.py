@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, delete, select, update
 
 from mailsync.core.search import rowkeys
@@ -21,6 +23,7 @@ from mailsync.errors import BuildSupersededError, MailboxGoneError, MailsyncErro
 from mailsync.providers.base import FolderRemoval, MessageRecord
 
 _CHUNK = 500  # keeps IN (...) lists well under every database's parameter limit
+_TABLE: sa.Table = Message.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -67,16 +70,42 @@ def _changed(row: Message, fields: dict[str, Any]) -> bool:
     return False
 
 
+def lookup(dialect: str, mailbox_id: str, generation: int, ids: list[str]) -> Any:
+    """The rows of `ids` in one generation of the mailbox (callers keep only rows of it).
+
+    On PostgreSQL an `IN (...)` over the unique key is planned from statistics: while the
+    rows being written have none (a first full sync into an empty index, a rebuild's new
+    generation, before an ANALYZE) the planner expects one row under (mailbox, generation),
+    scans that whole prefix and filters by id, so every page costs the size of the index so
+    far and a full sync turns quadratic. Instead each id is probed by its public id, through
+    the one index that starts with it: a lateral subquery that OFFSET 0 keeps from being
+    flattened leaves the planner nothing else to choose, whatever the statistics
+    (tests/unit/core/sync/test_index_lookup.py). The public id hashes (mailbox, provider id).
+    """
+    if dialect != "postgresql":
+        return select(Message).where(
+            Message.mailbox_id == mailbox_id,
+            Message.generation == generation,
+            col(Message.provider_message_id).in_(ids),
+        )
+    public_ids = [message_id(mailbox_id, pid) for pid in ids]
+    keys = sa.func.unnest(sa.bindparam("public_ids", public_ids, type_=postgresql.ARRAY(sa.Text)))
+    key = keys.table_valued("public_id").render_derived()
+    probe = (
+        sa.select(_TABLE)
+        .where(_TABLE.c.public_id == key.c.public_id, _TABLE.c.generation == generation)
+        .offset(0)
+        .lateral("probe")
+    )
+    return select(aliased(Message, probe)).select_from(key).join(probe, sa.true())
+
+
 def _rows(session: Session, mailbox_id: str, generation: int, ids: list[str]) -> dict[str, Message]:
+    dialect = session.get_bind().dialect.name
     return {
         m.provider_message_id: m
-        for m in session.exec(
-            select(Message).where(
-                Message.mailbox_id == mailbox_id,
-                Message.generation == generation,
-                col(Message.provider_message_id).in_(ids),
-            )
-        )
+        for m in session.exec(lookup(dialect, mailbox_id, generation, ids))
+        if m.mailbox_id == mailbox_id
     }
 
 
@@ -153,9 +182,6 @@ def upsert(
     return counts
 
 
-_TABLE: sa.Table = Message.__table__  # type: ignore[attr-defined]
-
-
 def _moved_in_listing(row: Message, fields: dict[str, Any]) -> bool:
     return row.id is not None and rowkeys.second_of_rowid(row.id) != rowkeys.second_of(
         fields["date"]
@@ -193,17 +219,19 @@ def _assign_rowids(session: Session, new_rows: list[dict[str, Any]]) -> None:
 
 def remove(session: Session, mailbox_id: str, provider_ids: Iterable[str], generation: int) -> int:
     ids = list(dict.fromkeys(provider_ids))
-    deleted = 0
+    doomed: list[int] = []
     for start in range(0, len(ids), _CHUNK):
-        result = session.exec(  # type: ignore[call-overload]
-            delete(Message).where(
-                col(Message.mailbox_id) == mailbox_id,
-                col(Message.generation) == generation,
-                col(Message.provider_message_id).in_(ids[start : start + _CHUNK]),
-            )
+        rows = _rows(session, mailbox_id, generation, ids[start : start + _CHUNK])
+        doomed.extend(row.id for row in rows.values() if row.id is not None)
+    return _delete_rows(session, doomed)
+
+
+def _delete_rows(session: Session, doomed: list[int]) -> int:
+    for start in range(0, len(doomed), _CHUNK):
+        session.exec(  # type: ignore[call-overload]
+            delete(Message).where(col(Message.id).in_(doomed[start : start + _CHUNK]))
         )
-        deleted += result.rowcount or 0
-    return deleted
+    return len(doomed)
 
 
 def remove_from_folders(
@@ -228,11 +256,7 @@ def remove_from_folders(
             elif row.id is not None:
                 doomed.append(row.id)
     session.flush()
-    for start in range(0, len(doomed), _CHUNK):
-        session.exec(  # type: ignore[call-overload]
-            delete(Message).where(col(Message.id).in_(doomed[start : start + _CHUNK]))
-        )
-    return len(doomed)
+    return _delete_rows(session, doomed)
 
 
 def discard(session: Session, mailbox_id: str, generation: int) -> None:
