@@ -81,7 +81,14 @@ class _RefreshTaskRunner(ThreadPoolTaskRunner[Any]):
 _RUNNER = _RefreshTaskRunner()
 
 
-@flow(name="refresh-mailboxes", log_prints=True, task_runner=_RUNNER)  # type: ignore[arg-type]
+@flow(
+    name="refresh-mailboxes",
+    log_prints=True,
+    task_runner=_RUNNER,  # type: ignore[arg-type]
+    # A round that dies gives back the turns it held for its batches.
+    on_crashed=[runtime.release_leases_hook],
+    on_cancellation=[runtime.release_leases_hook],
+)
 def refresh_mailboxes(workspaces: list[str] | None = None) -> dict[str, Any]:
     """Sync incrementally every connected mailbox that is due (optionally only in
     `workspaces`), skipping those with a sync of their workspace and provider in progress."""

@@ -7,9 +7,8 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import Flow, flow, get_client
+from prefect import flow, get_client
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run as current_run
 
 from mailsync.core.jobs.contract import JobEnd, JobRef, MailboxOutcome
@@ -45,10 +44,6 @@ def _summarize(job: JobRef, end: JobEnd, started: float) -> None:
     )
 
 
-def _release_slot(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    runtime.release_run_lease(str(flow_run.id))
-
-
 def _sync_all(job: JobRef) -> JobEnd:
     futures = [
         sync_one_mailbox.submit(
@@ -68,8 +63,8 @@ def _sync_all(job: JobRef) -> JobEnd:
 @flow(
     name="sync-mailbox",
     log_prints=True,
-    on_crashed=[_release_slot],
-    on_cancellation=[_release_slot],
+    on_crashed=[runtime.release_leases_hook],
+    on_cancellation=[runtime.release_leases_hook],
 )
 def sync_mailbox(
     job_id: str | None = None,

@@ -203,6 +203,18 @@ class SyncJob(SQLModel, table=True):
     mailbox_id: str | None = Field(default=None, max_length=40, index=True)
 
 
+class RunLease(SQLModel, table=True):
+    """A Prefect lease a flow run holds on a mailbox's turn, recorded so that a run that dies
+    (SIGKILL, OOM) has it given back by its crash hook, instead of the mailbox waiting a
+    lease time for it to expire (orchestration/leases.py)."""
+
+    lease_id: str = Field(primary_key=True, max_length=64)
+    flow_run_id: str = Field(max_length=64, index=True)
+    taken_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+
+
 class IdempotencyRecord(SQLModel, table=True):
     """One Idempotency-Key's first request and, once it ended, the response to replay."""
 

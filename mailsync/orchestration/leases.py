@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from sqlmodel import col, update
+from sqlmodel import col, delete, update
 
 from mailsync.core.rules.admission import full_sync_limit
 from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.db import session_scope
-from mailsync.db.tables import SyncJob
+from mailsync.db.tables import RunLease, SyncJob
 from mailsync.errors import MailboxBusyError, PrefectUnavailableError, SyncInProgressError
 from mailsync.orchestration.limits import PrefectLimits
 
@@ -50,7 +50,7 @@ class HeldLease:
     lease_id: str | None
     _renewal: Renewal | None
 
-    def _released(self) -> None:
+    def _released(self, lease_id: str) -> None:
         """After the release: what else the holder records."""
 
     def __exit__(
@@ -62,12 +62,28 @@ class HeldLease:
         if self._renewal is not None:
             self._renewal.stop()
         if self.lease_id:
+            lease_id, self.lease_id = self.lease_id, None
             try:
-                self.limits.release(self.lease_id)
+                self.limits.release(lease_id)
             except PrefectUnavailableError:
-                log.warning("could not release lease %s; it expires by itself", self.lease_id)
-            self.lease_id = None
-            self._released()
+                log.warning("could not release lease %s; it expires by itself", lease_id)
+            self._released(lease_id)
+
+
+class RunLeases:
+    """The turn leases one flow run holds, as RunLease rows: its crash or cancellation hook
+    gives them back (runtime.release_run_lease), where its own `__exit__` never ran."""
+
+    def __init__(self, database_url: str, flow_run_id: str) -> None:
+        self.database_url, self.flow_run_id = database_url, flow_run_id
+
+    def record(self, lease_id: str) -> None:
+        with session_scope(self.database_url) as session:
+            session.add(RunLease(lease_id=lease_id, flow_run_id=self.flow_run_id))
+
+    def forget(self, lease_id: str) -> None:
+        with session_scope(self.database_url) as session:
+            session.exec(delete(RunLease).where(col(RunLease.lease_id) == lease_id))  # type: ignore[call-overload]
 
 
 class HeldTurn(HeldLease):
@@ -80,6 +96,16 @@ class HeldTurn(HeldLease):
     _clock: Callable[[], float]
     _confirmed_at: float = 0.0
     _lost: bool = False
+    book: RunLeases | None = None
+
+    def _hold(self, lease_id: str) -> None:
+        self.lease_id = lease_id
+        if self.book is not None:
+            self.book.record(lease_id)
+
+    def _released(self, lease_id: str) -> None:
+        if self.book is not None:
+            self.book.forget(lease_id)
 
     @property
     def lapsed(self) -> bool:
@@ -108,10 +134,11 @@ class MailboxTurn(HeldTurn):
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        book: RunLeases | None = None,
     ) -> None:
         self.limits, self.spec = limits, spec
         self.wait_seconds, self.lease_seconds = wait_seconds, lease_seconds
-        self._sleep, self._clock = sleep, clock
+        self._sleep, self._clock, self.book = sleep, clock, book
         self.lease_id: str | None = None
         self._renewal: Renewal | None = None
 
@@ -129,7 +156,7 @@ class MailboxTurn(HeldTurn):
                     " this one did not start"
                 )
             self._sleep(min(remaining, 1.0, max(0.05, taken.retry_after or 1.0)))
-        self.lease_id = taken
+        self._hold(taken)
         self._renewal = Renewal(self._renew_once, self.lease_seconds / 3, "mailbox-turn-lease")
         self._renewal.start()
         return self
@@ -165,9 +192,10 @@ class MailboxTurns(HeldTurn):
         lease_seconds: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        book: RunLeases | None = None,
     ) -> None:
         self.limits, self.specs, self.lease_seconds = limits, specs, lease_seconds
-        self._clock = clock
+        self._clock, self.book = clock, book
         self.lease_id: str | None = None
         self._renewal: Renewal | None = None
 
@@ -182,7 +210,7 @@ class MailboxTurns(HeldTurn):
         taken = self.limits.take(self.specs, self.lease_seconds, ensure_first=False)
         if isinstance(taken, Refusal):
             return self
-        self.lease_id = taken
+        self._hold(taken)
         self._renewal = Renewal(self._renew_once, self.lease_seconds / 3, "mailbox-turns-lease")
         self._renewal.start()
         return self
@@ -244,5 +272,5 @@ class FullSyncSlot(HeldLease):
         except (PrefectUnavailableError, SyncInProgressError) as exc:
             log.warning("could not renew the full-sync lease of %s: %s", self.job_id, exc)
 
-    def _released(self) -> None:
+    def _released(self, lease_id: str) -> None:
         self._store(None)

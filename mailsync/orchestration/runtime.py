@@ -6,9 +6,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
-from prefect import get_client
-from sqlmodel import col, select, update
+from prefect import Flow, get_client
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.runtime import flow_run as current_run
+from sqlmodel import col, delete, select, update
 
 from mailsync.core import mailboxes
 from mailsync.core.jobs import store as jobstore
@@ -18,9 +21,9 @@ from mailsync.core.rules.admission import mailbox_limit
 from mailsync.core.sync.engine import Fence, MailboxResult, Progress, sync_mailbox
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
-from mailsync.db.tables import JobStatus, SyncJob
+from mailsync.db.tables import JobStatus, RunLease, SyncJob
 from mailsync.errors import JobEndedError, JobNotFoundError, PrefectUnavailableError
-from mailsync.orchestration.leases import FullSyncSlot, MailboxTurn, MailboxTurns
+from mailsync.orchestration.leases import FullSyncSlot, MailboxTurn, MailboxTurns, RunLeases
 from mailsync.orchestration.limits import PrefectLimits
 from mailsync.orchestration.orchestrator import Orchestrator
 from mailsync.settings import Settings, get_settings
@@ -190,6 +193,7 @@ def mailbox_turn(mailbox_id: str, settings: Settings) -> Iterator[MailboxTurn]:
             mailbox_limit(mailbox_id),
             settings.mailbox_wait_seconds,
             settings.full_sync_lease_seconds,
+            book=run_leases(settings),
         )
         turn.__enter__()  # PrefectUnavailableError: transient, the sync task retries it
         try:
@@ -208,13 +212,18 @@ class RoundTurns:
     asked, `hold` says False and each mailbox waits for its own turn as any sync does.
     """
 
-    def __init__(self, limits: PrefectLimits, lease_seconds: float) -> None:
-        self._limits, self._lease_seconds = limits, lease_seconds
+    def __init__(
+        self, limits: PrefectLimits, lease_seconds: float, book: RunLeases | None = None
+    ) -> None:
+        self._limits, self._lease_seconds, self._book = limits, lease_seconds, book
         self._held: dict[str, MailboxTurns] = {}
 
     def hold(self, key: str, mailbox_ids: list[str]) -> bool:
         turns = MailboxTurns(
-            self._limits, [mailbox_limit(m) for m in mailbox_ids], self._lease_seconds
+            self._limits,
+            [mailbox_limit(m) for m in mailbox_ids],
+            self._lease_seconds,
+            book=self._book,
         )
         try:
             turns.__enter__()
@@ -260,7 +269,9 @@ def round_turns(settings: Settings | None = None) -> Iterator[RoundTurns]:
     is given back."""
     settings = settings or get_settings()
     with get_client(sync_client=True) as client:
-        turns = RoundTurns(PrefectLimits(lambda: client), settings.full_sync_lease_seconds)
+        turns = RoundTurns(
+            PrefectLimits(lambda: client), settings.full_sync_lease_seconds, run_leases(settings)
+        )
         try:
             yield turns
         finally:
@@ -320,18 +331,38 @@ def full_sync_slot(job: JobRef, settings: Settings | None = None) -> Iterator[No
         yield
 
 
+def run_leases(settings: Settings) -> RunLeases | None:
+    """Where this flow run records the turns it takes (none outside a flow run)."""
+    flow_run_id = current_run.get_id()
+    return RunLeases(settings.resolved_database_url, flow_run_id) if flow_run_id else None
+
+
+def release_leases_hook(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """The flows' on_crashed / on_cancellation hook: release_run_lease for the run."""
+    release_run_lease(str(flow_run.id))
+
+
 def release_run_lease(flow_run_id: str, settings: Settings | None = None) -> None:
-    """For runs that end without reaching their own cleanup (crashed, cancelled)."""
+    """For runs that end without reaching their own cleanup (crashed, cancelled): the job's
+    full-sync slot and the mailbox turns the run recorded (leases.RunLeases)."""
     settings = settings or get_settings()
     with session_scope(settings.resolved_database_url) as session:
+        held = session.exec(select(RunLease).where(RunLease.flow_run_id == flow_run_id)).all()
+        lease_ids = [lease.lease_id for lease in held]
+        session.exec(delete(RunLease).where(col(RunLease.flow_run_id) == flow_run_id))  # type: ignore[call-overload]
         job = session.exec(select(SyncJob).where(SyncJob.flow_run_id == flow_run_id)).first()
-        if job is None or not job.lease_id:
-            return
-        lease_id, job.lease_id = job.lease_id, None
-        session.add(job)
-    # When Prefect cannot be told, the lease still expires within one lease time.
-    with get_client(sync_client=True) as client, suppress(PrefectUnavailableError):
-        PrefectLimits(lambda: client).release(lease_id)
+        if job is not None and job.lease_id:
+            lease_ids.append(job.lease_id)
+            job.lease_id = None
+            session.add(job)
+    if not lease_ids:
+        return
+    # When Prefect cannot be told, a lease still expires within one lease time.
+    with get_client(sync_client=True) as client:
+        limits = PrefectLimits(lambda: client)
+        for lease_id in lease_ids:
+            with suppress(PrefectUnavailableError):
+                limits.release(lease_id)
 
 
 def reconcile_jobs(settings: Settings | None = None) -> list[tuple[str, str]]:

@@ -10,8 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from sqlmodel import Session, select
 
-from mailsync.db.tables import SyncJob, utcnow
+from mailsync.core.rules.admission import mailbox_limit
+from mailsync.db import get_engine
+from mailsync.db.tables import RunLease, SyncJob, utcnow
+from mailsync.orchestration.limits import PrefectLimits
 from tests.support.api import (
     Api,
     Tenant,
@@ -22,7 +26,7 @@ from tests.support.api import (
     start_ui_run,
     wait_final,
 )
-from tests.support.index import fake_index, live_index
+from tests.support.index import fake_index, live_index, mailbox_row
 from tests.support.processes import flow_run_pids
 from tests.support.stack import FakeProviders, PrefectStack
 from tests.support.waiting import eventually
@@ -175,20 +179,42 @@ def _wait_for_running_job(api: Api, tenant: Tenant, timeout: float = 60) -> Sync
 
 
 @pytest.mark.only_database("postgresql")  # crash handling is Prefect's
-def test_killed_full_sync_frees_the_slot(api: Api, tenant: Tenant, fakes: FakeProviders) -> None:
+def _recorded_leases(stack: PrefectStack, flow_run_id: str) -> int:
+    with Session(get_engine(stack.settings.resolved_database_url)) as session:
+        return len(session.exec(select(RunLease).where(RunLease.flow_run_id == flow_run_id)).all())
+
+
+def test_killed_full_sync_frees_the_slot(
+    api: Api, tenant: Tenant, fakes: FakeProviders, prefect_stack: PrefectStack
+) -> None:
     """SIGKILL the process running a full sync: a new full sync is accepted within the lease
     time (here sooner: the worker reports the crash, and admission sees it in Prefect); the
-    killed job reads as failed."""
+    killed job reads as failed. The mailbox's turn, which the run recorded, is given back by
+    the crash hook too, well before its lease could have expired (at the earliest a lease
+    time less one renewal interval after the kill): the next sync of the mailbox does not
+    wait a minute for it."""
     hold(fakes, "microsoft", tenant.microsoft_address)
     first = api.post(tenant, {"mode": "full", "provider": "microsoft"})
     assert first.status_code == 202
     job = _wait_for_running_job(api, tenant)
     assert job.flow_run_id
-    pids = flow_run_pids(job.flow_run_id)
-    assert pids, "the flow run's process was not found"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
+    turn = mailbox_limit(mailbox_row(prefect_stack, tenant, "microsoft").id).name
+    with prefect_stack.client() as prefect:
+        limits = PrefectLimits(lambda: prefect)
+        eventually(lambda: limits.active_slots(turn) == 1, "the run holding the mailbox's turn")
+        assert _recorded_leases(prefect_stack, job.flow_run_id) == 1
+        pids = flow_run_pids(job.flow_run_id)
+        assert pids, "the flow run's process was not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        lease = prefect_stack.settings.full_sync_lease_seconds
+        eventually(
+            lambda: limits.active_slots(turn) == 0,
+            "the killed run's mailbox turn given back",
+            timeout=lease * 2 / 3 - 5,
+        )
+    assert _recorded_leases(prefect_stack, job.flow_run_id) == 0
     speed_up(fakes, "microsoft", tenant.microsoft_address)
     retry = eventually(
         lambda: api.post(tenant, {"mode": "full", "provider": "microsoft"}),
