@@ -57,7 +57,7 @@ def prune(
     console.print(
         f"records: {counts.jobs} jobs, {counts.events} webhook events, {counts.deliveries}"
         f" deliveries, {counts.attempts} attempts, {counts.idempotency_records}"
-        " idempotency records"
+        f" idempotency records, {counts.run_leases} forgotten run leases"
     )
     if not prefect:
         return

@@ -35,6 +35,7 @@ from mailsync.core.rules.admission import (
 from mailsync.db import session_scope
 from mailsync.db.tables import (
     JobStatus,
+    RunLease,
     SyncJob,
     WebhookAttempt,
     WebhookDelivery,
@@ -113,6 +114,7 @@ class RecordCounts:
     deliveries: int = 0
     attempts: int = 0
     idempotency_records: int = 0
+    run_leases: int = 0
 
 
 def _pending_job_ids() -> sa.Select[Any]:
@@ -201,14 +203,24 @@ def _prune_events(database_url: str, cutoff: datetime, counts: RecordCounts) -> 
 
 
 def prune_records(database_url: str, now: datetime, retention: timedelta) -> RecordCounts:
-    """Delete the jobs, webhook events (deliveries, attempts) and Idempotency-Key records
-    past retention, in batches of their own transactions; returns what went."""
+    """Delete the jobs, webhook events (deliveries, attempts), Idempotency-Key records and
+    forgotten run leases past retention, in batches of their own transactions; returns what
+    went."""
     cutoff = now - retention
     counts = RecordCounts()
     counts.jobs = _prune_jobs(database_url, now, cutoff)
     _prune_events(database_url, cutoff, counts)
     counts.idempotency_records = idempotency.purge_expired(database_url, now=lambda: now)
+    counts.run_leases = _prune_run_leases(database_url, cutoff)
     return counts
+
+
+def _prune_run_leases(database_url: str, cutoff: datetime) -> int:
+    """Turn records of runs that died where no hook ran for them (a lost machine): their
+    leases expired long ago, and no sync holds a turn for a whole retention period."""
+    with session_scope(database_url) as session:
+        gone = sa.delete(RunLease).where(col(RunLease.taken_at) < cutoff)
+        return int(session.connection().execute(gone).rowcount or 0)
 
 
 def prunable_limits(limits: Sequence[LimitView], now: datetime, idle: timedelta) -> list[LimitView]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
 from sqlmodel import Session, col, select, update
 
@@ -18,6 +19,7 @@ from mailsync.db import get_engine, session_scope
 from mailsync.db.tables import (
     IdempotencyRecord,
     JobStatus,
+    RunLease,
     SyncJob,
     WebhookAttempt,
     WebhookDelivery,
@@ -174,3 +176,18 @@ def test_expired_idempotency_records_go_and_live_ones_stay(database_url: str) ->
             session.exec(select(IdempotencyRecord.key).where(IdempotencyRecord.workspace_id == ws))
         )
     assert keys == {"live-key"}
+
+
+def test_forgotten_run_leases_go_and_recent_ones_stay(database_url: str) -> None:
+    """A turn recorded by a run that died unhooked is deleted once past retention; one taken
+    within it (a sync may still hold it) stays."""
+    old, recent = f"lease-old-{uuid4()}", f"lease-recent-{uuid4()}"
+    with session_scope(database_url) as session:
+        session.add(
+            RunLease(lease_id=old, flow_run_id="r", taken_at=NOW - KEEP - timedelta(hours=1))
+        )
+        session.add(RunLease(lease_id=recent, flow_run_id="r", taken_at=NOW - timedelta(hours=1)))
+    assert prune_records(database_url, NOW, KEEP).run_leases >= 1
+    with Session(get_engine(database_url)) as session:
+        left = set(session.exec(select(RunLease.lease_id)))
+    assert recent in left and old not in left
