@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import platform
+import secrets
 import shlex
 import statistics
 import sys
@@ -17,15 +18,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from mailsync import db
 from mailsync.devstack.fakes import Fakes, fakes_in_threads
 from mailsync.fakes.tls import ensure_tls
 from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console(width=200)
+# The machine's PostgreSQL (scripts/ensure-postgres starts it), as tests/conftest.py reaches it.
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def machine() -> dict[str, Any]:
@@ -77,6 +84,29 @@ def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str,
 
 
 @contextmanager
+def app_database(kind: str, workdir: Path) -> Iterator[str]:
+    """A new, migrated app database of `kind` (sqlite, postgresql), dropped afterwards."""
+    if kind == "sqlite":
+        url = f"sqlite:///{workdir / 'bench.db'}"
+        db.upgrade(url)
+        yield url
+        db.dispose_engines()
+        return
+    name = f"mailsync_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        url = f"{base}/{name}"
+        db.upgrade(url)
+        yield url
+    finally:
+        db.dispose_engines()
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
 def running_fakes(
     workdir: Path, gmail: dict[str, Any] | None = None, microsoft: dict[str, Any] | None = None
 ) -> Iterator[Fakes]:
@@ -92,22 +122,21 @@ def timed_full_sync(
     credentials: dict[str, Any],
     options: ProviderOptions,
     search_index: bool = True,
+    database: str = "sqlite",
 ) -> dict[str, Any]:
-    """A full sync as a job runs it (`core.sync.engine.sync_mailbox`) into a throwaway SQLite
-    index: messages added, seconds, RSS just before and peak; a provider error that ends the
-    sync is reported in `failed` instead of raised. Without `search_index`, the full-text
-    index is not maintained (migration 0007's triggers dropped): the cost it adds."""
+    """A full sync as a job runs it (`core.sync.engine.sync_mailbox`) into a throwaway index
+    (`database`: sqlite, or a new PostgreSQL database that no ANALYZE has seen): messages
+    added, seconds, RSS just before and peak; a provider error that ends the sync is reported
+    in `failed` instead of raised. Without `search_index` (SQLite), the full-text index is not
+    maintained (migration 0007's triggers dropped): the cost it adds."""
     from cryptography.fernet import Fernet
 
-    from mailsync import db
     from mailsync.core import workspaces
     from mailsync.core.sync.engine import sync_mailbox
     from mailsync.db.crypto import CredentialBox
     from mailsync.errors import ProviderError
 
-    with tempfile.TemporaryDirectory() as workdir:
-        url = f"sqlite:///{Path(workdir) / 'bench.db'}"
-        db.upgrade(url)
+    with tempfile.TemporaryDirectory() as workdir, app_database(database, Path(workdir)) as url:
         if not search_index:
             with db.get_engine(url).begin() as connection:
                 for trigger in ("insert", "delete", "update"):

@@ -10,7 +10,6 @@ machine") with `prefect_db="postgresql"`.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -38,10 +37,7 @@ from mailsync.settings import Settings
 
 WORKSPACE = "bench"
 UNLIMITED = str(10**7)  # the benchmarks measure speed, not the quotas
-# The machine's PostgreSQL (scripts/ensure-postgres starts it), as tests/conftest.py reaches it.
-POSTGRES_ADMIN_URL = os.environ.get(
-    "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = harness.POSTGRES_ADMIN_URL
 
 
 @dataclass

@@ -10,10 +10,7 @@ Each query shape then runs through `core.search.store.search`, the function behi
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +19,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from sqlmodel import Session
 
@@ -42,9 +38,6 @@ from mailsync.providers.microsoft import records as graph_records
 # (mailboxes, messages per mailbox, repetitions per query shape, pages in a cursor walk)
 SIZES = {"tiny": (2, 300, 5, 5), "small": (10, 10_000, 50, 40), "full": (10, 100_000, 200, 100)}
 WORKSPACE = "bench"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "MAILSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 # Words both fakes write (Gmail's subject and body words, Graph's topics and people), from
 # the most common to rare ones, so a query's cost is seen over a spread of match counts.
 ONE_WORDS = [*WORDS[:10], "ada", "turing", "budget", "falcon", "escalation", "hopper"]
@@ -239,29 +232,6 @@ def disk(url: str, kind: str, messages: int) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def database(kind: str, workdir: Path) -> Iterator[str]:
-    """A new, migrated app database of `kind`, dropped afterwards."""
-    if kind == "sqlite":
-        url = f"sqlite:///{workdir / 'search.db'}"
-        db.upgrade(url)
-        yield url
-        db.dispose_engines()
-        return
-    name = f"mailsync_bench_search_{secrets.token_hex(4)}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    try:
-        url = f"{base}/{name}"
-        db.upgrade(url)
-        yield url
-    finally:
-        db.dispose_engines()
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 Rows = list[dict[str, Any]]
 
 
@@ -272,7 +242,10 @@ def run(size: str, kinds: list[str]) -> tuple[Rows, Rows, Rows]:
     walks: Rows = []
     sizes: Rows = []
     for kind in kinds:
-        with tempfile.TemporaryDirectory() as workdir, database(kind, Path(workdir)) as url:
+        with (
+            tempfile.TemporaryDirectory() as workdir,
+            harness.app_database(kind, Path(workdir)) as url,
+        ):
             loaded = load(url, Spec(mailboxes, per_mailbox))
             harness.console.log(f"{kind}: {loaded}")
             rows += measure(url, kind, reps)

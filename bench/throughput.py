@@ -5,8 +5,10 @@ fakes served from this process. "raw" is the same client library (google-api-pyt
 with batches of 50 / httpx + msal on Graph delta) fetching the same messages with nothing of
 ours around it: no pacing, retries, checkpoints or index writes. "pipeline" is what a full
 sync job runs (`core.sync.engine.sync_mailbox`, SQLite index); "no search index" is the same
-without the full-text index's upkeep, for the share of throughput search costs. Gmail pacing
-is switched off on both sides; the quota benchmark measures pacing.
+without the full-text index's upkeep, for the share of throughput search costs; "PostgreSQL"
+is the pipeline into a new PostgreSQL database that no ANALYZE has seen (a first sync, where
+statistics-driven plans go wrong). Gmail pacing is switched off on both sides; the quota
+benchmark measures pacing.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ def _pipeline(
     address: str,
     credentials: dict[str, Any],
     search_index: bool = True,
+    database: str = "sqlite",
 ) -> dict[str, Any]:
     options = ProviderOptions(
         gmail_quota_units_per_minute=UNPACED, microsoft_folders=MICROSOFT_FOLDERS
     )
     outcome = harness.timed_full_sync(
-        endpoints, provider, address, credentials, options, search_index
+        endpoints, provider, address, credentials, options, search_index, database
     )
     assert outcome["failed"] is None, outcome["failed"]
     return outcome
@@ -133,10 +136,15 @@ def run(size: str) -> list[dict[str, Any]]:
                 bare = harness.in_fresh_process(
                     _pipeline, endpoints, provider, address, credentials, False
                 )
-                assert raw["messages"] == ours["messages"] == bare["messages"] == count
+                postgres = harness.in_fresh_process(
+                    _pipeline, endpoints, provider, address, credentials, True, "postgresql"
+                )
+                counted = {raw["messages"], ours["messages"], bare["messages"]}
+                assert counted | {postgres["messages"]} == {count}
                 raw_rate = count / raw["seconds"]
                 our_rate = count / ours["seconds"]
                 bare_rate = count / bare["seconds"]
+                postgres_rate = count / postgres["seconds"]
                 rows.append(
                     {
                         "provider": provider,
@@ -146,6 +154,8 @@ def run(size: str) -> list[dict[str, Any]]:
                         "pipeline/raw": our_rate / raw_rate,
                         "pipeline msg/s, no search index": bare_rate,
                         "search index kept": our_rate / bare_rate,
+                        "pipeline msg/s, PostgreSQL": postgres_rate,
+                        "PostgreSQL/SQLite": postgres_rate / our_rate,
                         "raw peak RSS MB": raw["peak_rss_mb"],
                         "pipeline peak RSS MB": ours["peak_rss_mb"],
                         "pipeline RSS growth MB": ours["peak_rss_mb"] - ours["baseline_rss_mb"],
