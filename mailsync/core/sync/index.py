@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, delete, select, update
 
-from mailsync.core.search import rowkeys
+from mailsync.core.search import rowkeys, sqlite_rows
 from mailsync.core.search.ids import message_id
 from mailsync.db.tables import Mailbox, Message, as_utc, utcnow
 from mailsync.errors import BuildSupersededError, MailboxGoneError, MailsyncError
@@ -177,7 +177,10 @@ def upsert(
             new_row["workspace_id"] = workspace_id
         if ordered_rowids:
             _assign_rowids(session, new_rows)
+            new_rows.sort(key=lambda row: row["id"])  # B-tree appends in order, as FTS5's
         session.execute(sa.insert(Message.__table__), new_rows)  # type: ignore[attr-defined]
+        if ordered_rowids:  # PostgreSQL's tsvector is a generated column
+            sqlite_rows.add(session, [row["id"] for row in new_rows])
     session.flush()
     return counts
 
