@@ -61,3 +61,44 @@ def test_search_follows_syncs_and_keeps_ids_across_a_rebuild(
     runtime.sync_now(mailbox.id, "full", settings)
     third = listing(settings, workspace.id)
     assert third == second
+
+
+def test_search_follows_graph_syncs_moves_and_a_rebuild(
+    settings: Settings, fakes: FakeProviders
+) -> None:
+    """Microsoft through Graph delta: after a full sync the search lists exactly the fake's
+    Inbox and Sent Items; an incremental sync adds new mail, drops deleted mail, re-files a
+    message moved between synced folders (the folder filter agrees) and drops one moved out
+    of them; a second full sync gives every remaining message the id it had."""
+    address = f"search-{secrets.token_hex(4)}@microsoft.example"
+    admin = fakes.microsoft
+    credentials = admin.create_mailbox(address, 120).provider_credentials()
+    with session_scope(settings.resolved_database_url) as session:
+        workspace = workspaces.create_workspace(session, f"ws-{secrets.token_hex(4)}")
+        mailbox, _ = workspaces.connect_mailbox(
+            session, CredentialBox(settings.fernet_key()), workspace.id, "microsoft", address,
+            credentials,
+        )  # fmt: skip
+
+    def synced() -> set[str]:
+        return set(admin.ids(address, folder="inbox")) | set(admin.ids(address, folder="sentitems"))
+
+    runtime.sync_now(mailbox.id, "full", settings)
+    first = listing(settings, workspace.id)
+    assert set(first) == synced() and first
+
+    inbox = sorted(admin.ids(address, folder="inbox"))
+    added = admin.add_messages(address, 3, folder="inbox")
+    admin.delete_message(address, inbox[0])
+    admin.update_message(address, inbox[1], folder="sentitems")
+    admin.update_message(address, inbox[2], folder="archive")
+    runtime.sync_now(mailbox.id, "incremental", settings)
+    second = listing(settings, workspace.id)
+    assert set(second) == synced() == set(first) - {inbox[0], inbox[2]} | set(added)
+    assert second[inbox[1]] == first[inbox[1]]  # re-filed, same id
+    sent = listing(settings, workspace.id, label="sentitems")
+    assert inbox[1] in sent and set(sent) == set(admin.ids(address, folder="sentitems"))
+    assert inbox[1] not in listing(settings, workspace.id, label="inbox")
+
+    runtime.sync_now(mailbox.id, "full", settings)
+    assert listing(settings, workspace.id) == second
