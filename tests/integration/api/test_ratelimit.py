@@ -242,3 +242,19 @@ def test_quotas_hold_without_prefect(settings: Settings, fakes: FakeProviders) -
         reads = [client.get(f"{URL}/sync_nope", headers=tenant.auth()) for _ in range(2)]
     assert [r.status_code for r in docs + reads] == [200, 429, 404, 429]
     assert [figures(r)[:2] for r in docs + reads] == [(1, 0)] * 4
+
+
+def test_the_messages_api_is_metered_like_every_route(settings: Settings, tenant: Tenant) -> None:
+    """Searches, message reads and refused searches (400) all take a token of the key's
+    quota and carry X-RateLimit-*; once it is spent a search is 429 like any request."""
+    with client_for(settings, request_quota_per_minute=4) as client:
+        auth = tenant.auth(tenant.reader)
+        answers = [
+            client.get("/v1/email/messages", params={"q": "invoice"}, headers=auth),
+            client.get("/v1/email/messages", params={"limit": "0"}, headers=auth),
+            client.get("/v1/email/messages/msg_aaaaaaaaaaaaaaaaaaaaaaaa", headers=auth),
+            client.get("/v1/email/messages", headers=auth),
+        ]
+        assert [r.status_code for r in answers] == [200, 400, 404, 200], [r.text for r in answers]
+        assert [figures(r) for r in answers] == [(4, n, NOW + 15) for n in (3, 2, 1, 0)]
+        assert_rate_limited(client.get("/v1/email/messages", headers=auth), 15)
