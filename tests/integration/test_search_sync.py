@@ -7,12 +7,11 @@ import secrets
 
 from sqlmodel import Session
 
-from mailsync.core import workspaces
 from mailsync.core.search import store
-from mailsync.db import get_engine, session_scope
-from mailsync.db.crypto import CredentialBox
+from mailsync.db import get_engine
 from mailsync.orchestration import runtime
 from mailsync.settings import Settings
+from tests.support.mailboxes import connected_mailbox
 from tests.support.stack import FakeProviders
 
 
@@ -38,14 +37,9 @@ def test_search_follows_syncs_and_keeps_ids_across_a_rebuild(
     address = f"search-{secrets.token_hex(4)}@gmail.example"
     admin = fakes.admin("gmail")
     credentials = admin.create_mailbox(address, 150).provider_credentials()
-    with session_scope(settings.resolved_database_url) as session:
-        workspace = workspaces.create_workspace(session, f"ws-{secrets.token_hex(4)}")
-        mailbox, _ = workspaces.connect_mailbox(
-            session, CredentialBox(settings.fernet_key()), workspace.id, "gmail", address,
-            credentials,
-        )  # fmt: skip
-    runtime.sync_now(mailbox.id, "full", settings)
-    first = listing(settings, workspace.id)
+    workspace_id, mailbox_id = connected_mailbox(settings, "gmail", address, credentials)
+    runtime.sync_now(mailbox_id, "full", settings)
+    first = listing(settings, workspace_id)
     assert set(first) == set(admin.ids(address))
 
     added = admin.add_messages(address, 3)
@@ -53,13 +47,13 @@ def test_search_follows_syncs_and_keeps_ids_across_a_rebuild(
     admin.delete_message(address, gone)
     starred = sorted(first)[1]
     admin.modify_labels(address, starred, add=["STARRED"])
-    runtime.sync_now(mailbox.id, "incremental", settings)
-    second = listing(settings, workspace.id)
+    runtime.sync_now(mailbox_id, "incremental", settings)
+    second = listing(settings, workspace_id)
     assert set(second) == set(admin.ids(address)) == set(first) - {gone} | set(added)
-    assert starred in listing(settings, workspace.id, label="starred")
+    assert starred in listing(settings, workspace_id, label="starred")
 
-    runtime.sync_now(mailbox.id, "full", settings)
-    third = listing(settings, workspace.id)
+    runtime.sync_now(mailbox_id, "full", settings)
+    third = listing(settings, workspace_id)
     assert third == second
 
 
@@ -73,18 +67,13 @@ def test_search_follows_graph_syncs_moves_and_a_rebuild(
     address = f"search-{secrets.token_hex(4)}@microsoft.example"
     admin = fakes.microsoft
     credentials = admin.create_mailbox(address, 120).provider_credentials()
-    with session_scope(settings.resolved_database_url) as session:
-        workspace = workspaces.create_workspace(session, f"ws-{secrets.token_hex(4)}")
-        mailbox, _ = workspaces.connect_mailbox(
-            session, CredentialBox(settings.fernet_key()), workspace.id, "microsoft", address,
-            credentials,
-        )  # fmt: skip
+    workspace_id, mailbox_id = connected_mailbox(settings, "microsoft", address, credentials)
 
     def synced() -> set[str]:
         return set(admin.ids(address, folder="inbox")) | set(admin.ids(address, folder="sentitems"))
 
-    runtime.sync_now(mailbox.id, "full", settings)
-    first = listing(settings, workspace.id)
+    runtime.sync_now(mailbox_id, "full", settings)
+    first = listing(settings, workspace_id)
     assert set(first) == synced() and first
 
     inbox = sorted(admin.ids(address, folder="inbox"))
@@ -92,13 +81,13 @@ def test_search_follows_graph_syncs_moves_and_a_rebuild(
     admin.delete_message(address, inbox[0])
     admin.update_message(address, inbox[1], folder="sentitems")
     admin.update_message(address, inbox[2], folder="archive")
-    runtime.sync_now(mailbox.id, "incremental", settings)
-    second = listing(settings, workspace.id)
+    runtime.sync_now(mailbox_id, "incremental", settings)
+    second = listing(settings, workspace_id)
     assert set(second) == synced() == set(first) - {inbox[0], inbox[2]} | set(added)
     assert second[inbox[1]] == first[inbox[1]]  # re-filed, same id
-    sent = listing(settings, workspace.id, label="sentitems")
+    sent = listing(settings, workspace_id, label="sentitems")
     assert inbox[1] in sent and set(sent) == set(admin.ids(address, folder="sentitems"))
-    assert inbox[1] not in listing(settings, workspace.id, label="inbox")
+    assert inbox[1] not in listing(settings, workspace_id, label="inbox")
 
-    runtime.sync_now(mailbox.id, "full", settings)
-    assert listing(settings, workspace.id) == second
+    runtime.sync_now(mailbox_id, "full", settings)
+    assert listing(settings, workspace_id) == second

@@ -7,13 +7,12 @@ from typing import Any
 
 import pytest
 
-from mailsync.core import workspaces
 from mailsync.core.sync import index
 from mailsync.db import session_scope
-from mailsync.db.crypto import CredentialBox
 from mailsync.errors import ProviderError
 from mailsync.orchestration import runtime
 from mailsync.settings import Settings
+from tests.support.mailboxes import connected_mailbox
 from tests.support.stack import FakeProviders
 
 LIST_OPERATION = {"gmail": "messages.list", "microsoft": "delta"}
@@ -24,13 +23,8 @@ def connect(
 ) -> tuple[str, str]:
     address = f"sync-{secrets.token_hex(4)}@{provider}.example"
     credentials = fakes.admin(provider).create_mailbox(address, messages).provider_credentials()
-    with session_scope(settings.resolved_database_url) as session:
-        workspace = workspaces.create_workspace(session, f"ws-{secrets.token_hex(4)}")
-        mailbox, _ = workspaces.connect_mailbox(
-            session, CredentialBox(settings.fernet_key()), workspace.id, provider, address,
-            credentials,
-        )  # fmt: skip
-    return mailbox.id, address
+    _, mailbox_id = connected_mailbox(settings, provider, address, credentials)
+    return mailbox_id, address
 
 
 def run(settings: Settings, mailbox_id: str, mode: str, **kwargs: Any) -> Any:

@@ -16,13 +16,11 @@ full-text search a sort of every match. Here:
 Columns are added in place (a table copy on SQLite would drop the FTS triggers).
 """
 
-import importlib.util
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
 
 from mailsync.core.search import rowkeys
+from mailsync.db.migrations import revisions
 
 revision = "0008"
 down_revision = "0007"
@@ -119,20 +117,13 @@ def upgrade() -> None:
     )
 
 
-def _revision_0007():  # type: ignore[no-untyped-def]
-    path = Path(__file__).with_name("0007_message_search.py")
-    spec = importlib.util.spec_from_file_location("mailsync_migration_0007", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def downgrade() -> None:
     op.drop_index("ix_message_workspace_listing", table_name="message")
     if op.get_bind().dialect.name == "sqlite":
         for statement in _DROP_FTS:
             op.execute(statement)
-        for statement in _revision_0007()._SQLITE:  # 0007's FTS5 table, rebuilt from rows
+        for statement in revisions.load(
+            "0007_message_search.py"
+        )._SQLITE:  # 0007's FTS5 table, rebuilt from rows
             op.execute(statement)
     op.drop_column("message", "workspace_id")  # in place, as it was added

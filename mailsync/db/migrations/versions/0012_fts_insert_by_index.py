@@ -10,20 +10,12 @@ transaction as the rows (the trigger's row-by-row inserts cost about five times 
 
 from alembic import op
 
+from mailsync.db.migrations import revisions
+
 revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
-
-_TEXT = ("subject", "snippet", "sender", '"to"', "cc")
-_COLUMNS = ", ".join((*_TEXT, "scope", "labels"))
-
-
-def _values(row: str) -> str:  # migration 0008's, frozen here for the downgrade
-    scope = f"'w' || hex({row}.workspace_id)"
-    label = f"'l' || hex({row}.workspace_id) || 'x' || hex(lower(value))"
-    labels = f"(SELECT group_concat({label}, ' ') FROM json_each({row}.labels))"
-    return ", ".join((*(f"{row}.{c}" for c in _TEXT), scope, labels))
 
 
 def upgrade() -> None:
@@ -33,7 +25,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        op.execute(
-            "CREATE TRIGGER message_fts_insert AFTER INSERT ON message BEGIN "
-            f"INSERT INTO message_fts(rowid, {_COLUMNS}) VALUES (new.id, {_values('new')}); END"
-        )
+        fts = revisions.load("0008_message_workspace_listing.py")._SQLITE_FTS
+        [create] = [statement for statement in fts if "message_fts_insert" in statement]
+        op.execute(create)
