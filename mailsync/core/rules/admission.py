@@ -166,38 +166,52 @@ class Admission:
         self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
     ) -> None:
         """For requests that do not take the slot themselves (incremental syncs)."""
-        blockers = self._blockers(session, workspace_id, providers, refresh)
-        if not blockers:
-            busy = [
-                p
+
+        def free() -> bool:
+            return not any(
+                self.limits.active_slots(full_sync_limit(workspace_id, p).name) > 0
                 for p in providers
-                if self.limits.active_slots(full_sync_limit(workspace_id, p).name) > 0
-            ]
-            if not busy:
-                return
-            blockers = self._wait_for_holder(session, workspace_id, busy, refresh)
-        raise _in_progress(blockers[0].id if blockers else None, providers)
+            )
+
+        self._wait_for_holder(session, workspace_id, providers, refresh, free)
 
     def take_full_sync(
         self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
     ) -> str:
         """The full-sync slot of every provider at once; returns the lease id."""
-        blockers = self._blockers(session, workspace_id, providers, refresh)
-        if not blockers:
-            specs = [full_sync_limit(workspace_id, p) for p in providers]
+        specs = [full_sync_limit(workspace_id, p) for p in providers]
+        taken: str | Refusal = Refusal(None)
+
+        def free() -> bool:
+            nonlocal taken
             taken = self.limits.take(specs, self.settings.full_sync_lease_seconds)
-            if not isinstance(taken, Refusal):
-                return taken
-            blockers = self._wait_for_holder(session, workspace_id, providers, refresh)
-        raise _in_progress(blockers[0].id if blockers else None, providers)
+            return not isinstance(taken, Refusal)
+
+        self._wait_for_holder(session, workspace_id, providers, refresh, free)
+        assert isinstance(taken, str)
+        return taken
 
     def _wait_for_holder(
-        self, session: Session, workspace_id: str, providers: list[str], refresh: Refresh
-    ) -> list[SyncJob]:
+        self,
+        session: Session,
+        workspace_id: str,
+        providers: list[str],
+        refresh: Refresh,
+        free: Callable[[], bool],
+    ) -> None:
+        """Returns once `free()` holds with no open full sync of `providers`; raises 409 when
+        there is one. A slot taken with no open job is either a winner whose job row is not
+        committed yet, or a job that has ended and is giving its slot back (a run closes its
+        job, then releases): either resolves within moments, so the request looks again
+        rather than answer 409 naming nothing, or a 409 just after the job's end."""
         deadline = time.monotonic() + _HOLDER_WAIT_S
         while True:
-            session.commit()  # end the snapshot: see rows the winner committed since
             blockers = self._blockers(session, workspace_id, providers, refresh)
-            if blockers or time.monotonic() > deadline:
-                return blockers
+            if blockers:
+                raise _in_progress(blockers[0].id, providers)
+            if free():
+                return
+            if time.monotonic() > deadline:
+                raise _in_progress(None, providers)
+            session.commit()  # end the snapshot: see rows the winner committed since
             time.sleep(0.05)

@@ -201,8 +201,12 @@ def test_killed_full_sync_frees_the_slot(
     turn = mailbox_limit(mailbox_row(prefect_stack, tenant, "microsoft").id).name
     with prefect_stack.client() as prefect:
         limits = PrefectLimits(lambda: prefect)
-        eventually(lambda: limits.active_slots(turn) == 1, "the run holding the mailbox's turn")
-        assert _recorded_leases(prefect_stack, job.flow_run_id) == 1
+        flow_run_id = job.flow_run_id
+        eventually(  # the run records its turn just after taking it
+            lambda: (limits.active_slots(turn), _recorded_leases(prefect_stack, flow_run_id)),
+            "the run holding the mailbox's turn, recorded",
+            until=lambda held: held == (1, 1),
+        )
         pids = flow_run_pids(job.flow_run_id)
         assert pids, "the flow run's process was not found"
         for pid in pids:

@@ -13,7 +13,11 @@ import pytest
 from sqlmodel import Session
 
 from mailsync.core import workspaces
-from mailsync.core.rules.admission import QUOTA_LEASE_MARGIN_SECONDS, Admission
+from mailsync.core.rules.admission import (
+    QUOTA_LEASE_MARGIN_SECONDS,
+    Admission,
+    full_sync_limit,
+)
 from mailsync.core.rules.slots import LimitSpec, Refusal
 from mailsync.db import session_scope
 from mailsync.db.tables import JobStatus, SyncJob
@@ -184,3 +188,53 @@ def test_a_quota_lease_outlives_its_window_so_only_we_release_it(database_url: s
     with session_scope(database_url) as session:
         admission.take_quota(session, _workspace(session))
     assert taken and taken[0] > 3600 and taken[0] == 3600 + QUOTA_LEASE_MARGIN_SECONDS
+
+
+class EndingHolder(MemorySlots):
+    """A slot held by a job that has already ended (a run closes its job, then releases its
+    slot): the lease goes once the store has been asked `asks` times."""
+
+    def __init__(self, clock: Clock, asks: int) -> None:
+        super().__init__(clock)
+        self.asks = asks
+
+    def _asked(self) -> None:
+        self.asks -= 1
+        if self.asks == 0:
+            self.leases.clear()
+
+    def active_slots(self, name: str) -> int:
+        self._asked()
+        return super().active_slots(name)
+
+    def take(
+        self, specs: list[LimitSpec], lease_seconds: float, *, ensure_first: bool = True
+    ) -> str | Refusal:
+        self._asked()
+        return super().take(specs, lease_seconds, ensure_first=ensure_first)
+
+
+@pytest.mark.parametrize("request_kind", ["full", "incremental"])
+def test_a_slot_given_back_just_after_its_job_ended_admits_the_next_sync(
+    database_url: str, request_kind: str
+) -> None:
+    """The job holding the slot reads completed a moment before its run releases the slot:
+    a request in that moment is admitted once the slot is back, not refused with a 409
+    naming no job."""
+    clock = Clock()
+    slots = EndingHolder(clock, asks=3)
+    admission = Admission(slots, Settings(sync_quota=6, sync_quota_window_seconds=3600), clock)
+    with session_scope(database_url) as session:
+        workspace_id = _workspace(session)
+        ended = SyncJob(workspace_id=workspace_id, mode="full", providers=["gmail"],
+                        status=JobStatus.completed.value)  # fmt: skip
+        session.add(ended)
+        session.flush()
+        name = full_sync_limit(workspace_id, "gmail").name
+        slots.leases["ending"] = ([name], clock.now + timedelta(minutes=1))
+        if request_kind == "full":
+            lease = admission.take_full_sync(session, workspace_id, ["gmail"], _no_refresh)
+            assert list(slots.leases) == [lease]
+        else:
+            admission.check_no_full_sync(session, workspace_id, ["gmail"], _no_refresh)
+            assert slots.leases == {}
