@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from types import TracebackType
 
 from sqlmodel import col, delete, update
@@ -99,9 +100,15 @@ class HeldTurn(HeldLease):
     book: RunLeases | None = None
 
     def _hold(self, lease_id: str) -> None:
-        self.lease_id = lease_id
         if self.book is not None:
-            self.book.record(lease_id)
+            try:
+                self.book.record(lease_id)
+            except Exception:
+                # Unrecorded, the turn would outlive a crash: give it back, as if never taken.
+                with suppress(PrefectUnavailableError):
+                    self.limits.release(lease_id)
+                raise
+        self.lease_id = lease_id
 
     def _released(self, lease_id: str) -> None:
         if self.book is not None:

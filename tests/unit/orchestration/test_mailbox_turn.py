@@ -163,3 +163,39 @@ def test_a_confirmed_renewal_restarts_the_lease_time() -> None:
         turn._renew_once()
         clock.now += 50  # 100 s since the take, 50 s since the renewal
         assert not turn.lapsed
+
+
+class Book:
+    """RunLeases in memory: the turns a run has recorded (a failing one, if told to)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.held: set[str] = set()
+        self.fail = fail
+
+    def record(self, lease_id: str) -> None:
+        if self.fail:
+            raise OSError("database unavailable")
+        self.held.add(lease_id)
+
+    def forget(self, lease_id: str) -> None:
+        self.held.discard(lease_id)
+
+
+def test_a_taken_turn_is_recorded_for_the_crash_hook_while_held() -> None:
+    """With a run's book, the turn is recorded once taken and forgotten once given back (the
+    crash hook releases what is still recorded when the run dies)."""
+    slots, clock, book = Slots(), Clock(), Book()
+    turn = MailboxTurn(slots, SPEC, 5.0, 60.0, sleep=clock.sleep, clock=clock, book=book)  # type: ignore[arg-type]
+    with turn:
+        assert book.held == {"lease-1"}
+    assert book.held == set() and slots.released == ["lease-1"]
+
+
+def test_a_turn_that_cannot_be_recorded_is_given_back_at_once() -> None:
+    """An unrecorded turn would outlive a crash of its run: when the record fails, the lease
+    is released and the sync does not start."""
+    slots, clock = Slots(), Clock()
+    turn = MailboxTurn(slots, SPEC, 5.0, 60.0, sleep=clock.sleep, clock=clock, book=Book(fail=True))  # type: ignore[arg-type]
+    with pytest.raises(OSError), turn:
+        pytest.fail("the sync started without its turn recorded")
+    assert slots.released == ["lease-1"] and slots.holder is None and turn.lease_id is None
