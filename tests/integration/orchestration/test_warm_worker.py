@@ -34,7 +34,9 @@ from mailsync.devstack.processes import (
 from tests.support.stack import PrefectStack
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+# The probe flow touches no application database: one of the two stacks is enough (the
+# suite's time budget; the sync flows run warm on both databases in the other tests).
+pytestmark = [pytest.mark.integration, pytest.mark.only_database("postgresql")]
 
 POOL = "warm-tests"
 POLL_SECONDS = 60
