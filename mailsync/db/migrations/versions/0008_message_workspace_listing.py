@@ -122,8 +122,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         for statement in _DROP_FTS:
             op.execute(statement)
-        for statement in revisions.load(
-            "0007_message_search.py"
-        )._SQLITE:  # 0007's FTS5 table, rebuilt from rows
+        revision_0007 = revisions.load("0007_message_search.py")
+        for statement in revision_0007._SQLITE:  # 0007's FTS5 table, rebuilt from rows
             op.execute(statement)
     op.drop_column("message", "workspace_id")  # in place, as it was added
