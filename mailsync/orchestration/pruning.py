@@ -28,6 +28,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from mailsync.core.retention import (
@@ -82,6 +83,14 @@ def _release(client: SyncPrefectClient, lease_id: str) -> None:
         log.warning("could not give back the pruner's lease %s; it expires by itself", lease_id)
 
 
+def _held_by_others(current: GlobalConcurrencyLimitResponse, ours: int) -> bool:
+    """Whether slots beyond the pruner's own are taken. Prefect reports a rate limit's
+    slots net of their decay, so there the pruner's own read back as fewer than it took."""
+    if (current.slot_decay_per_second or 0) > 0:
+        return current.active_slots > ours
+    return current.active_slots != ours
+
+
 def delete_if_unheld(client: SyncPrefectClient, limit: LimitView) -> bool:
     """Delete the limit if, and only if, the pruner could hold every one of its slots."""
     try:
@@ -100,7 +109,7 @@ def delete_if_unheld(client: SyncPrefectClient, limit: LimitView) -> bool:
             return False  # gone, or created again since it was listed
         current = client.read_global_concurrency_limit_by_name(limit.name)
         same = str(current.id) == limit.id and current.limit == limit.limit
-        if not same or current.active_slots != limit.limit:
+        if not same or _held_by_others(current, limit.limit):
             return False  # resized since: a slot of the new size may have a holder
         # The endpoint takes an id or a name: by id, so a namesake is never deleted.
         client.delete_global_concurrency_limit_by_name(limit.id)

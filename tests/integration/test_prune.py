@@ -146,6 +146,24 @@ def test_a_limit_taken_after_it_was_listed_is_not_deleted_under_its_holder(
         limits.release(holder)
 
 
+def test_a_rate_limit_whose_slots_decay_while_the_pruner_holds_them_is_deleted(
+    own_prefect: BareServer,
+) -> None:
+    """Prefect reports a rate limit's slots net of their decay, so the pruner's own take of
+    every slot reads back fewer than it took a moment later (how slow the machine is sets how
+    many fewer). Nobody else holds a rate limit's slots: it is deleted all the same."""
+    with own_prefect.client() as client:
+        name = f"mailsync-requests:key:{new_id('key')}"
+        # Decaying fast enough that any read after the take sees slots gone.
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=600, slot_decay_per_second=1e6)
+        )
+        listed = _view(client, name)
+
+        assert pruning.delete_if_unheld(client, listed) is True
+        assert not _exists(client, name)
+
+
 def test_a_limit_resized_while_the_pruner_holds_it_is_not_deleted(own_prefect: BareServer) -> None:
     """A limit made bigger (a new MAILSYNC_SYNC_QUOTA) after the pruner took all its slots
     may have a holder of the new slot: the pruner leaves it, and gives its own slots back."""
