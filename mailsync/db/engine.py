@@ -17,6 +17,7 @@ from mailsync.settings import ensure_private_dir
 
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
+_RELAXED = "mailsync_synchronous_normal"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -26,7 +27,16 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=FULL")  # every commit durable (see session_scope)
     cursor.close()
+
+
+def _durable_again(dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+    # A connection a replayable transaction used goes back to the pool fsyncing every commit.
+    if record.info.pop(_RELAXED, False) and dbapi_connection is not None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
 
 
 def _private_sqlite_file(path: Path) -> None:
@@ -50,6 +60,7 @@ def get_engine(url: str) -> sa.Engine:
                     url, connect_args={"check_same_thread": False, "timeout": 30}
                 )
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
+                sa.event.listen(engine, "checkin", _durable_again)
             else:
                 engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
             _engines[url] = engine
@@ -87,9 +98,18 @@ def dispose_engines() -> None:
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
+def session_scope(url: str, *, replayable: bool = False) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error.
+
+    `replayable`: what it writes is written again if lost (a sync's page with its checkpoint
+    or cursor), so on SQLite its commit skips the WAL's fsync (`synchronous=NORMAL`: still
+    atomic, and in order: a power loss can only drop the newest such commits, and the next
+    FULL commit makes them durable). Every other transaction keeps FULL."""
     with Session(get_engine(url), expire_on_commit=False) as session:
+        if replayable and session.get_bind().dialect.name == "sqlite":
+            connection = session.connection()
+            connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+            connection.info[_RELAXED] = True
         try:
             yield session
             session.commit()

@@ -195,7 +195,7 @@ class _Run:
         final: str | None = None
         for page in read_ahead(self.provider.incremental_sync(cursor)):
             self._writes()
-            with session_scope(self.database_url) as session:
+            with session_scope(self.database_url, replayable=True) as session:
                 live = self._mailbox(session).generation
                 self.result.counts += index.upsert(
                     session, self.mailbox_id, page.upserts, live, add_labels=page.folder_labels
@@ -249,7 +249,7 @@ class _Run:
             # The page and the checkpoint after it are stored together: a resumed sync never
             # skips a page nor applies one twice.
             self._writes()
-            with session_scope(self.database_url) as session:
+            with session_scope(self.database_url, replayable=True) as session:
                 self._mailbox(session)
                 self.result.counts += index.upsert(
                     session,
