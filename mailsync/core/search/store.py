@@ -1,8 +1,9 @@
 """Listing and searching a workspace's live index: filters, full text and keyset pages.
 
 Only each mailbox's live generation is read (a rebuild in progress is invisible until its
-switch). Full text is the database's own: FTS5 MATCH on SQLite, a tsvector @@ tsquery on
-PostgreSQL (migration 0007); the query text only ever travels as a bound parameter.
+switch). Full text is the database's own: FTS5 MATCH on SQLite (sqlite_text.py), a
+tsvector @@ tsquery on PostgreSQL (postgres_text.py); the query text only ever travels as a
+bound parameter.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailsync.core.search import cursor as cursors
+from mailsync.core.search import order, postgres_text, sqlite_text
 from mailsync.core.search import query as language
-from mailsync.core.search import sqlite_text
 from mailsync.db.tables import Mailbox, Message, as_utc, iso
 
 MAX_LIMIT = 100
@@ -105,19 +106,10 @@ def _in_list(dialect: str, column: str, value: str, name: str) -> sa.TextClause:
     return sa.text(sql).bindparams(**{name: value.lower()})
 
 
-def _tsquery(terms: list[language.Term]) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        sa.text("message.search @@ to_tsquery('simple', :tsq)").bindparams(
-            tsq=language.to_tsquery(terms)
-        )
-    )
-
-
 def _apply(statement: sa.Select[Any], dialect: str, filters: Filters) -> sa.Select[Any]:
-    """`filters` as SQL conditions, but for what SQLite's FTS5 table answers (q, label)."""
+    """`filters` as SQL conditions, but for what the full text answers (q; on SQLite the
+    label too: PostgreSQL's label term only chooses rows, this checks them exactly)."""
     m = _message.c
-    if dialect != "sqlite" and filters.q and filters.q.strip():
-        statement = statement.where(_tsquery(language.parse(filters.q)))
     if filters.mailbox_id is not None:
         statement = statement.where(m.mailbox_id == filters.mailbox_id)
     if filters.provider is not None:
@@ -152,14 +144,6 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _dated_after(position: cursors.Position) -> sa.ColumnElement[bool]:
-    """Dated messages strictly after a dated `position` in the order date desc, id desc:
-    `date <= d` bounds the index walk, the rest only sorts out rows of that same date."""
-    m = _message.c
-    when = _utc(position.date) if position.date is not None else None
-    return sa.and_(m.date <= when, sa.or_(m.date < when, m.public_id < position.id))
-
-
 def _view(row: Any) -> MessageView:
     return MessageView(
         id=row.public_id,
@@ -189,24 +173,13 @@ def _index_walk(
     if position is None or position.date is not None:
         dated = matching.where(m.date.is_not(None))
         if position is not None:
-            dated = dated.where(_dated_after(position))
-        dated = dated.order_by(m.date.desc(), m.public_id.desc()).limit(wanted)
-        rows = list(session.connection().execute(dated).all())
+            dated = dated.where(order.dated_after(position))
+        rows = list(session.connection().execute(order.newest_first(dated, wanted)).all())
     if len(rows) < wanted:
-        undated = matching.where(m.date.is_(None))
-        if position is not None and position.date is None:
-            undated = undated.where(m.public_id < position.id)
+        undated = matching.where(order.undated_after(position))
         undated = undated.order_by(m.public_id.desc()).limit(wanted - len(rows))
         rows += session.connection().execute(undated).all()
     return rows
-
-
-def after(position: cursors.Position) -> sa.ColumnElement[bool]:
-    """Every message strictly after `position` in the listing order, as one condition."""
-    m = _message.c
-    if position.date is None:
-        return sa.and_(m.date.is_(None), m.public_id < position.id)
-    return sa.or_(_dated_after(position), m.date.is_(None))
 
 
 def search(
@@ -216,10 +189,12 @@ def search(
     *,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
+    walk_rows: int = postgres_text.WALK_ROWS,
 ) -> Page:
     """One page of the workspace's messages matching `filters`, newest first (messages
     without a date last). SearchInputError for a q or cursor that cannot be used (its
-    `param` says which)."""
+    `param` says which). `walk_rows`: PostgreSQL's listing walk before its week probes
+    (postgres_text.py; tests make it short)."""
     dialect = session.get_bind().dialect.name
     fingerprint = filters.fingerprint()
     position = None if cursor is None else cursors.decode(cursor, workspace_id, fingerprint)
@@ -227,7 +202,7 @@ def search(
     if dialect == "sqlite" and (terms or filters.label is not None):
         matching = _apply(_visible(workspace_id, from_text=True), dialect, filters)
         if position is not None:
-            matching = matching.where(after(position))
+            matching = matching.where(order.after(position))
         rows = sqlite_text.walk(
             session,
             matching,
@@ -237,6 +212,19 @@ def search(
             position_date=None if position is None else position.date,
             resuming=position is not None,
             wanted=limit + 1,
+        )
+    elif terms or filters.label is not None:
+        rows = postgres_text.walk(
+            session.connection(),
+            _apply(_visible(workspace_id), dialect, filters),
+            workspace_id,
+            terms,
+            filters.label,
+            position=position,
+            after=None if filters.after is None else _utc(filters.after),
+            before=None if filters.before is None else _utc(filters.before),
+            wanted=limit + 1,
+            walk_rows=walk_rows,
         )
     else:
         matching = _apply(_visible(workspace_id), dialect, filters)
