@@ -26,7 +26,9 @@ _TERMS = sa.text(
 def _terms(url: str) -> list[str]:
     """The lexemes with a ':' (no word has one) in the message's tsvector."""
     with db.get_engine(url).connect() as connection:
-        lexemes = connection.execute(sa.text("SELECT unnest(tsvector_to_array(search)) FROM message"))
+        lexemes = connection.execute(
+            sa.text("SELECT unnest(tsvector_to_array(search)) FROM message")
+        )
         return sorted(lexeme for lexeme in lexemes.scalars() if ":" in lexeme)
 
 
