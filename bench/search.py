@@ -3,7 +3,7 @@
 One workspace of N mailboxes (half Gmail, half Microsoft) is filled from the fakes' own
 seeding, each message rendered as the provider serves it (Gmail `format=metadata`, a Graph
 delta item) and parsed by our provider code into the rows a full sync writes, through the
-same `core.sync.index.upsert` (so the FTS5 triggers / the generated tsvector do their work).
+same `core.sync.index.upsert` (so the FTS5 triggers / the tsvector and its index do their work).
 Each query shape then runs through `core.search.store.search`, the function behind
 `GET /v1/email/messages`, in a session of its own as a request has (HTTP is not measured).
 """
@@ -219,7 +219,7 @@ def disk(url: str, kind: str, messages: int) -> dict[str, Any]:
             total = connection.execute(database_size).scalar_one()
             text_index = connection.execute(
                 sa.text(
-                    "SELECT pg_relation_size('ix_message_search') + "
+                    "SELECT pg_relation_size('ix_message_week_terms') + "
                     "(SELECT coalesce(sum(pg_column_size(search)), 0) FROM message)"
                 )
             ).scalar_one()

@@ -175,7 +175,7 @@ def test_every_page_of_every_search_is_the_listing_in_order(
 
 
 def test_postgresql_weeks_are_the_week_terms_the_column_holds(postgres_url: str) -> None:
-    """The week Python asks for is the week term the tsvector holds, at a week's first
+    """The week Python asks for is the week of the index's terms, at a week's first
     microsecond, its last, before 1970 and far ahead: a message is found by its week's
     probe and by no other week's."""
     workspace_id = f"ws-{secrets.token_hex(4)}"
@@ -186,14 +186,19 @@ def test_postgresql_weeks_are_the_week_terms_the_column_holds(postgres_url: str)
                              subject="weekly", snippet="", date=d, labels=[], size=1)
                for n, d in enumerate(dates)]  # fmt: skip
     _write(postgres_url, mailbox_id, records)
-    probe = sa.text("SELECT public_id FROM message WHERE search @@ "
-                    "quote_literal(message_week_term(:w, :week))::tsquery")  # fmt: skip
+    probe = sa.text(
+        "SELECT public_id FROM message WHERE message_week_terms(workspace_id, date, search, "
+        "labels) @@ CAST(:terms AS tsquery)"
+    )
     with db.get_engine(postgres_url).connect() as connection:
+        terms = postgres_text.WeekTerms.read(
+            connection, workspace_id, language.parse("weekly"), None
+        )
         for record in records:
             assert record.date is not None
             week = postgres_text.week_of(record.date)
             found = [
-                set(connection.execute(probe, {"w": workspace_id, "week": w}).scalars())
+                set(connection.execute(probe, {"terms": terms.tsquery(str(w))}).scalars())
                 for w in (week - 1, week, week + 1)
             ]
             public_id = ids.message_id(mailbox_id, record.provider_message_id)
