@@ -102,7 +102,8 @@ def _planner(connection: Connection, *plans: str) -> Iterator[None]:
     """Plan this step's statements without the named plan kinds (`enable_<plan>` off), in
     this transaction only, and each for its own values: a statement run often is prepared
     by the driver, and a generic plan of a week probe, blind to how few rows its terms
-    match, ANDs in bitmaps of the date conditions (85 ms instead of 4 seen for one week).
+    match, may AND in bitmaps of the date conditions (seen with an earlier form of these
+    probes: 85 ms for a week that takes 4).
     The settings before are put back after."""
     names = [f"enable_{plan}" for plan in plans] + ["plan_cache_mode"]
     values = ["off"] * len(plans) + ["force_custom_plan"]
