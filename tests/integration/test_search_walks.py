@@ -15,12 +15,11 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailsync import db
-from mailsync.core import workspaces
 from mailsync.core.search import ids, postgres_text, store
 from mailsync.core.search import query as language
 from mailsync.core.sync import index
-from mailsync.db.tables import Mailbox
 from mailsync.providers.base import MessageRecord
+from tests.support.mailboxes import bare_mailbox
 
 WEEK = timedelta(weeks=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # weeks count from here (a Thursday)
@@ -112,17 +111,6 @@ def _listed(url: str, workspace_id: str, filters: store.Filters, **options: Any)
         cursor = page.next_cursor
 
 
-def _mailbox(url: str, workspace_id: str) -> str:
-    with db.session_scope(url) as session:
-        workspaces.create_workspace(session, workspace_id)
-        mailbox = Mailbox(
-            workspace_id=workspace_id, provider="gmail", address="a@x", credentials_encrypted="-"
-        )
-        session.add(mailbox)
-        session.flush()
-        return mailbox.id
-
-
 def _write(url: str, mailbox_id: str, records: list[MessageRecord], generation: int = 0) -> None:
     with db.session_scope(url) as session:
         index.upsert(session, mailbox_id, records, generation)
@@ -134,11 +122,11 @@ def written(database_url: str) -> tuple[str, str, list[MessageRecord]]:
     words and labels and a rebuild in progress (both must stay invisible)."""
     rng = random.Random(16)
     workspace_id = f"ws-{secrets.token_hex(4)}"
-    mailbox_id = _mailbox(database_url, workspace_id)
+    mailbox_id = bare_mailbox(database_url, workspace_id)
     records = _records(rng, 160)
     _write(database_url, mailbox_id, records)
     _write(database_url, mailbox_id, _records(random.Random(1), 40), generation=1)
-    _write(database_url, _mailbox(database_url, f"other-{workspace_id}"), _records(rng, 60))
+    _write(database_url, bare_mailbox(database_url, f"other-{workspace_id}"), _records(rng, 60))
     return workspace_id, mailbox_id, records
 
 
@@ -179,7 +167,7 @@ def test_postgresql_weeks_are_the_week_terms_the_column_holds(postgres_url: str)
     microsecond, its last, before 1970 and far ahead: a message is found by its week's
     probe and by no other week's."""
     workspace_id = f"ws-{secrets.token_hex(4)}"
-    mailbox_id = _mailbox(postgres_url, workspace_id)
+    mailbox_id = bare_mailbox(postgres_url, workspace_id)
     dates = [START, START - US, datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
              datetime(2099, 6, 1, 12, tzinfo=UTC)]  # fmt: skip
     records = [MessageRecord(provider_message_id=f"w{n}", thread_id=None, sender=None, to=[],

@@ -1,4 +1,5 @@
-"""A fake provider's mailbox connected to a new workspace, without the API (sync-level tests)."""
+"""Mailboxes in new workspaces without the API: connected to a fake provider (sync-level
+tests) or bare, for rows written straight into the index (search and migration tests)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from mailsync.core import workspaces
 from mailsync.db import session_scope
 from mailsync.db.crypto import CredentialBox
+from mailsync.db.tables import Mailbox
 from mailsync.settings import Settings
 
 
@@ -22,3 +24,15 @@ def connected_mailbox(
             credentials,
         )  # fmt: skip
         return workspace.id, mailbox.id
+
+
+def bare_mailbox(url: str, workspace_id: str) -> str:
+    """The id of a Gmail mailbox, never connected, in a new workspace `workspace_id`."""
+    with session_scope(url) as session:
+        workspaces.create_workspace(session, workspace_id)
+        mailbox = Mailbox(
+            workspace_id=workspace_id, provider="gmail", address="a@x", credentials_encrypted="-"
+        )
+        session.add(mailbox)
+        session.flush()
+        return mailbox.id

@@ -18,6 +18,7 @@ planner is told which index each step means.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,12 +174,11 @@ def walk(
     """The first `wanted` rows of `matching` (every filter applied but the words) after
     `position`, with `terms` and `label`, in listing order; `after` and `before` are the
     filters' dates (UTC), which bound the walk."""
-    read: list[WeekTerms] = []  # read when first needed: most pages end in the walk
+    # Read when first needed: most pages end in the walk.
+    week_terms = functools.cache(lambda: WeekTerms.read(connection, workspace_id, terms, label))
 
     def in_week(week: str) -> sa.TextClause:
-        if not read:
-            read.append(WeekTerms.read(connection, workspace_id, terms, label))
-        return sa.text(_IN_WEEK).bindparams(week_terms=read[0].tsquery(week))
+        return sa.text(_IN_WEEK).bindparams(week_terms=week_terms().tsquery(week))
 
     if terms:
         words = sa.text("message.search @@ to_tsquery('simple', :row_words)")

@@ -9,13 +9,12 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailsync import db
-from mailsync.core import workspaces
 from mailsync.core.search import store
 from mailsync.core.sync import index
 from mailsync.db.migrations import revisions
-from mailsync.db.tables import Mailbox
 from mailsync.providers.base import MessageRecord
 from tests.support.databases import migrate, migrated_database
+from tests.support.mailboxes import bare_mailbox
 
 _WHEN = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -50,14 +49,8 @@ def test_the_rebuilt_table_finds_deletes_and_survives_a_downgrade(tmp_path: Path
         migration = revisions.load("0013_fts_lighter_writes.py")
         assert "message_fts_docsize" not in _fts_tables(url)
         assert _automerge(url) == migration.AUTOMERGE
+        mailbox_id = bare_mailbox(url, "w")
         with db.session_scope(url) as session:
-            workspaces.create_workspace(session, "w")
-            mailbox = Mailbox(
-                workspace_id="w", provider="gmail", address="a@x", credentials_encrypted="-"
-            )
-            session.add(mailbox)
-            session.flush()
-            mailbox_id = mailbox.id
             records = [
                 MessageRecord(f"p{n}", "t", "ada@acme.com", subject=f"invoice {n}", date=_WHEN)
                 for n in range(4)

@@ -9,13 +9,12 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailsync import db
-from mailsync.core import workspaces
 from mailsync.core.search import postgres_text, store
 from mailsync.core.search import query as language
 from mailsync.core.sync import index
-from mailsync.db.tables import Mailbox
 from mailsync.providers.base import MessageRecord
 from tests.support.databases import migrate, migrated_database
+from tests.support.mailboxes import bare_mailbox
 
 _WHEN = datetime(2026, 11, 1, 8, 30, tzinfo=UTC)
 _IN_WEEK = sa.text(
@@ -45,17 +44,12 @@ def test_rows_written_before_are_indexed_by_week_and_the_downgrade_restores_0007
     and its functions away."""
     with migrated_database("postgresql", tmp_path) as url:
         migrate(url, "downgrade", "0013")
+        mailbox_id = bare_mailbox(url, "w")
         with db.session_scope(url) as session:
-            workspaces.create_workspace(session, "w")
-            mailbox = Mailbox(
-                workspace_id="w", provider="gmail", address="a@x", credentials_encrypted="-"
-            )
-            session.add(mailbox)
-            session.flush()
             record = MessageRecord(provider_message_id="p", thread_id=None, sender=None, to=[],
                                    subject="quarterly report", snippet="", date=_WHEN,
                                    labels=["INBOX"], size=1)  # fmt: skip
-            index.upsert(session, mailbox.id, [record], 0)
+            index.upsert(session, mailbox_id, [record], 0)
         migrate(url, "upgrade", "0014")
         assert "ix_message_search" not in _indexes(url)
         week = postgres_text.week_of(_WHEN)
