@@ -127,9 +127,10 @@ def timed_full_sync(
     """A full sync as a job runs it (`core.sync.engine.sync_mailbox`) into a throwaway index
     (`database`: sqlite, or a new PostgreSQL database that no ANALYZE has seen): messages
     added, seconds, RSS just before and peak; a provider error that ends the sync is reported
-    in `failed` instead of raised. Without `search_index` (SQLite), the full-text index is not
-    maintained (its triggers dropped, and the FTS5 rows the index writes for new messages not
-    written): the cost it adds."""
+    in `failed` instead of raised. Without `search_index`, the full-text index is not
+    maintained, for the cost it adds: on SQLite its triggers are dropped and the FTS5 rows the
+    index writes for new messages not written; on PostgreSQL the week index and the tsvector
+    column it is made from are dropped."""
     from cryptography.fernet import Fernet
 
     from mailsync.core import workspaces
@@ -138,7 +139,11 @@ def timed_full_sync(
     from mailsync.errors import ProviderError
 
     with tempfile.TemporaryDirectory() as workdir, app_database(database, Path(workdir)) as url:
-        if not search_index:
+        if not search_index and database == "postgresql":
+            with db.get_engine(url).begin() as connection:
+                connection.exec_driver_sql("DROP INDEX ix_message_week_terms")
+                connection.exec_driver_sql("ALTER TABLE message DROP COLUMN search")
+        elif not search_index:
             from mailsync.core.search import sqlite_rows
 
             with db.get_engine(url).begin() as connection:

@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.util import ClauseAdapter
 
 from mailsync.core.search import cursor as cursors
 from mailsync.core.search import order
@@ -39,12 +40,13 @@ _WEEK = timedelta(seconds=604_800)  # migration 0014's WEEK_SECONDS
 _UNDATED = "u"  # and its UNDATED_WEEK
 WEEK_MARK = "#"  # where a week goes in a prefix (no hex digit, no week)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_m = Message.__table__.c  # type: ignore[attr-defined]
+_message: sa.Table = Message.__table__  # type: ignore[attr-defined]
+_m = _message.c
 # The same expression as 0014's index (EXPRESSION), or the index is not used.
-_IN_WEEK = (
-    "message_week_terms(message.workspace_id, message.date, message.search, message.labels) "
-    "@@ CAST(:week_terms AS tsquery)"
+_WEEK_TERMS = (
+    "message_week_terms(message.workspace_id, message.date, message.search, message.labels)"
 )
+_IN_WEEK = f"{_WEEK_TERMS} @@ CAST(:week_terms AS tsquery)"
 _LEXEME = re.compile(r"'([^']+)'")  # in to_tsquery's output: lexemes never hold a quote
 
 
@@ -158,6 +160,33 @@ def _weeks(
     return range(week_of(boundary.date), week_of(oldest) - 1, -1)
 
 
+def _week_by_week(
+    older: sa.Select[Any], terms: str, words: sa.TextClause | None, weeks: range, wanted: int
+) -> sa.Select[Any]:
+    """The first `wanted` rows of `older` with `terms` (a tsquery, its week at WEEK_MARK) and
+    `words` (on the row's own tsvector), probing `weeks` one after another in one statement:
+    planned once, each week's probe a rescan of the same plan with the week's terms; the LIMIT
+    stops at the page's end. A nested loop returns its rows in its outer side's order, the
+    weeks newest first. The probe reads the week index alone (a subquery with an OFFSET, which
+    no condition crosses): blind to how few rows a week's terms match, the planner would
+    otherwise AND in a bitmap of the date conditions, built again for every week."""
+    series = sa.func.generate_series(weeks[0], weeks[-1], -1).table_valued("week")
+    in_week = sa.text(
+        f"{_WEEK_TERMS} @@ CAST(replace(:terms, :mark, CAST(w.week AS text)) AS tsquery)"
+    ).bindparams(terms=terms, mark=WEEK_MARK)
+    probe = sa.select(_message).where(in_week)
+    if words is not None:
+        probe = probe.where(words)
+    fenced = probe.offset(0).subquery("message")  # the name the text conditions use
+    found = order.newest_first(ClauseAdapter(fenced).traverse(older), wanted).lateral("found")
+    return (
+        sa.select(found)
+        .select_from(series.render_derived("w"))
+        .join(found, sa.true())
+        .limit(wanted)
+    )
+
+
 def walk(
     connection: Connection,
     matching: sa.Select[Any],
@@ -180,12 +209,16 @@ def walk(
     def in_week(week: str) -> sa.TextClause:
         return sa.text(_IN_WEEK).bindparams(week_terms=week_terms().tsquery(week))
 
+    words = None
+    worded = matching
     if terms:
-        words = sa.text("message.search @@ to_tsquery('simple', :row_words)")
-        matching = matching.where(words.bindparams(row_words=language.to_tsquery(terms)))
+        words = sa.text("message.search @@ to_tsquery('simple', :row_words)").bindparams(
+            row_words=language.to_tsquery(terms)
+        )
+        worded = matching.where(words)
     rows: list[Any] = []
     if position is None or position.date is not None:
-        dated = matching.where(_m.date.is_not(None))
+        dated = worded.where(_m.date.is_not(None))
         if position is not None:
             dated = dated.where(order.dated_after(position))
         boundary = _boundary(connection, workspace_id, position, after, before, walk_rows)
@@ -193,17 +226,16 @@ def walk(
         with _planner(connection, "bitmapscan"):
             rows = list(connection.execute(order.newest_first(walked, wanted)).all())
         if boundary is not None and len(rows) < wanted:
-            older = dated.where(order.dated_after(boundary))
-            weeks = _weeks(connection, workspace_id, boundary, after)
+            # After the boundary is after `position` too.
+            older = matching.where(_m.date.is_not(None), order.dated_after(boundary))
+            weeks = _weeks(connection, workspace_id, boundary, after)  # never empty
+            probes = _week_by_week(
+                older, week_terms().tsquery(WEEK_MARK), words, weeks, wanted - len(rows)
+            )
             with _planner(connection, "indexscan", "seqscan"):
-                for week in weeks:
-                    of_week = older.where(in_week(str(week)))
-                    page = order.newest_first(of_week, wanted - len(rows))
-                    rows += connection.execute(page).all()
-                    if len(rows) == wanted:
-                        break
+                rows += connection.execute(probes).all()
     if len(rows) < wanted:
-        undated = matching.where(order.undated_after(position), in_week(_UNDATED))
+        undated = worded.where(order.undated_after(position), in_week(_UNDATED))
         undated = undated.order_by(_m.public_id.desc()).limit(wanted - len(rows))
         with _planner(connection, "indexscan", "seqscan"):
             rows += connection.execute(undated).all()
