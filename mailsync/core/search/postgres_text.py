@@ -8,8 +8,9 @@ a few short posting lists. A page is:
 1. the listing walk over the next `walk_rows` rows of the workspace, newest first, testing
    each row's tsvector (a common word fills the page here);
 2. then one probe of that index per week, newest first, from the walk's end down to
-   `after` or the workspace's oldest message: a week without a match costs a fraction of a
-   millisecond, one with matches fetches only them;
+   `after` or the workspace's oldest message, in one statement: a week without a match
+   costs tens of microseconds (migration 0015 keeps the index's pending list, which every
+   probe reads, short), one with matches fetches only them;
 3. then, as in every listing, the messages without a date (their own week, `u`).
 Each step keeps the exact conditions (cursor, filters, generation, the words on the row's
 own tsvector, so phrases too): the index only chooses which rows are looked at. The
