@@ -140,8 +140,7 @@ def timed_full_sync(
 
     with tempfile.TemporaryDirectory() as workdir, app_database(database, Path(workdir)) as url:
         if not search_index and database == "postgresql":
-            with db.get_engine(url).begin() as connection:
-                connection.exec_driver_sql("DROP INDEX ix_message_week_terms")
+            with db.get_engine(url).begin() as connection:  # the week index goes with it
                 connection.exec_driver_sql("ALTER TABLE message DROP COLUMN search")
         elif not search_index:
             from mailsync.core.search import sqlite_rows
