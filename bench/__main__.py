@@ -48,6 +48,15 @@ def throughput(size: Size = SizeOption) -> None:
 
 
 @app.command()
+def fulltext(size: Size = SizeOption) -> None:
+    """A Microsoft full sync into PostgreSQL without full text, with the tsvector only, with
+    a plain GIN index of it and as migrated (the week index): what each piece costs."""
+    from bench import fulltext as bench
+
+    _run("fulltext", "PostgreSQL full text in a full sync", size, bench.run)
+
+
+@app.command()
 def quota(size: Size = SizeOption) -> None:
     """A paced Gmail full sync against a fake enforcing the per-user quota (time-scaled)."""
     from bench import quota as bench

@@ -12,7 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,8 @@ from mailsync.fakes.tls import ensure_tls
 from mailsync.providers.base import ProviderEndpoints, ProviderOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# PostgreSQL without full text: the tsvector column dropped, and the week index with it.
+NO_POSTGRES_FULL_TEXT = "ALTER TABLE message DROP COLUMN search"
 console = Console(width=200)
 # The machine's PostgreSQL (scripts/ensure-postgres starts it), as tests/conftest.py reaches it.
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -56,6 +58,11 @@ def percentile(values: list[float], q: float) -> float:
         return values[0]
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return values[0] if q <= 0 else max(values) if q >= 100 else cuts[int(q) - 1]
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median duration (its memory figures with it)."""
+    return sorted(runs, key=lambda r: float(r["seconds"]))[len(runs) // 2]
 
 
 def _status_mb(field: str) -> float:
@@ -123,6 +130,7 @@ def timed_full_sync(
     options: ProviderOptions,
     search_index: bool = True,
     database: str = "sqlite",
+    schema_changes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A full sync as a job runs it (`core.sync.engine.sync_mailbox`) into a throwaway index
     (`database`: sqlite, or a new PostgreSQL database that no ANALYZE has seen): messages
@@ -130,7 +138,8 @@ def timed_full_sync(
     in `failed` instead of raised. Without `search_index`, the full-text index is not
     maintained, for the cost it adds: on SQLite its triggers are dropped and the FTS5 rows the
     index writes for new messages not written; on PostgreSQL the week index and the tsvector
-    column it is made from are dropped."""
+    column it is made from are dropped. `schema_changes`: statements run on the migrated
+    database before the sync (bench/fulltext.py's variants of the PostgreSQL index)."""
     from cryptography.fernet import Fernet
 
     from mailsync.core import workspaces
@@ -140,8 +149,7 @@ def timed_full_sync(
 
     with tempfile.TemporaryDirectory() as workdir, app_database(database, Path(workdir)) as url:
         if not search_index and database == "postgresql":
-            with db.get_engine(url).begin() as connection:  # the week index goes with it
-                connection.exec_driver_sql("ALTER TABLE message DROP COLUMN search")
+            schema_changes = [*schema_changes, NO_POSTGRES_FULL_TEXT]
         elif not search_index:
             from mailsync.core.search import sqlite_rows
 
@@ -151,6 +159,10 @@ def timed_full_sync(
             # The index's own write of new messages' FTS5 rows (migration 0012), skipped in
             # this benchmark-only process.
             sqlite_rows.add = lambda _session, _rowids: None  # type: ignore[assignment]
+        if schema_changes:
+            with db.get_engine(url).begin() as connection:
+                for statement in schema_changes:
+                    connection.exec_driver_sql(statement)
         box = CredentialBox(Fernet.generate_key())
         with db.session_scope(url) as session:
             workspaces.create_workspace(session, "bench")

@@ -38,12 +38,13 @@ def _pipeline(
     credentials: dict[str, Any],
     search_index: bool = True,
     database: str = "sqlite",
+    schema_changes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     options = ProviderOptions(
         gmail_quota_units_per_minute=UNPACED, microsoft_folders=MICROSOFT_FOLDERS
     )
     outcome = harness.timed_full_sync(
-        endpoints, provider, address, credentials, options, search_index, database
+        endpoints, provider, address, credentials, options, search_index, database, schema_changes
     )
     assert outcome["failed"] is None, outcome["failed"]
     return outcome
@@ -117,11 +118,6 @@ def _raw(
     }
 
 
-def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of median duration (its memory figures with it)."""
-    return sorted(runs, key=lambda r: float(r["seconds"]))[len(runs) // 2]
-
-
 def run(size: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with (
@@ -154,7 +150,7 @@ def run(size: str) -> list[dict[str, Any]]:
                             )
                         )
                 raw, ours, bare, postgres, postgres_bare = (
-                    _median_run(runs[name]) for name in variants
+                    harness.median_run(runs[name]) for name in variants
                 )
                 assert {run["messages"] for group in runs.values() for run in group} == {count}
                 raw_rate = count / raw["seconds"]
