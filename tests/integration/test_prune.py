@@ -45,6 +45,10 @@ from tests.support.stack import PrefectStack
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.only_database("sqlite")]
+# The tests on own_prefect in one xdist group, so they share its server (~30 s to start)
+# instead of one per worker; not module-wide: xdist would join it to the database group of
+# the test on the shared stack (tests/conftest.py), and that stack would start twice.
+on_own_prefect = pytest.mark.xdist_group("prune")
 IDLE = timedelta(hours=24)
 KEEP = timedelta(days=30)
 
@@ -74,6 +78,7 @@ def _between(first: datetime, second: datetime) -> datetime:
     return first + (second - first) / 2
 
 
+@on_own_prefect
 def test_idle_unheld_limits_go_and_held_young_or_foreign_ones_stay(own_prefect: BareServer) -> None:
     """Of the limits idle past the clock, a per-mailbox one and a legacy per-key rate limit
     nobody holds are deleted (a take or release counts as a use); a per-mailbox one whose
@@ -122,6 +127,7 @@ def test_idle_unheld_limits_go_and_held_young_or_foreign_ones_stay(own_prefect: 
         limits.release(again)
 
 
+@on_own_prefect
 def test_a_limit_taken_after_it_was_listed_is_not_deleted_under_its_holder(
     own_prefect: BareServer,
 ) -> None:
@@ -146,6 +152,7 @@ def test_a_limit_taken_after_it_was_listed_is_not_deleted_under_its_holder(
         limits.release(holder)
 
 
+@on_own_prefect
 def test_a_rate_limit_whose_slots_decay_while_the_pruner_holds_them_is_deleted(
     own_prefect: BareServer,
 ) -> None:
@@ -164,6 +171,7 @@ def test_a_rate_limit_whose_slots_decay_while_the_pruner_holds_them_is_deleted(
         assert not _exists(client, name)
 
 
+@on_own_prefect
 def test_a_limit_resized_while_the_pruner_holds_it_is_not_deleted(own_prefect: BareServer) -> None:
     """A limit made bigger (a new MAILSYNC_SYNC_QUOTA) after the pruner took all its slots
     may have a holder of the new slot: the pruner leaves it, and gives its own slots back."""
@@ -203,6 +211,7 @@ def _ended(client: SyncPrefectClient, run_id: UUID) -> FlowRun:
     return run
 
 
+@on_own_prefect
 def test_old_terminal_runs_of_mailsync_go_with_their_logs_and_artifacts(
     own_prefect: BareServer,
 ) -> None:
