@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness, throughput
+from mailsync.db.migrations import revisions
 from mailsync.fakes.client import MicrosoftAdmin
 
 SIZES = {"tiny": 300, "small": 10_000, "full": 100_000}
 ROUNDS = {"tiny": 1, "small": 3, "full": 3}
-_WEEK_INDEX = "ix_message_week_terms"  # migration 0014's INDEX
+_DROP_WEEK_INDEX = f"DROP INDEX {revisions.load('0014_fulltext_by_week.py').INDEX}"
+_PLAIN_GIN = revisions.load("0007_message_search.py")._POSTGRES[-1]  # 0007's CREATE INDEX
 VARIANTS: dict[str, tuple[str, ...]] = {
     "no full text": (harness.NO_POSTGRES_FULL_TEXT,),
-    "tsvector column only": (f"DROP INDEX {_WEEK_INDEX}",),
-    "tsvector + plain GIN (0007)": (
-        f"DROP INDEX {_WEEK_INDEX}",
-        "CREATE INDEX ix_message_search ON message USING gin (search)",
-    ),
+    "tsvector column only": (_DROP_WEEK_INDEX,),
+    "tsvector + plain GIN (0007)": (_DROP_WEEK_INDEX, _PLAIN_GIN),
     "tsvector + week index (as migrated)": (),
 }
 
